@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random models of each supported family (HF-style tiny configs)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers as tf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+VOCAB = 99
+
+
+def tiny_config(family: str, **kw):
+    """Tiny random configs: hidden 32, 2 layers (4 for `n_layers=4`), vocab 99."""
+    n_layers = kw.pop("n_layers", 2)
+    if family == "bert":
+        cfg = tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=64, num_labels=kw.pop("num_labels", 2))
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=n_layers, n_head=4, n_positions=64,
+                            bos_token_id=0, eos_token_id=0, num_labels=kw.pop("num_labels", 2))
+    elif family == "llama":
+        cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    else:
+        raise ValueError(family)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tiny_model(family: str, head: str = "auto", seed: int = 0, **kw):
+    """A tiny random model in eval mode. head: 'base', 'cls', 'lm', 'qa' or 'auto'."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(family, **kw)
+    if head == "auto":
+        head = "cls" if family == "bert" else "lm"
+    cls = {"base": tf.AutoModel, "cls": tf.AutoModelForSequenceClassification, "lm": tf.AutoModelForCausalLM,
+           "qa": tf.AutoModelForQuestionAnswering}[head]
+    model = cls.from_config(cfg, attn_implementation="eager")
+    return model.eval()
+
+
+def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1, pad: bool = True):
+    """input_ids (B, T) and attention_mask (B, T) with right padding on the later rows."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if pad:
+        for b in range(1, batch):
+            mask[b, seq - 2 * b:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(params=["bert", "gpt2", "llama"])
+def family(request):
+    return request.param
