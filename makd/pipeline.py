@@ -1,0 +1,198 @@
+"""`python -m makd distill`: teacher fine-tuning → factorisation → distillation → evaluation → metrics.json.
+
+One command runs the paper's main experiment on one task. It works unchanged under ``torchrun`` and
+``accelerate launch`` (the Trainer picks up the process group). Every run writes ``<out>/metrics.json``
+with the teacher's and the student's dev metrics, the loss history and a run record (config, seed, git
+commit, library versions, data sha256, teacher checkpoint sha256).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorWithPadding
+
+from . import factorize as fz
+from .losses import NonFiniteLossError
+from .objective import PRESETS, MaKDObjective, check_compatible
+from .runrecord import make_record, write_json
+from .teacher import check_teacher, finetune_teacher, metrics_fn, training_args
+from .trainer import DistillTrainer, loss_history
+
+log = logging.getLogger("makd.distill")
+
+EPILOG = """examples:
+  # the embedded default (no network): rt-polarity (a proxy for SST-2), MiniLM-L6 teacher, half the layer parameters
+  python -m makd distill --task rt-polarity --layer-ratio 0.5 --objective hierarchical
+  # real GLUE dev files from a data folder
+  python -m makd distill --task rte --data-dir ../shared/data --layer-ratio 0.5
+  # baselines at the same budget: no training / fine-tuning without a teacher / logit KD
+  python -m makd distill --objective none ; ... --objective finetune ; ... --objective model-only
+  # several GPUs (the same command)
+  accelerate launch -m makd distill --task sst2 --teacher bert-base-uncased --budget 0.5
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m makd distill", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("task and models")
+    g.add_argument("--task", default="rt-polarity", help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte) or "
+                   "the embedded proxy rt-polarity (default)")
+    g.add_argument("--data-dir", default=None, help="folder with glue/TASK/{train,dev}.tsv (default $MAKD_DATA_DIR; "
+                   "else the hub)")
+    g.add_argument("--teacher", default="minilm-l6", help="embedded name (minilm-l6), local folder or hub id")
+    g.add_argument("--max-train", type=int, default=None, help="subsample the train split (seeded)")
+    g.add_argument("--max-dev", type=int, default=None, help="subsample the dev split (seeded)")
+    g.add_argument("--max-length", type=int, default=128)
+    s = p.add_argument_group("student size (exactly one; default --layer-ratio 0.5)")
+    s.add_argument("--layer-ratio", type=float, default=None,
+                   help="fraction of the dense matrices' parameters the factors keep (0.75 0.5 0.25 0.1)")
+    s.add_argument("--budget", type=float, default=None,
+                   help="total student parameters: an int, or a fraction of the teacher's total (embeddings included)")
+    s.add_argument("--rank", type=float, default=None, help="one rank for every matrix (int) or a fraction of full rank")
+    s.add_argument("--weighting", default="none", choices=("none", "activation"),
+                   help="plain SVD or activation-aware (ASVD-style, from a calibration batch of train data)")
+    o = p.add_argument_group("objective")
+    o.add_argument("--objective", default="hierarchical", choices=sorted(PRESETS) + ["none"],
+                   help="preset; 'none' evaluates the SVD student without training, 'finetune' trains "
+                   "without a teacher, 'model-only' is logit KD")
+    o.add_argument("--weights", type=json.loads, default=None, help='per-aspect weights, JSON: {"mha": 1, "attn": 0}')
+    o.add_argument("--split", type=int, default=None, help="shallow/deep layer boundary (default n_layers // 2)")
+    o.add_argument("--temperature", type=float, default=2.0)
+    o.add_argument("--alpha", type=float, default=0.5, help="weight of KD vs gold CE in the model aspect")
+    o.add_argument("--teacher-forcing", action="store_true", help="matrix terms feed the student matrix the teacher's input")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--max-steps", type=int, default=-1)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: at the end only)")
+    t.add_argument("--save-steps", type=int, default=200, help="checkpoint every N steps (resume with --resume)")
+    t.add_argument("--logging-steps", type=int, default=10)
+    t.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
+    t.add_argument("--report-to", default="tensorboard", help="tensorboard (default), none, wandb, ...")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    f = p.add_argument_group("teacher fine-tuning (cached by teacher, task, seed and settings)")
+    f.add_argument("--teacher-epochs", type=float, default=2.0)
+    f.add_argument("--teacher-lr", type=float, default=5e-5)
+    f.add_argument("--teacher-max-train", type=int, default=None)
+    f.add_argument("--force-teacher", action="store_true", help="distil even if the teacher is at chance level")
+    f.add_argument("--retrain-teacher", action="store_true", help="ignore the cached teacher")
+    p.add_argument("--out", default=None, help="run folder (default runs/distill/TASK-OBJECTIVE-rRATIO-sSEED)")
+    return p
+
+
+def student_size(args) -> dict[str, Any]:
+    given = {k: v for k, v in (("layer_ratio", args.layer_ratio), ("budget", args.budget), ("rank", args.rank))
+             if v is not None}
+    if len(given) > 1:
+        raise SystemExit(f"error: give only one of --layer-ratio, --budget, --rank (got {sorted(given)})")
+    if not given:
+        given = {"layer_ratio": 0.5}
+    for key in ("budget", "rank"):
+        if key in given and given[key] >= 1:
+            given[key] = int(given[key])
+    return given
+
+
+def default_out(args, size: dict[str, Any]) -> Path:
+    tag = "-".join(f"{k.replace('_', '')}{v}" for k, v in size.items())
+    return Path("runs") / "distill" / f"{args.task}-{args.objective}-{tag}-s{args.seed}"
+
+
+def run(args) -> dict[str, Any]:
+    from .data import load_task, tokenize_task
+
+    started = time.time()
+    size = student_size(args)
+    out = Path(args.out) if args.out else default_out(args, size)
+    task = load_task(args.task, data_dir=args.data_dir, max_dev=args.max_dev, seed=args.seed)
+    if args.objective != "none" and task.train is None:
+        raise SystemExit(f"error: task {task.name} has no train split in {task.source}")
+    teacher = finetune_teacher(args.teacher, task, seed=args.seed, force_retrain=args.retrain_teacher,
+                               settings={"epochs": args.teacher_epochs, "lr": args.teacher_lr,
+                                         "max_train": args.teacher_max_train, "max_length": args.max_length},
+                               disable_tqdm=args.quiet or None)
+    check_teacher(teacher.metrics, task, force=args.force_teacher)
+    tok = teacher.tokenizer
+    train, dev = tokenize_task(task, tok, max_length=args.max_length)
+    if args.max_train and train is not None:
+        train = train.shuffle(seed=args.seed).select(range(min(len(train), args.max_train)))
+    calibration = None
+    if args.weighting == "activation":
+        collate = DataCollatorWithPadding(tok)
+        rows = [{k: v for k, v in train[i].items() if k != "labels"} for i in range(min(64, len(train)))]
+        calibration = collate(rows)
+    student = fz.factorize(teacher.model, weighting=args.weighting, calibration=calibration, **size)
+    check_compatible(teacher.model, student)
+    totals = fz.report_totals(student, teacher.model)
+
+    objective = None if args.objective == "none" else MaKDObjective(
+        student.config.num_hidden_layers, args.objective, weights=args.weights, split=args.split,
+        temperature=args.temperature, alpha=args.alpha, teacher_forcing=args.teacher_forcing)
+    targs = training_args(out / "checkpoints", seed=args.seed, epochs=args.epochs, lr=args.lr,
+                          batch_size=args.batch_size, max_steps=args.max_steps, report_to=args.report_to,
+                          gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,
+                          save_strategy="steps", save_steps=args.save_steps, save_total_limit=2,
+                          eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps or None,
+                          logging_dir=str(out / "tensorboard"), disable_tqdm=args.quiet or None,
+                          warmup_ratio=0.06, weight_decay=0.01)
+    trainer = DistillTrainer(model=student, args=targs, teacher=teacher.model,
+                             objective=objective or MaKDObjective(student.config.num_hidden_layers, "finetune"),
+                             train_dataset=train, eval_dataset=dev, data_collator=DataCollatorWithPadding(tok),
+                             compute_metrics=metrics_fn(task))
+    train_info: dict[str, Any] = {"steps": 0}
+    if objective is not None:
+        resume = args.resume and any((out / "checkpoints").glob("checkpoint-*"))
+        try:
+            result = trainer.train(resume_from_checkpoint=True if resume else None)
+        except NonFiniteLossError as err:
+            write_json(out / "error.json", {"error": str(err), "step": trainer.state.global_step,
+                                            "checkpoints": sorted(map(str, (out / "checkpoints").glob("checkpoint-*")))})
+            raise
+        train_info = {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
+                      "resumed": bool(resume), "history": loss_history(trainer)}
+    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    record = make_record(vars(args) | {"size": size}, seed=args.seed, data_files=task.files,
+                         teacher_hash=teacher.checkpoint_sha256, started=started)
+    result = {
+        "task": task.name, "is_proxy": task.is_proxy, "source": task.source, "notes": task.notes,
+        "metric": task.metric, "objective": args.objective,
+        "teacher": {"id": args.teacher, "metrics": teacher.metrics, "params": totals["teacher_params"],
+                    "path": str(teacher.path)},
+        "student": {"metrics": metrics, "params": totals["student_params"], "size": size,
+                    "layer_ratio": totals["layer_ratio"], "ratio": totals["ratio"]},
+        "relative_to_teacher": metrics[task.metric] / teacher.metrics[task.metric]
+        if teacher.metrics.get(task.metric) else None,
+        "train": train_info, "record": record,
+    }
+    if trainer.is_world_process_zero():
+        write_json(out / "metrics.json", result)
+        log.info("wrote %s", out / "metrics.json")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+    res = run(args)
+    if res and not args.quiet:
+        m = res["metric"]
+        print(f"{res['task']}{' (proxy)' if res['is_proxy'] else ''}: teacher {m}={res['teacher']['metrics'][m]:.4f}"
+              f"  student[{res['objective']}] {m}={res['student']['metrics'][m]:.4f}"
+              f"  ({res['student']['params']:,} / {res['teacher']['params']:,} params)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
