@@ -1,0 +1,183 @@
+"""Cost of ONE distillation training step per objective preset (CPU).
+
+    python benchmarks/bench_step.py            # MiniLM-L6 teacher (cls head), student layer_ratio 0.5, 16 x 128
+    python benchmarks/bench_step.py --quick    # tiny random BERT smoke run (seconds)
+
+A step = teacher capture (no grad) + student capture (forward with graph) + objective + backward + AdamW
+step; "finetune" skips the teacher. Wall time: median over ``--runs`` steps after ``--warmup`` steps, the
+presets interleaved round by round (load from other processes hits all alike). Peak memory: each
+preset runs once more in a fresh subprocess that reports its peak resident-set increase over the RSS
+just before its first step (Linux VmHWM after resetting it through /proc/self/clear_refs; where that
+is not allowed, the ru_maxrss delta of the subprocess — see ``memory_method`` in the JSON).
+Writes benchmarks/results/step.json (``--out``). Target (reported, not asserted): every MaKD preset's
+step <= 1.3x the logit-KD (model-only) step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from makd import factorize as fz  # noqa: E402
+from makd.capture import capture  # noqa: E402
+from makd.objective import MaKDObjective  # noqa: E402
+
+CONFIGS = ("finetune", "model-only", "hierarchical", "hierarchical-inverted", "all", "layer-only",
+           "tinybert", "minilm")
+MAKD = ("hierarchical", "hierarchical-inverted", "all", "layer-only")
+
+
+def load_teacher(quick: bool):
+    import transformers as tf
+    if quick:
+        torch.manual_seed(0)
+        cfg = tf.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=64)
+        return tf.BertForSequenceClassification(cfg).eval(), "tiny random BERT (hidden 32, 2 layers)"
+    try:
+        from makd.models import load_model
+        model, _ = load_model("minilm-l6", head="cls")
+        return model.eval(), "minilm-l6 (embedded all-MiniLM-L6-v2, cls head)"
+    except Exception as err:  # noqa: BLE001 - fall back to the same shape, say so in the JSON
+        print(f"minilm-l6 unavailable ({type(err).__name__}: {err}); using a random BertConfig of its shape")
+        torch.manual_seed(0)
+        cfg = tf.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                            intermediate_size=1536)
+        return tf.BertForSequenceClassification(cfg).eval(), "random BERT of MiniLM-L6's shape"
+
+
+def setup(args):
+    teacher, source = load_teacher(args.quick)
+    teacher.requires_grad_(False)
+    student = fz.factorize(teacher, layer_ratio=args.layer_ratio).train()
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1, teacher.config.vocab_size, (args.batch, args.seq), generator=g),
+             "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),     # (B, T)
+             "labels": torch.randint(0, 2, (args.batch,), generator=g)}                # (B,)
+    return teacher, student, batch, source
+
+
+def make_step(name: str, teacher, student, batch):
+    obj = MaKDObjective(student.config.num_hidden_layers, name)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    spec = obj.spec()
+
+    def step():
+        t = capture(teacher, batch, spec, grad=False) if obj.needs_teacher else None
+        s = capture(student, batch, spec, grad=True)
+        total, _ = obj(s, t, batch)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    return step
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def measure_memory(args) -> dict:
+    """Run in a fresh process: one step of ``args.memory`` and its peak RSS increase (MiB)."""
+    teacher, student, batch, _ = setup(args)
+    step = make_step(args.memory, teacher, student, batch)
+    rss0 = _status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")               # reset VmHWM to the current RSS
+        method = "VmHWM after /proc/self/clear_refs reset, minus VmRSS before the step"
+    except OSError:
+        method = "ru_maxrss delta (includes model loading if that peaked higher)"
+    max0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    step()                                                          # AdamW state exists from the 2nd step on
+    peak = _status_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = rss0 if method.startswith("VmHWM") else max0
+    return {"peak_rss_delta_mib": (peak - base) / 1024, "memory_method": method}
+
+
+def targets(rows: list[dict]) -> dict[str, bool]:
+    """The default MaKD preset, and every MaKD preset, within 1.3x of the logit-KD step."""
+    ratio = {r["config"]: r["vs_logit_kd"] for r in rows}
+    out = {"hierarchical_step<=1.3x_logit_kd": ratio["hierarchical"] <= 1.3} if "hierarchical" in ratio else {}
+    out["every_makd_preset<=1.3x_logit_kd"] = all(ratio[c] <= 1.3 for c in MAKD if c in ratio)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--layer-ratio", type=float, default=0.5)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="tiny random BERT, batch 4 x 16, 3 runs")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-preset memory subprocesses")
+    p.add_argument("--memory", default=None, help=argparse.SUPPRESS)   # internal: child process mode
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.batch, args.seq, args.runs, args.warmup = 4, 16, 3, 1
+    if args.memory:
+        print(json.dumps(measure_memory(args)))
+        return 0
+    teacher, student, batch, source = setup(args)
+    steps = {name: make_step(name, teacher, student, batch) for name in args.configs}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()                                                  # warm-up (and AdamW state)
+    for _ in range(args.runs):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    kd = statistics.median(times["model-only"]) if "model-only" in times else None
+    for name, ts in times.items():
+        row = {"config": name, "median_s": statistics.median(ts), "times_s": ts,
+               "vs_logit_kd": statistics.median(ts) / kd if kd else None}
+        if not args.no_memory:
+            cmd = [sys.executable, __file__, "--memory", name, "--batch", str(args.batch), "--seq", str(args.seq),
+                   "--layer-ratio", str(args.layer_ratio)] + (["--quick"] if args.quick else []) \
+                + (["--threads", str(args.threads)] if args.threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            row.update(json.loads(out))
+        rows.append(row)
+        mem = f", peak +{row['peak_rss_delta_mib']:.0f} MiB" if "peak_rss_delta_mib" in row else ""
+        ratio = f" ({row['vs_logit_kd']:.2f}x logit KD)" if kd else ""
+        print(f"{name:>22}: {row['median_s']:.3f} s/step{ratio}{mem}", flush=True)
+    result = {
+        "teacher": source, "student_layer_ratio": args.layer_ratio,
+        "student_params": fz.count_parameters(student), "teacher_params": fz.count_parameters(teacher),
+        "batch": args.batch, "seq": args.seq, "runs": args.runs, "warmup": args.warmup, "quick": args.quick,
+        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "platform": platform.platform(),
+        "step": "teacher capture (no grad) + student capture + objective + backward + AdamW step",
+        "rows": rows,
+        "targets": targets(rows) if kd else {},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["targets"]), f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

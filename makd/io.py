@@ -1,0 +1,101 @@
+"""Save and load low-rank students (made by :func:`makd.factorize.factorize`) without the teacher.
+
+A student folder holds:
+
+- ``config.json``: the teacher's standard transformers config (``config.save_pretrained``);
+- ``model.safetensors``: the student's state dict (``down``/``up`` factors; tied weights stored once);
+- ``makd_factorization.json``: ranks per module, size request (rank / budget / layer_ratio), weighting,
+  teacher id, family, architecture class, dtype and the makd version;
+- the tokenizer files, when one was passed to :func:`save_student`.
+
+:func:`load_student` rebuilds the architecture from the config (``getattr(transformers, architecture)
+._from_config``, as ``AutoModel*.from_config`` does), swaps in empty ``LowRankLinear``/``LowRankEmbedding`` modules of the saved ranks (no SVD,
+no teacher needed) and loads the weights strictly.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import transformers
+from torch import nn
+
+from . import __version__
+from .factorize import EMBED, LowRankEmbedding, LowRankLinear, _replace
+
+META = "makd_factorization.json"
+WEIGHTS = "model.safetensors"
+
+
+def save_student(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Path:
+    """Write ``model`` (a factorised student) and optionally its tokenizer into folder ``path``."""
+    info = getattr(model, "makd_factorization", None)
+    if info is None:
+        raise ValueError("this model has no makd_factorization attribute: build it with "
+                         "makd.factorize.factorize(...) (or save a dense model with save_pretrained)")
+    if not hasattr(model, "config"):
+        raise ValueError(f"{type(model).__name__} has no transformers config to save")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    safetensors.torch.save_model(model, str(path / WEIGHTS))  # dedupes tied weights
+    dtype = next(model.parameters()).dtype
+    meta = {**info, "architecture": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
+            "makd_version": __version__}
+    (path / META).write_text(json.dumps(meta, indent=2, default=str))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def read_factorization(path: str | os.PathLike) -> dict:
+    """The ``makd_factorization.json`` of a saved student folder."""
+    path = Path(path)
+    missing = [f for f in ("config.json", WEIGHTS, META) if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a saved makd student (missing {', '.join(missing)}); "
+                                "create one with makd.io.save_student or `python -m makd factorize --out DIR`")
+    return json.loads((path / META).read_text())
+
+
+def load_student(path: str | os.PathLike, *, attn_implementation: str | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a student saved by :func:`save_student` (exact weights, same ranks)."""
+    path = Path(path)
+    meta = read_factorization(path)
+    arch = meta.get("architecture")
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None or not hasattr(cls, "_from_config"):
+        raise ValueError(f"{path / META} names architecture {arch!r}, which transformers "
+                         f"{transformers.__version__} does not provide")
+    config = transformers.AutoConfig.from_pretrained(path)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    dtype = getattr(torch, meta.get("dtype", "float32"))
+    model = cls._from_config(config, dtype=dtype, **kwargs)  # what AutoModel*.from_config calls
+    roles = meta.get("roles", {})
+    for name, rank in meta["ranks"].items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"saved module {name!r} does not exist in a fresh {arch}") from err
+        role = roles.get(name, [None, None])[1]
+        new = (LowRankEmbedding.empty_like(old, rank) if role == EMBED or isinstance(old, nn.Embedding)
+               else LowRankLinear.empty_like(old, rank))
+        _replace(model, name, new)
+    missing, unexpected = safetensors.torch.load_model(model, str(path / WEIGHTS), strict=True)
+    if missing or unexpected:  # pragma: no cover - strict=True raises first
+        raise ValueError(f"weights do not match: missing {missing}, unexpected {unexpected}")
+    model.makd_factorization = {k: v for k, v in meta.items()
+                                if k not in ("architecture", "dtype", "makd_version")}
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved next to a student (FileNotFoundError if none was saved)."""
+    path = Path(path)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        raise FileNotFoundError(f"no tokenizer saved in {path}: pass tokenizer= to save_student")
+    return transformers.AutoTokenizer.from_pretrained(path)

