@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -221,6 +222,8 @@ def capture(model: nn.Module, batch: dict, spec: CaptureSpec, *, grad: bool) -> 
     Label keys (labels, start/end_positions) are not passed to the model. A DDP-style wrapper is
     called as it is (gradient sync), its inner model is hooked.
     """
+    if isinstance(batch, Mapping) and not isinstance(batch, dict):        # BatchEncoding from a collator
+        batch = dict(batch)
     if not isinstance(batch, dict) or "input_ids" not in batch and "inputs_embeds" not in batch:
         raise ValueError("capture needs a batch dict with 'input_ids' (and usually 'attention_mask')")
     core = _unwrap(model)

@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 
 from .metrics import GLUE_MAIN
-from .paths import data_dir as _data_dir
+from .paths import data_dir as _data_dir, hub_reachable
 from .runrecord import sha256_file
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli-mm", "qnli", "rte")
@@ -164,6 +164,7 @@ def _load_glue_local(task: str, root: Path) -> TaskData | None:
 def _load_glue_hub(task: str) -> TaskData:
     config = "mnli" if task.startswith("mnli") else task
     dev_split = {"mnli": "validation_matched", "mnli-mm": "validation_mismatched"}.get(task, "validation")
+    hub_reachable()  # offline: fail at once instead of retrying for ~25 s
     ds = datasets.load_dataset(GLUE_HUB, config)
     _, _, columns, _, label_map, names = GLUE_SPECS[task]
     files = {f"hub:{GLUE_HUB}/{config}:{s}": ds[s]._fingerprint for s in ("train", dev_split)}
@@ -387,6 +388,7 @@ def load_squad(version: str = "1.1", source: str = "auto", data_dir=None, split_
     else:
         hub = SQUAD_HUB[version]
         try:
+            hub_reachable()
             ds = datasets.load_dataset(hub)
         except Exception as e:
             raise TaskDataUnavailableError(f"SQuAD v{version}: no local copy ({where}) and hub dataset {hub!r} "
@@ -502,6 +504,7 @@ def _dolly(root: Path | None, source: str, seed: int):
         if source == "local":
             raise TaskDataUnavailableError(f"dolly: no local copy ({where}). Fix: {fix}")
         try:
+            hub_reachable()
             ds = datasets.load_dataset(DOLLY_HUB, split="train")
         except Exception as e:
             raise TaskDataUnavailableError(f"dolly: no local copy ({where}) and hub dataset {DOLLY_HUB!r} unavailable "

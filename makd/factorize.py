@@ -370,6 +370,21 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
+def plan_ranks(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, modules=None,
+               factorize_embeddings: bool = False) -> dict[str, int]:
+    """The ranks ``factorize`` would use, with all of its checks, and no SVD (cheap: run it before long work)."""
+    given = [k for k, v in (("rank", rank), ("budget", budget), ("layer_ratio", layer_ratio)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of rank=, budget=, layer_ratio= (got {given or 'none'})")
+    if rank is not None:
+        ranks = _explicit_ranks(targets(model, modules, factorize_embeddings), rank)
+        if not ranks:
+            raise ValueError("the rank dict selects no module to factorise")
+        return ranks
+    return solve_ranks(model, budget=budget, layer_ratio=layer_ratio, modules=modules,
+                       factorize_embeddings=factorize_embeddings)
+
+
 def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, weighting: str = "none",
               calibration=None, modules: dict[str, str] | None = None, factorize_embeddings: bool = False
               ) -> nn.Module:
@@ -389,13 +404,8 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
         raise ValueError("weighting='activation' needs calibration= (a dict of model inputs or a list of them)")
     family = families.detect_family(model, modules)
     tg = targets(model, modules, factorize_embeddings)
-    if rank is not None:
-        ranks = _explicit_ranks(tg, rank)
-        if not ranks:
-            raise ValueError("the rank dict selects no module to factorise")
-    else:
-        ranks = solve_ranks(model, budget=budget, layer_ratio=layer_ratio, modules=modules,
-                            factorize_embeddings=factorize_embeddings)
+    ranks = plan_ranks(model, rank=rank, budget=budget, layer_ratio=layer_ratio, modules=modules,
+                       factorize_embeddings=factorize_embeddings)
     linear = [n for n in ranks if tg[n]["role"] != EMBED]
     scales = activation_scales(model, linear, calibration) if weighting == "activation" else {}
     student = copy.deepcopy(model)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from . import assets
-from .paths import cache_dir
+from .paths import cache_dir, hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _quiet():
 
 def _hub_error(name: str, err: Exception) -> ModelUnavailableError:
     from huggingface_hub import constants
-    why = ("HF_HUB_OFFLINE is set" if constants.is_offline_mode() else
+    why = ("offline: HF_HUB_OFFLINE is set or huggingface.co is unreachable" if constants.is_offline_mode() else
            "the hub could not be reached or has no such model; set HF_HUB_OFFLINE=1 to fail fast offline")
     reason = str(err).splitlines()[0] if str(err) else ""
     return ModelUnavailableError(
@@ -290,6 +290,8 @@ def load_model(name_or_path: str = "minilm-l6", head: str = "base", num_labels: 
         raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     path = resolve(name_or_path)
     hub = not Path(path).is_dir()
+    if hub:
+        hub_reachable()  # offline: fail at once instead of retrying for ~25 s
     try:
         config = tf.AutoConfig.from_pretrained(path)
         tok = tf.AutoTokenizer.from_pretrained(path)
@@ -304,6 +306,11 @@ def load_model(name_or_path: str = "minilm-l6", head: str = "base", num_labels: 
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if head == "cls":
+        trained = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("SequenceClassification")]
+        if trained and config.num_labels != num_labels:
+            raise ValueError(f"{name_or_path} already has a classification head with {config.num_labels} label(s) "
+                             f"but the task needs {num_labels}: pass the pretrained model without that head "
+                             "(or one fine-tuned on this task)")
         kwargs["num_labels"] = num_labels
         if num_labels == 1:
             kwargs["problem_type"] = "regression"

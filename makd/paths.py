@@ -41,3 +41,38 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
             "or unset MAKD_DATA_DIR"
         )
     return path
+
+
+_HUB_CHECKED: bool | None = None
+
+
+def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached; when it cannot, switch the hub libraries to offline mode.
+
+    Without this, an unreachable hub costs ~25 s of retries per call before failing. HF_HUB_OFFLINE=1
+    (or HF_DATASETS_OFFLINE=1) answers False at once. The answer is cached for the process.
+    """
+    global _HUB_CHECKED
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    if _HUB_CHECKED is None:
+        import socket
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _HUB_CHECKED = True
+        except OSError:
+            _HUB_CHECKED = False
+            set_hub_offline()
+    return _HUB_CHECKED
+
+
+def set_hub_offline() -> None:
+    """Put huggingface_hub, transformers and datasets in offline mode (fail fast instead of retrying)."""
+    import sys
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+        constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:
+        import datasets.config
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from transformers import DataCollatorWithPadding
 from . import factorize as fz
 from .losses import NonFiniteLossError
 from .objective import PRESETS, MaKDObjective, check_compatible
+from .io import save_student
 from .runrecord import make_record, write_json
 from .teacher import check_teacher, finetune_teacher, metrics_fn, training_args
 from .trainer import DistillTrainer, loss_history
@@ -57,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=float, default=None,
                    help="total student parameters: an int, or a fraction of the teacher's total (embeddings included)")
     s.add_argument("--rank", type=float, default=None, help="one rank for every matrix (int) or a fraction of full rank")
+    s.add_argument("--factorize-embeddings", action="store_true",
+                   help="also factorise the word embedding (for budgets below the non-factorised floor)")
+    s.add_argument("--student", default="svd",
+                   help="'svd' (default: the factorised teacher at the size above), 'layers:K' (DistilBERT-style "
+                   "dense student: K of the teacher's layers, evenly spaced, copied), or a model name/folder "
+                   "sharing the teacher's tokenizer (e.g. minilm-l3, the real pretrained 3-layer MiniLM); dense "
+                   "students of another depth support the presets without matrix/layer aspects")
     s.add_argument("--weighting", default="none", choices=("none", "activation"),
                    help="plain SVD or activation-aware (ASVD-style, from a calibration batch of train data)")
     o = p.add_argument_group("objective")
@@ -87,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--teacher-max-train", type=int, default=None)
     f.add_argument("--force-teacher", action="store_true", help="distil even if the teacher is at chance level")
     f.add_argument("--retrain-teacher", action="store_true", help="ignore the cached teacher")
+    p.add_argument("--no-save-student", dest="save_student", action="store_false",
+                   help="do not save the trained student to OUT/student (saved by default; load with "
+                   "makd.io.load_student)")
     p.add_argument("--out", default=None, help="run folder (default runs/distill/TASK-OBJECTIVE-rRATIO-sSEED)")
     return p
 
@@ -106,10 +118,82 @@ def student_size(args) -> dict[str, Any]:
 
 def default_out(args, size: dict[str, Any]) -> Path:
     tag = "-".join(f"{k.replace('_', '')}{v}" for k, v in size.items())
+    if args.student != "svd":
+        tag = "dense-" + args.student.replace(":", "").replace("/", "-")
     return Path("runs") / "distill" / f"{args.task}-{args.objective}-{tag}-s{args.seed}"
 
 
-def run(args) -> dict[str, Any]:
+def dense_student(spec: str, teacher, tokenizer, num_labels: int):
+    """A dense student: ``layers:K`` copies K evenly spaced teacher layers (DistilBERT-style initialisation);
+    anything else is loaded with :func:`makd.models.load_model` (its task head is new) and must share the
+    teacher's tokenizer."""
+    import copy
+
+    from .families import get_layers
+    from .models import load_model, vocab_check
+
+    if spec.startswith("layers:"):
+        n = len(get_layers(teacher))
+        try:
+            k = int(spec.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if not 1 <= k <= n:
+            raise SystemExit(f"error: --student {spec}: K must be an int in 1..{n} (the teacher has {n} layers)")
+        keep = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [n - 1]
+        student = copy.deepcopy(teacher)
+        layers = get_layers(student)
+        kept = [layers[i] for i in keep]
+        for i in range(len(layers) - 1, -1, -1):
+            del layers[i]
+        layers.extend(kept)
+        student.config.num_hidden_layers = len(kept)
+        student.makd_dense = {"teacher_layers": keep}
+        return student
+    student, tok = load_model(spec, head="cls", num_labels=num_labels)
+    vocab_check(tokenizer, tok, teacher, student)
+    student.makd_dense = {"model": spec}
+    return student
+
+
+def preflight(args, size: dict[str, Any], task) -> None:
+    """Check the student size and the objective against the (not yet fine-tuned) teacher before any long work."""
+    from .models import load_model
+
+    model, tok = load_model(args.teacher, head="cls", num_labels=1 if task.is_regression else task.num_labels)
+    n_layers = model.config.num_hidden_layers
+    if args.student == "svd":
+        try:
+            fz.plan_ranks(model, factorize_embeddings=args.factorize_embeddings, **size)
+        except ValueError as err:
+            raise SystemExit(f"error: student size {size}: {err}") from None
+    elif args.student.startswith("layers:"):
+        k = args.student.split(":", 1)[1]
+        if not k.isdigit() or not 1 <= int(k) <= n_layers:
+            raise SystemExit(f"error: --student {args.student}: K must be an int in 1..{n_layers} "
+                             f"(the teacher has {n_layers} layers)")
+        if int(k) != n_layers and args.objective not in ("model-only", "finetune", "none"):
+            raise SystemExit(f"error: the dense student has {k} layers and the teacher {n_layers}: objective "
+                             f"{args.objective!r} compares layers 1:1; use --objective model-only (logit KD) "
+                             "or finetune")
+    else:                                                   # a pretrained dense student: same tokenizer?
+        from .models import vocab_check
+        student, student_tok = load_model(args.student, head="cls", num_labels=model.config.num_labels)
+        try:
+            vocab_check(tok, student_tok, model, student)
+        except ValueError as err:
+            raise SystemExit(f"error: --student {args.student}: {err}") from None
+    if args.objective != "none":
+        try:
+            MaKDObjective(n_layers, args.objective, weights=args.weights, split=args.split,
+                          temperature=args.temperature, alpha=args.alpha, teacher_forcing=args.teacher_forcing)
+        except ValueError as err:
+            raise SystemExit(f"error: objective: {err}") from None
+
+
+def run(args, callbacks: list | None = None) -> dict[str, Any]:
+    """Run one distillation described by ``args`` (the parsed command line); ``callbacks``: extra Trainer
+    callbacks (e.g. :class:`makd.trainer.StopAtStep` to simulate an interruption)."""
     from .data import load_task, tokenize_task
 
     started = time.time()
@@ -118,6 +202,7 @@ def run(args) -> dict[str, Any]:
     task = load_task(args.task, data_dir=args.data_dir, max_dev=args.max_dev, seed=args.seed)
     if args.objective != "none" and task.train is None:
         raise SystemExit(f"error: task {task.name} has no train split in {task.source}")
+    preflight(args, size, task)
     teacher = finetune_teacher(args.teacher, task, seed=args.seed, force_retrain=args.retrain_teacher,
                                settings={"epochs": args.teacher_epochs, "lr": args.teacher_lr,
                                          "max_train": args.teacher_max_train, "max_length": args.max_length},
@@ -132,8 +217,19 @@ def run(args) -> dict[str, Any]:
         collate = DataCollatorWithPadding(tok)
         rows = [{k: v for k, v in train[i].items() if k != "labels"} for i in range(min(64, len(train)))]
         calibration = collate(rows)
-    student = fz.factorize(teacher.model, weighting=args.weighting, calibration=calibration, **size)
-    check_compatible(teacher.model, student)
+    if args.student == "svd":
+        student = fz.factorize(teacher.model, weighting=args.weighting, calibration=calibration,
+                               factorize_embeddings=args.factorize_embeddings, **size)
+    else:
+        student = dense_student(args.student, teacher.model, tok, teacher.model.config.num_labels)
+        if args.objective in PRESETS and args.objective not in ("model-only", "finetune"):
+            student_layers = student.config.num_hidden_layers
+            if student_layers != teacher.model.config.num_hidden_layers:
+                raise SystemExit(f"error: the dense student has {student_layers} layers and the teacher "
+                                 f"{teacher.model.config.num_hidden_layers}: objective {args.objective!r} compares "
+                                 "layers 1:1; use --objective model-only (logit KD) or finetune")
+    if student.config.num_hidden_layers == teacher.model.config.num_hidden_layers:
+        check_compatible(teacher.model, student)
     totals = fz.report_totals(student, teacher.model)
 
     objective = None if args.objective == "none" else MaKDObjective(
@@ -144,12 +240,14 @@ def run(args) -> dict[str, Any]:
                           gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,
                           save_strategy="steps", save_steps=args.save_steps, save_total_limit=2,
                           eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps or None,
-                          logging_dir=str(out / "tensorboard"), disable_tqdm=args.quiet or None,
-                          warmup_ratio=0.06, weight_decay=0.01)
+                          disable_tqdm=args.quiet or None,
+                          warmup_steps=0.06, weight_decay=0.01)  # a float < 1 is a ratio (transformers 5)
+    # transformers 5 reads the TensorBoard folder from the environment when the callback is created
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     trainer = DistillTrainer(model=student, args=targs, teacher=teacher.model,
                              objective=objective or MaKDObjective(student.config.num_hidden_layers, "finetune"),
                              train_dataset=train, eval_dataset=dev, data_collator=DataCollatorWithPadding(tok),
-                             compute_metrics=metrics_fn(task))
+                             compute_metrics=metrics_fn(task), callbacks=callbacks)
     train_info: dict[str, Any] = {"steps": 0}
     if objective is not None:
         resume = args.resume and any((out / "checkpoints").glob("checkpoint-*"))
@@ -176,9 +274,32 @@ def run(args) -> dict[str, Any]:
         "train": train_info, "record": record,
     }
     if trainer.is_world_process_zero():
+        if args.save_student and hasattr(student, "makd_factorization"):
+            save_student(student, out / "student", tok)
+        elif args.save_student:  # dense student: a plain transformers folder
+            student.save_pretrained(out / "student")
+            tok.save_pretrained(out / "student")
         write_json(out / "metrics.json", result)
         log.info("wrote %s", out / "metrics.json")
     return result
+
+
+def distill(**options: Any) -> dict[str, Any]:
+    """Python entry point: ``distill(task="rte", data_dir=..., layer_ratio=0.5, objective="hierarchical")``.
+
+    Keyword names are the command's options with ``_`` for ``-`` (see ``python -m makd distill --help``);
+    an unknown name is a TypeError listing the valid ones. Returns the dict written to metrics.json.
+    """
+    parser = build_parser()
+    args = parser.parse_args([])
+    valid = sorted(vars(args))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; valid: {valid}")
+    for key, value in options.items():
+        setattr(args, key, value)
+    torch.manual_seed(args.seed)
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,7 @@ def finetune_teacher(teacher: str, task, *, seed: int = 0, settings: dict[str, A
         train = train.shuffle(seed=seed).select(range(min(len(train), int(settings["max_train"]))))
     args = training_args(path / "trainer", seed=seed, epochs=settings["epochs"], lr=settings["lr"],
                          batch_size=settings["batch_size"], weight_decay=settings["weight_decay"],
-                         warmup_ratio=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm)
+                         warmup_steps=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics_fn(task))
     trainer.train()

@@ -77,6 +77,17 @@ class DistillTrainer(Trainer):
         self._term_steps = 0
         self.add_callback(TermsOnProgressBar(self))
 
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        """The Trainer's optimiser, plus the objective's own parameters (e.g. ``hidden_proj`` of dense baselines).
+
+        Those parameters live in the objective, not the student: they are trained but not part of the saved
+        student, and a resumed run re-initialises them (the student's weights and optimiser state resume)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        extra = [p for p in self.objective.parameters() if p.requires_grad]
+        if extra and not any(p is q for g in optimizer.param_groups for p in g["params"] for q in extra):
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:  # evaluation: the student on its own
             outputs = model(**inputs)

@@ -1,0 +1,166 @@
+"""The encoder pipeline end to end on tiny random models and the committed GLUE fixtures (seconds each)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from makd import pipeline
+from makd.io import load_student
+from makd.losses import NonFiniteLossError
+from makd.trainer import StopAtStep
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_CACHE = os.environ.get("MAKD_CACHE_DIR")
+FIXTURES = ROOT / "tests" / "fixtures" / "glue"
+BASE = dict(task="sst2", data_dir=str(FIXTURES), teacher="tiny-bert", teacher_epochs=1.0, force_teacher=True,
+            report_to="none", quiet=True, lr=1e-3, batch_size=2, logging_steps=1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Fine-tuned tiny teachers go to a per-session cache, never into data/cache."""
+    monkeypatch.setenv("MAKD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _args(out: Path, **kw):
+    args = pipeline.build_parser().parse_args([])
+    for k, v in {**BASE, "out": str(out), **kw}.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_end_to_end_writes_metrics_run_record_and_every_loss_term(tmp_path):
+    res = pipeline.distill(**BASE, out=str(tmp_path / "run"), max_steps=3, objective="hierarchical")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["task"] == "sst2" and saved["objective"] == "hierarchical" and saved["train"]["steps"] == 3
+    assert 0 <= saved["student"]["metrics"]["accuracy"] <= 1
+    assert saved["student"]["params"] < saved["teacher"]["params"]
+    assert abs(saved["student"]["layer_ratio"] - 0.5) < 0.05
+    rec = saved["record"]
+    for key in ("config", "seed", "git", "libraries", "data_files_sha256", "teacher_checkpoint_sha256"):
+        assert key in rec, key
+    assert any(p.endswith("SST-2/dev.tsv") for p in rec["data_files_sha256"])
+    logged = set().union(*[set(e) for e in saved["train"]["history"]])
+    # hierarchical on 2 layers: matrix aspects on layer 0, layer aspects on layer 1, the model aspect
+    assert {"loss_mha", "loss_ffn", "loss_attn", "loss_hidn", "loss_pred", "loss_kd", "loss_ce"} <= logged
+    assert res["student"]["params"] == saved["student"]["params"]
+    student = load_student(tmp_path / "run" / "student")
+    assert sum(p.numel() for p in student.parameters()) == saved["student"]["params"]
+
+
+def test_svd_student_without_training_and_dense_student(tmp_path):
+    none = pipeline.distill(**BASE, out=str(tmp_path / "none"), objective="none")
+    assert none["train"]["steps"] == 0
+    dense = pipeline.distill(**BASE, out=str(tmp_path / "dense"), objective="model-only", student="layers:1",
+                             max_steps=2)
+    assert dense["student"]["params"] < dense["teacher"]["params"] and dense["train"]["steps"] == 2
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in load_student(folder).state_dict().items()}
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    full = _args(tmp_path / "full", max_steps=4, save_steps=2, objective="hierarchical")
+    pipeline.run(full)
+    cut = _args(tmp_path / "cut", max_steps=4, save_steps=2, objective="hierarchical")
+    pipeline.run(cut, callbacks=[StopAtStep(2)])          # "interrupted" after a checkpoint at step 2
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = pipeline.run(_args(tmp_path / "cut", max_steps=4, save_steps=2, objective="hierarchical",
+                                 resume=True))
+    assert resumed["train"]["resumed"] and resumed["train"]["steps"] == 4
+    a, b = _weights(tmp_path / "full" / "student"), _weights(tmp_path / "cut" / "student")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(task="nope"), "unknown task"),
+    (dict(task="rte", data_dir="{empty}"), "RTE"),
+    (dict(budget=100), "below the floor"),
+    (dict(rank=10_000), "rank"),
+    (dict(weights={"foo": 1.0}), "unknown aspect"),
+    (dict(student="layers:9"), "K must be an int"),
+    (dict(student="layers:1", objective="hierarchical"), "compares layers 1:1"),
+    (dict(teacher="{three-label teacher}"), "classification head with 3 label(s)"),
+])
+def test_bad_input_fails_before_training_with_one_clear_message(tmp_path, kw, expected):
+    if kw.get("data_dir") == "{empty}":
+        kw = {**kw, "data_dir": str(tmp_path)}
+    if kw.get("teacher") == "{three-label teacher}":                # a checkpoint whose head does not fit sst2
+        from makd.models import load_model
+        model, tok = load_model("tiny-bert", head="cls", num_labels=3)
+        model.save_pretrained(tmp_path / "t3")
+        tok.save_pretrained(tmp_path / "t3")
+        kw = {**kw, "teacher": str(tmp_path / "t3")}
+    with pytest.raises((SystemExit, ValueError, FileNotFoundError, OSError)) as err:
+        pipeline.distill(**{**BASE, **kw, "out": str(tmp_path / "run")})
+    assert expected.lower() in str(err.value).lower()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_keyword_is_rejected():
+    with pytest.raises(TypeError, match="unknown option"):
+        pipeline.distill(taks="sst2")
+
+
+def test_vocabulary_mismatch_is_refused(tmp_path, monkeypatch):
+    # minilm-l3 (BERT uncased vocabulary, 30,522 tokens) cannot learn from tiny-bert's 99-token vocabulary;
+    # refused in the preflight, so nothing is fine-tuned into the real cache
+    if REAL_CACHE:
+        monkeypatch.setenv("MAKD_CACHE_DIR", REAL_CACHE)
+    else:
+        monkeypatch.delenv("MAKD_CACHE_DIR")
+    from makd.assets import is_cached
+    if not is_cached("minilm-l3-onnx"):
+        pytest.skip("the embedded minilm-l3 asset is not in the cache (python -m makd fetch-assets)")
+    with pytest.raises((SystemExit, ValueError), match="vocabular|token"):
+        pipeline.distill(**BASE, out=str(tmp_path / "run"), student="minilm-l3", objective="model-only")
+
+
+def test_non_finite_loss_stops_with_the_term_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    from makd import losses
+    real = losses.hidden_mse
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):                                 # finite for 2 steps, then NaN
+        calls["n"] += 1
+        value = real(*a, **k)
+        return value * float("nan") if calls["n"] > 2 else value
+
+    monkeypatch.setattr(losses, "hidden_mse", poisoned)
+    with pytest.raises(NonFiniteLossError, match="hidn"):
+        pipeline.distill(**BASE, out=str(tmp_path / "run"), max_steps=4, save_steps=1, objective="hierarchical")
+    err = json.loads((tmp_path / "run" / "error.json").read_text())
+    assert "hidn" in err["error"] and err["checkpoints"]
+    assert all(Path(c).is_dir() for c in err["checkpoints"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_cpu_processes_with_torchrun(tmp_path):
+    env = {**os.environ, "MAKD_CACHE_DIR": os.environ["MAKD_CACHE_DIR"], "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    cmd = ["-m", "makd", "distill", "--task", "sst2", "--data-dir", str(FIXTURES), "--teacher", "tiny-bert",
+           "--teacher-epochs", "1", "--force-teacher", "--report-to", "none", "--quiet", "--max-steps", "3",
+           "--batch-size", "2", "--objective", "hierarchical"]
+    # the teacher is fine-tuned (and cached) once, then two processes distil it over gloo
+    subprocess.run([sys.executable, *cmd, "--objective", "none", "--out", str(tmp_path / "warm")], env=env,
+                   check=True, capture_output=True, timeout=300, cwd=ROOT)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29531", *cmd,
+                           "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert saved["train"]["steps"] == 3
+    assert saved["record"]["machine"]["world_size"] == 2
