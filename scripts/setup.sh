@@ -15,4 +15,7 @@ if ! .venv/bin/python -c "import makd, torch, transformers" 2>/dev/null || [ pyp
   .venv/bin/python -m pip install -q -e '.[test]'
   touch .venv/.makd-installed
 fi
+# `jupyter lab` from this environment opens the jupytext .py notebooks as notebooks (as on Binder)
+mkdir -p .venv/etc/jupyter/labconfig
+cp binder/jupyter/labconfig/default_setting_overrides.json .venv/etc/jupyter/labconfig/
 .venv/bin/python -m makd fetch-assets

@@ -1,0 +1,88 @@
+"""Tables of recorded runs: every ``metrics.json`` that ``python -m makd distill`` wrote under a folder.
+
+``collect("results")`` gives one row per run (task, proxy flag, data source, objective, metric, teacher and
+student scores, parameter counts, steps, wall time and the exact command); ``markdown(df)`` renders the
+README table with a teacher row per task. ``python -m makd.results [FOLDER]`` prints it. Numbers are read,
+never typed: the README's tables are this command's output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROW_NAMES = {"none": "SVD student, no training", "finetune": "SVD student + fine-tuning (no teacher)",
+             "model-only": "SVD student + logit KD", "hierarchical": "SVD student + MaKD (hierarchical)"}
+
+
+def collect(root: str | Path = "results") -> pd.DataFrame:
+    """One row per pipeline ``metrics.json`` under ``root`` (files without a task/objective are skipped)."""
+    rows = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        d = json.loads(path.read_text())
+        if not {"task", "objective", "teacher", "student"} <= set(d):
+            continue
+        metric = d["metric"]
+        cfg = d.get("record", {}).get("config", {})
+        rows.append({
+            "path": str(path.parent), "task": d["task"], "is_proxy": bool(d.get("is_proxy")),
+            "source": d.get("source"), "objective": d["objective"], "student_kind": cfg.get("student", "svd"),
+            "metric": metric, "teacher_score": d["teacher"]["metrics"].get(metric),
+            "student_score": d["student"]["metrics"].get(metric),
+            "relative": d.get("relative_to_teacher"), "teacher_params": d["teacher"]["params"],
+            "student_params": d["student"]["params"], "layer_ratio": d["student"].get("layer_ratio"),
+            "steps": d.get("train", {}).get("steps"), "train_s": d.get("train", {}).get("runtime_s"),
+            "wall_s": d.get("record", {}).get("wall_time_s"), "seed": d.get("record", {}).get("seed"),
+            "notes": "; ".join(d.get("notes") or []), "command": cfg.get("command"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _fmt(x, pct: bool) -> str:
+    if x is None or pd.isna(x):
+        return "–"
+    return f"{100 * x:.1f}" if pct else f"{x:.4f}"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A Markdown table: per task, the teacher row then each student row (metric ×100 for fractions)."""
+    if df.empty:
+        return "(no runs recorded)"
+    lines = ["| task | model | metric | score | % of teacher | params | steps | train time | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for task, g in df.groupby("task", sort=False):
+        first = g.iloc[0]
+        label = f"{task} (proxy for SST-2)" if first.is_proxy and task == "rt-polarity" else (
+            f"{task} (proxy)" if first.is_proxy else task)
+        pct = first.metric in ("accuracy", "f1", "matthews_correlation", "spearmanr", "pearsonr", "spearman", "pearson")
+        lines.append(f"| {label} | teacher (fine-tuned) | {first.metric} | {_fmt(first.teacher_score, pct)} | 100 "
+                     f"| {first.teacher_params / 1e6:.2f} M | – | – | (cached by the rows below) |")
+        for r in g.itertuples():
+            name = ROW_NAMES.get(r.objective, r.objective)
+            if r.student_kind != "svd":
+                name = f"dense {r.student_kind} + {r.objective}"
+            rel = "–" if r.relative is None or pd.isna(r.relative) else f"{100 * r.relative:.1f}"
+            t = "–" if r.train_s is None or pd.isna(r.train_s) else f"{r.train_s / 60:.1f} min"
+            cmd = f"`{r.command}`" if isinstance(r.command, str) else "–"
+            lines.append(f"| {label} | {name} | {r.metric} | {_fmt(r.student_score, pct)} | {rel} | "
+                         f"{r.student_params / 1e6:.2f} M | {r.steps} | {t} | {cmd} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m makd.results", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", nargs="?", default="results", help="folder searched for metrics.json (default results)")
+    p.add_argument("--csv", help="also write the rows as CSV here")
+    args = p.parse_args(argv)
+    df = collect(args.folder)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    print(markdown(df))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

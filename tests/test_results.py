@@ -1,0 +1,29 @@
+"""The README's run tables are generated from metrics.json files."""
+from __future__ import annotations
+
+import json
+
+from makd.results import collect, markdown
+
+
+def _run(folder, objective, score, proxy=True):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "task": "rt-polarity", "is_proxy": proxy, "source": "embedded", "notes": [], "metric": "accuracy",
+        "objective": objective, "teacher": {"metrics": {"accuracy": 0.8}, "params": 22_700_000},
+        "student": {"metrics": {"accuracy": score}, "params": 15_000_000, "layer_ratio": 0.5},
+        "relative_to_teacher": score / 0.8, "train": {"steps": 10, "runtime_s": 120.0},
+        "record": {"config": {"command": f"python -m makd distill --objective {objective}"}, "seed": 0}}))
+
+
+def test_collect_and_markdown(tmp_path):
+    _run(tmp_path / "a", "hierarchical", 0.78)
+    _run(tmp_path / "b", "none", 0.5)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text(json.dumps({"unrelated": 1}))
+    df = collect(tmp_path)
+    assert len(df) == 2 and set(df.objective) == {"hierarchical", "none"}
+    table = markdown(df)
+    assert "rt-polarity (proxy for SST-2)" in table and "| 80.0 | 100 |" in table
+    assert "SVD student + MaKD (hierarchical) | accuracy | 78.0 | 97.5 |" in table
+    assert "`python -m makd distill --objective none`" in table
