@@ -20,7 +20,7 @@ COMMANDS = {
     "distill": ("makd.pipeline", "teacher fine-tuning, factorisation, distillation and evaluation"),
     "squad": ("makd.squad", "extractive QA (SQuAD v1.1/v2.0): teacher fine-tuning, distillation, EM/F1"),
     "grid": ("makd.grid", "run a declared grid of baselines/ablations over seeds (skips finished cells)"),
-    "decoder": ("makd.decoder", "decoder distillation (SFT / KD / SeqKD / MaKD) and Rouge-L evaluation"),
+    "decoder": ("makd.lm", "decoder distillation (SFT / KD / SeqKD / MaKD) and Rouge-L evaluation"),
     "reproduce": ("makd.reproduce", "execute the notebooks headless with a profile"),
 }
 

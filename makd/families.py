@@ -178,3 +178,39 @@ def attention_geometry(config) -> tuple[int, int, int]:
 
 def num_layers(config) -> int:
     return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer"))
+
+
+def copy_layers(model: nn.Module, keep: list[int]) -> nn.Module:
+    """A deep copy of ``model`` keeping only the layers ``keep`` (DistilBERT-style dense student init).
+
+    The config's layer count (and per-layer lists such as ``layer_types``) and each attention module's
+    ``layer_idx`` (the KV-cache slot of decoders) are renumbered."""
+    import copy as _copy
+
+    n = num_layers(model.config)
+    if not keep or any(not 0 <= i < n for i in keep):
+        raise ValueError(f"keep must name layers in 0..{n - 1}, got {keep}")
+    student = _copy.deepcopy(model)
+    layers = get_layers(student)
+    kept = [layers[i] for i in keep]
+    for i in range(len(layers) - 1, -1, -1):
+        del layers[i]
+    layers.extend(kept)
+    for new_idx, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    cfg = student.config
+    for name in ("num_hidden_layers", "n_layer"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, len(keep))
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    return student
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k of n layer indices, evenly spaced, always ending at the top layer (k = 1: the top layer)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n}, got {k}")
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]

@@ -131,9 +131,7 @@ def dense_student(spec: str, teacher, tokenizer, num_labels: int):
     """A dense student: ``layers:K`` copies K evenly spaced teacher layers (DistilBERT-style initialisation);
     anything else is loaded with :func:`makd.models.load_model` (its task head is new) and must share the
     teacher's tokenizer."""
-    import copy
-
-    from .families import get_layers
+    from .families import copy_layers, evenly_spaced, get_layers
     from .models import load_model, vocab_check
 
     if spec.startswith("layers:"):
@@ -144,14 +142,8 @@ def dense_student(spec: str, teacher, tokenizer, num_labels: int):
             k = 0
         if not 1 <= k <= n:
             raise SystemExit(f"error: --student {spec}: K must be an int in 1..{n} (the teacher has {n} layers)")
-        keep = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [n - 1]
-        student = copy.deepcopy(teacher)
-        layers = get_layers(student)
-        kept = [layers[i] for i in keep]
-        for i in range(len(layers) - 1, -1, -1):
-            del layers[i]
-        layers.extend(kept)
-        student.config.num_hidden_layers = len(kept)
+        keep = evenly_spaced(n, k)
+        student = copy_layers(teacher, keep)
         student.makd_dense = {"teacher_layers": keep}
         return student
     student, tok = load_model(spec, head="cls", num_labels=num_labels)
