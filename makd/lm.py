@@ -175,7 +175,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
 
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
-            max_new_tokens=64), template=template)
+            max_new_tokens=64, min_new_tokens=1), template=template)
     data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
                               template=template)
     objective = objective_for(method, num_layers(student.config))
@@ -293,7 +293,8 @@ def run(args) -> dict[str, Any]:
                              max_length=args.max_length, max_prompt_tokens=args.max_prompt_tokens,
                              template=args.template, resume=args.resume, quiet=args.quiet,
                              seqkd_settings=GenerationSettings.greedy(max_prompt_tokens=args.max_prompt_tokens,
-                                                                      max_new_tokens=args.max_new_tokens))
+                                                                      max_new_tokens=args.max_new_tokens,
+                                                                      min_new_tokens=1))
         s_eval = evaluate_rouge(student, tok, prompts, references, settings)
         s_params = fz.count_parameters(student)
         results[method] = {**common, "method": method, "student": args.student, "params": s_params,

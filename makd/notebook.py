@@ -50,6 +50,15 @@ def set_seed(seed: int) -> None:
         pass
 
 
+def start(run_dir: str | os.PathLike, seed: int, device: str = "auto") -> tuple[Path, str]:
+    """The first lines of every notebook: (absolute run_dir, device); seeds everything and sets the plot style."""
+    from .plotting import use_style
+
+    set_seed(seed)
+    use_style()
+    return resolve_path(run_dir), pick_device(device)
+
+
 def pick_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; other names are checked and returned."""
     import torch

@@ -18,6 +18,7 @@ import argparse
 import ast
 import hashlib
 import json
+import logging
 import re
 import sys
 import time
@@ -145,6 +146,9 @@ def execute(job: dict[str, Any], run_dir: Path, kernel: str) -> dict[str, Any]:
     metrics = run_dir / "metrics" / f"{stem}.json"
     metrics.unlink(missing_ok=True)  # a stale file from an earlier run must not satisfy the contract check
     t0 = time.perf_counter()
+    # our own check (validate) already rejected unknown names and wrong types; papermill's parser does not
+    # understand `str | None` annotations or quotes in help comments and would only print false warnings
+    logging.getLogger("papermill").setLevel(logging.ERROR)
     try:
         pm.execute_notebook(nbk.strip_outputs(job["nb"]), str(out), parameters=job["params"], kernel_name=kernel,
                             language="python", cwd=str(job["input"].parent), progress_bar=False, log_output=False,

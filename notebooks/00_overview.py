@@ -48,17 +48,14 @@ import numpy as np
 import pandas as pd
 
 import makd
-from makd.notebook import NOTEBOOKS_DIR, pick_device, read_notebook, resolve_path, set_seed, show, title, write_metrics
-from makd.plotting import savefig, use_style
+from makd.notebook import NOTEBOOKS_DIR, read_notebook, show, start, title, write_metrics
+from makd.plotting import savefig
 
 if hierarchy not in ("matrix_shallow", "matrix_deep", "all"):
     raise ValueError(f"hierarchy={hierarchy!r}: use 'matrix_shallow', 'matrix_deep' or 'all'")
 if n_layers < 2:
     raise ValueError(f"n_layers={n_layers}: draw at least 2 layers (one shallow, one deep)")
-run_dir = resolve_path(run_dir)
-set_seed(seed)
-device = pick_device(device)
-use_style()
+run_dir, device = start(run_dir, seed, device)
 run_dir
 
 # %% [markdown]

@@ -61,15 +61,12 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from makd.notebook import pick_device, resolve_path, set_seed, show, write_metrics
+from makd.notebook import resolve_path, show, start, write_metrics
 from makd.paths import data_dir as find_data_dir, hub_reachable
-from makd.plotting import savefig, use_style
+from makd.plotting import savefig
 from makd.squad import distill_squad
 
-run_dir = resolve_path(run_dir)
-set_seed(seed)
-device = pick_device(device)
-use_style()
+run_dir, device = start(run_dir, seed, device)
 folder = find_data_dir(resolve_path(data_dir) if data_dir else None)  # explicit, else $MAKD_DATA_DIR
 available = folder is not None or hub_reachable()
 if not available:

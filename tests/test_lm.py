@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from makd import lm
 from makd.generate import GenerationSettings, encode_prompts, evaluate_rouge, generate

@@ -1,0 +1,394 @@
+"""`python -m makd grid`: baselines and ablations declared as data, run over tasks × seeds, resumable.
+
+A grid is a YAML/JSON file (see ``grids/``)::
+
+    name: rt-polarity
+    tasks: [rt-polarity]            # one folder per task
+    seeds: [0, 1, 2]
+    shared: {teacher: minilm-l6, layer_ratio: 0.5, epochs: 1, max_length: 64}   # pipeline options
+    task_options: {rte: {max_length: 128}}                                     # optional, per task
+    cells:
+      - {name: makd, group: method, label: "MaKD (hierarchical)", options: {objective: hierarchical}}
+      - {name: no-matrix, group: ablation, options: {weights: {mha: 0, ffn: 0}}}
+      - {name: svd-at-l3, group: baseline, options: {objective: model-only, budget: {budget_of: "layers:3"}}}
+
+Every cell × seed × task runs :func:`makd.pipeline.distill` into ``OUT/<task>/<cell>/s<seed>/`` with
+options = shared ∪ task_options[task] ∪ cell.options (later wins; a cell's size key — ``layer_ratio``,
+``budget``, ``rank`` — replaces the shared one; a dense ``student`` drops them). ``{budget_of: SPEC}``
+is the exact total parameter count of the dense student SPEC (``layers:K`` or a model name such as
+``minilm-l3``) built for this teacher and task, so the SVD student is compared at the SAME total count.
+
+A cell is SKIPPED when its ``metrics.json`` exists and its ``cell.json`` records the same config hash
+(sha256 of the resolved options); an interrupted cell (checkpoints, no metrics.json) resumes from its last
+checkpoint; a cell whose options changed is re-run from scratch. ``OUT/grid_run.json`` accumulates the
+CPU and wall time of every executed cell (``time.process_time``: all threads of this process).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .runrecord import write_json
+
+log = logging.getLogger("makd.grid")
+
+SIZE_KEYS = ("layer_ratio", "budget", "rank")
+# options that change where/how a run is reported, never its result: left out of the config hash
+VOLATILE = ("out", "resume", "quiet", "report_to", "save_student", "logging_steps", "save_steps", "eval_steps")
+GROUPS = ("method", "baseline", "ablation", "budget")
+
+EPILOG = """examples:
+  python -m makd grid grids/smoke.yaml --out runs/grid-smoke            # seconds: tiny-bert, fixtures
+  python -m makd grid grids/rt-polarity.yaml --out results/grid --list  # show cells, options and budgets
+  python -m makd grid grids/rt-polarity.yaml --out results/grid --only makd svd-finetune --seeds 0
+  python -m makd grid grids/glue.yaml --out results/grid --tasks rte mrpc --set data_dir=../shared/data
+Re-running the same command skips finished cells and resumes interrupted ones."""
+
+
+# ------------------------------------------------------------------------------------------ grid data
+def load_grid(path: str | Path) -> dict[str, Any]:
+    """Read and validate a grid file (.yaml/.yml/.json); returns the dict with defaults filled in."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid file {path} does not exist (examples: grids/*.yaml)")
+    text = path.read_text()
+    if path.suffix == ".json":
+        grid = json.loads(text)
+    else:
+        import yaml
+        grid = yaml.safe_load(text)
+    return validate_grid(grid, where=str(path))
+
+
+def validate_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, Any]:
+    """Check the grid's structure and option names (against the pipeline's) before any run starts."""
+    from .pipeline import build_parser
+
+    if not isinstance(grid, dict):
+        raise ValueError(f"{where}: a grid is a mapping with tasks, seeds, shared, cells")
+    unknown_top = set(grid) - {"name", "description", "tasks", "seeds", "shared", "task_options", "cells"}
+    if unknown_top:
+        raise ValueError(f"{where}: unknown top-level key(s) {sorted(unknown_top)}")
+    valid = set(vars(build_parser().parse_args([])))
+    grid = {"name": Path(where).stem, "description": "", "seeds": [0], "shared": {}, "task_options": {}, **grid}
+    if not grid.get("tasks"):
+        raise ValueError(f"{where}: 'tasks' must list at least one task (e.g. [rt-polarity])")
+    if not grid["seeds"] or not all(isinstance(s, int) for s in grid["seeds"]):
+        raise ValueError(f"{where}: 'seeds' must be a list of ints, got {grid['seeds']!r}")
+    cells = grid.get("cells") or []
+    if not cells:
+        raise ValueError(f"{where}: 'cells' is empty")
+    blocks = [("shared", grid["shared"])] + [(f"task_options[{t}]", o) for t, o in grid["task_options"].items()]
+    names = set()
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict) or "name" not in cell:
+            raise ValueError(f"{where}: cell {i} needs a 'name'")
+        bad = set(cell) - {"name", "label", "group", "options", "note"}
+        if bad:
+            raise ValueError(f"{where}: cell {cell['name']!r} has unknown key(s) {sorted(bad)} "
+                             "(pipeline options go under 'options')")
+        if cell["name"] in names or "/" in cell["name"]:
+            raise ValueError(f"{where}: cell name {cell['name']!r} is repeated or contains '/'")
+        names.add(cell["name"])
+        cell.setdefault("label", cell["name"])
+        cell.setdefault("group", "method")
+        cell.setdefault("options", {})
+        if cell["group"] not in GROUPS:
+            raise ValueError(f"{where}: cell {cell['name']!r} group {cell['group']!r}: use one of {GROUPS}")
+        blocks.append((f"cell {cell['name']!r}", cell["options"]))
+    for what, opts in blocks:
+        sizes = [k for k in SIZE_KEYS if k in opts]
+        if len(sizes) > 1:
+            raise ValueError(f"{where}: {what} gives {sizes}: give one student size per block (a cell's size "
+                             "key replaces the shared one)")
+        bad = set(opts) - valid - {"task", "seed"}
+        if bad:
+            raise ValueError(f"{where}: {what} has unknown pipeline option(s) {sorted(bad)}; valid: {sorted(valid)}")
+        if "task" in opts or "seed" in opts:
+            raise ValueError(f"{where}: {what}: give tasks and seeds at the top level, not as options")
+    return grid
+
+
+def cell_options(grid: dict[str, Any], cell: dict[str, Any], task: str, seed: int) -> dict[str, Any]:
+    """shared ∪ task_options[task] ∪ cell.options with the size-key rule (budget_of not yet resolved)."""
+    opts: dict[str, Any] = {}
+    for layer in (grid["shared"], grid["task_options"].get(task, {}), cell["options"]):
+        if any(k in layer for k in SIZE_KEYS):
+            for k in SIZE_KEYS:
+                opts.pop(k, None)
+        opts.update(json.loads(json.dumps(layer)))          # a deep copy
+    if opts.get("student", "svd") != "svd":
+        for k in SIZE_KEYS:                                 # a dense student has its own size
+            opts.pop(k, None)
+    return {**opts, "task": task, "seed": seed}
+
+
+def budget_of(student: str, teacher: str = "minilm-l6", num_labels: int = 2) -> int:
+    """Exact total parameter count of the dense student ``student`` (``layers:K`` or a model name) with a
+    ``num_labels`` classification head, built as :mod:`makd.pipeline` builds it (the fine-tuned teacher
+    has the same shapes as the pretrained one, so the count does not need the fine-tuning)."""
+    from .factorize import count_parameters
+    from .models import load_model
+    from .pipeline import dense_student
+
+    model, tok = load_model(teacher, head="cls", num_labels=num_labels)
+    return count_parameters(dense_student(student, model, tok, num_labels))
+
+
+def _num_labels(task: str, data_dir: str | None) -> int:
+    from .data import load_task
+    t = load_task(task, data_dir=data_dir, max_dev=8, seed=0)
+    return 1 if t.is_regression else t.num_labels
+
+
+def resolve_options(opts: dict[str, Any], cache: dict | None = None) -> dict[str, Any]:
+    """Replace ``budget: {budget_of: SPEC}`` by the dense student's exact count (memoised in ``cache``) and
+    ``${VAR}`` in string options by the environment variable (an unset one is an error saying what to set)."""
+    from .profiles import expand_env
+
+    try:
+        opts = coerce_types({k: expand_env(v, k) for k, v in opts.items()})
+    except ValueError as err:
+        raise ValueError(str(err).replace("or pass -p", "or pass --set").replace(" VALUE", "=VALUE")) from None
+    b = opts.get("budget")
+    if not isinstance(b, dict):
+        return opts
+    if set(b) != {"budget_of"}:
+        raise ValueError(f"budget {b!r}: a mapping budget must be {{budget_of: STUDENT}} (e.g. layers:3)")
+    teacher = opts.get("teacher", "minilm-l6")
+    key = (b["budget_of"], teacher, opts["task"], opts.get("data_dir"))
+    cache = {} if cache is None else cache
+    if key not in cache:
+        cache[key] = budget_of(b["budget_of"], teacher, _num_labels(opts["task"], opts.get("data_dir")))
+    return {**opts, "budget": cache[key], "budget_of": b["budget_of"]}
+
+
+def coerce_types(opts: dict[str, Any]) -> dict[str, Any]:
+    """Give each option the type the pipeline's parser gives it (``epochs: 1`` in YAML -> 1.0), so a grid
+    cell and the same command line produce the same run config (and the same cached-teacher key)."""
+    from .pipeline import build_parser
+
+    types = {a.dest: a.type for a in build_parser()._actions if a.type in (float, int)}
+    return {k: types[k](v) if k in types and isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in opts.items()}
+
+
+def config_hash(opts: dict[str, Any]) -> str:
+    """sha256 (16 hex) of the resolved options without the VOLATILE ones (and without the budget_of label)."""
+    kept = {k: v for k, v in opts.items() if k not in VOLATILE and k != "budget_of"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan(grid: dict[str, Any], *, only: list[str] | None = None, seeds: list[int] | None = None,
+         tasks: list[str] | None = None, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every (task, seed, cell) to run, seeds before cells so one seed's cells finish together (and share
+    the fine-tuned teacher)."""
+    unknown = set(only or []) - {c["name"] for c in grid["cells"]}
+    if unknown:
+        raise ValueError(f"--only {sorted(unknown)}: not in the grid; cells: {[c['name'] for c in grid['cells']]}")
+    jobs = []
+    for task in tasks or grid["tasks"]:
+        for seed in seeds if seeds is not None else grid["seeds"]:
+            for cell in grid["cells"]:
+                if only and cell["name"] not in only:
+                    continue
+                opts = {**cell_options(grid, cell, task, seed), **(overrides or {})}
+                jobs.append({"task": task, "seed": seed, "cell": cell, "options": opts})
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------ running
+def cell_dir(out_dir: str | Path, task: str, cell: str, seed: int) -> Path:
+    return Path(out_dir) / task / cell / f"s{seed}"
+
+
+def status(folder: Path, digest: str) -> str:
+    """'done' (metrics.json + same hash), 'resume' (same hash, checkpoints), 'stale' (other hash) or 'new'."""
+    info_path = folder / "cell.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    same = info.get("config_hash") == digest
+    if same and (folder / "metrics.json").is_file() and info.get("status") == "done":
+        return "done"
+    if same and any((folder / "checkpoints").glob("checkpoint-*")):
+        return "resume"
+    if same:                                    # started with these options, stopped before a checkpoint
+        return "new"
+    return "stale" if info or (folder / "metrics.json").is_file() else "new"
+
+
+def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: list[str] | None = None,
+             seeds: list[int] | None = None, tasks: list[str] | None = None,
+             overrides: dict[str, Any] | None = None, stop_on_error: bool = False, keep_checkpoints: bool = False,
+             run_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or skip / resume) every cell; returns {"runs": [...], "cpu_s", "wall_s", counts}.
+
+    ``run_fn(**options)`` defaults to :func:`makd.pipeline.distill` (tests pass a wrapper to interrupt
+    a run). A failing cell is recorded in its ``cell.json`` (status "error") and the grid goes on unless
+    ``stop_on_error``. A finished cell's checkpoints (needed only to resume) are deleted unless
+    ``keep_checkpoints``. The summary is also merged into ``OUT/grid_run.json``.
+    """
+    if not isinstance(grid, dict):
+        grid = load_grid(grid)
+    if run_fn is None:
+        from .pipeline import distill as run_fn
+    out_dir = Path(out_dir)
+    jobs = plan(grid, only=only, seeds=seeds, tasks=tasks, overrides=overrides)
+    budgets: dict = {}
+    runs, t_grid, cpu_grid = [], time.time(), time.process_time()
+    done_walls: list[float] = []
+    for i, job in enumerate(jobs, 1):
+        name = f"{job['task']}/{job['cell']['name']}/s{job['seed']}"
+        opts = resolve_options(job["options"], budgets)
+        digest = config_hash(opts)
+        folder = cell_dir(out_dir, job["task"], job["cell"]["name"], job["seed"])
+        state = status(folder, digest)
+        prefix = f"[{i}/{len(jobs)}] {name}"
+        if state == "done":
+            echo(f"{prefix}: skipped (finished, same config {digest})")
+            runs.append({"name": name, "state": "skipped"})
+            continue
+        if state == "stale":
+            echo(f"{prefix}: options changed since the last run: starting again")
+            for sub in ("checkpoints", "student", "tensorboard"):
+                shutil.rmtree(folder / sub, ignore_errors=True)
+            (folder / "metrics.json").unlink(missing_ok=True)
+        left = len(jobs) - i + 1
+        eta = f", ~{sum(done_walls) / len(done_walls) * left / 60:.0f} min left" if done_walls else ""
+        echo(f"{prefix}: {'resuming' if state == 'resume' else 'running'}{eta}")
+        info = {"grid": grid["name"], "cell": job["cell"]["name"], "label": job["cell"]["label"],
+                "group": job["cell"]["group"], "task": job["task"], "seed": job["seed"], "config_hash": digest,
+                "options": {k: v for k, v in opts.items() if k != "budget_of"},
+                "budget_of": opts.get("budget_of"), "status": "running"}
+        write_json(folder / "cell.json", info)
+        run_opts = {k: v for k, v in opts.items() if k != "budget_of"}
+        run_opts.update(out=str(folder), resume=state == "resume")
+        t0, c0 = time.time(), time.process_time()
+        try:
+            res = run_fn(**run_opts)
+        except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded, re-raised or skipped
+            # the pipeline reports user errors (a bad size, an objective a dense student cannot use) as SystemExit
+            info.update(status="error", error=f"{type(err).__name__}: {err}",
+                        wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - c0, 1))
+            write_json(folder / "cell.json", info)
+            echo(f"{prefix}: FAILED {info['error']}")
+            runs.append({"name": name, "state": "error", "error": info["error"]})
+            if stop_on_error or isinstance(err, KeyboardInterrupt):
+                raise
+            continue
+        finally:
+            gc.collect()
+        wall, cpu = time.time() - t0, time.process_time() - c0
+        done_walls.append(wall)
+        metric = res["metric"]
+        score = res["student"]["metrics"].get(metric)
+        info.update(status="done", wall_s=round(wall, 1), cpu_s=round(cpu, 1), metric=metric, score=score,
+                    student_params=res["student"]["params"], resumed=bool(res.get("train", {}).get("resumed")))
+        write_json(folder / "cell.json", info)
+        if not keep_checkpoints:
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        echo(f"{prefix}: {metric}={score:.4f}  params={res['student']['params']:,}  "
+             f"(wall {wall:.0f} s, cpu {cpu:.0f} s)")
+        runs.append({"name": name, "state": "resumed" if info["resumed"] else "ran", "wall_s": round(wall, 1),
+                     "cpu_s": round(cpu, 1)})
+    summary = {"grid": grid["name"], "runs": runs, "wall_s": round(time.time() - t_grid, 1),
+               "cpu_s": round(time.process_time() - cpu_grid, 1),
+               "counts": {s: sum(r["state"] == s for r in runs) for s in ("ran", "resumed", "skipped", "error")}}
+    _merge_ledger(out_dir / "grid_run.json", summary)
+    echo(f"grid {grid['name']}: {summary['counts']}  wall {summary['wall_s'] / 60:.1f} min, "
+         f"CPU {summary['cpu_s'] / 60:.1f} min this invocation")
+    return summary
+
+
+def _merge_ledger(path: Path, summary: dict[str, Any]) -> None:
+    """Accumulate CPU/wall time over invocations (an interrupted grid re-run adds to the same totals)."""
+    ledger = json.loads(path.read_text()) if path.is_file() else {"invocations": [], "cpu_s": 0.0, "wall_s": 0.0}
+    ledger["invocations"].append({k: summary[k] for k in ("grid", "wall_s", "cpu_s", "counts")})
+    ledger["cpu_s"] = round(ledger["cpu_s"] + summary["cpu_s"], 1)
+    ledger["wall_s"] = round(ledger["wall_s"] + summary["wall_s"], 1)
+    write_json(path, ledger)
+
+
+def cpu_seconds(out_dir: str | Path, task: str | None = None) -> float:
+    """Total CPU seconds of the finished cells under ``out_dir`` (from their cell.json; teacher
+    fine-tuning included in the cell that triggered it)."""
+    root = Path(out_dir) / task if task else Path(out_dir)
+    return sum(json.loads(p.read_text()).get("cpu_s") or 0.0 for p in root.rglob("cell.json"))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: --set {item!r}: use KEY=VALUE (VALUE parsed as JSON when possible)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m makd grid", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", help="grid file (YAML or JSON): tasks, seeds, shared options, cells")
+    p.add_argument("--out", required=True, help="results folder: OUT/<task>/<cell>/s<seed>/metrics.json")
+    p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells")
+    p.add_argument("--seeds", nargs="+", type=int, help="override the grid's seeds")
+    p.add_argument("--tasks", nargs="+", help="override the grid's tasks")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline option for every cell (e.g. data_dir=../shared/data max_steps=5)")
+    p.add_argument("--list", action="store_true", help="print the planned cells with their state and options; run nothing")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing cell")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep a finished cell's checkpoints (deleted by default: they only serve to resume)")
+    p.add_argument("--verbose", action="store_true", help="keep the pipeline's progress bars and logs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        grid = load_grid(args.grid)
+        overrides = _parse_set(args.set)
+        if not args.verbose:
+            overrides.setdefault("quiet", True)
+        jobs = plan(grid, only=args.only, seeds=args.seeds, tasks=args.tasks, overrides=overrides)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _run_cli(args, grid, jobs, overrides)
+    except ValueError as err:                       # unset ${VAR}, unreachable budget_of, ...
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_cli(args, grid: dict[str, Any], jobs: list[dict[str, Any]], overrides: dict[str, Any]) -> int:
+    if args.list:
+        budgets: dict = {}
+        for job in jobs:
+            opts = resolve_options(job["options"], budgets)
+            folder = cell_dir(args.out, job["task"], job["cell"]["name"], job["seed"])
+            extra = f" (= {opts['budget_of']})" if "budget_of" in opts else ""
+            shown = {k: v for k, v in opts.items() if k not in ("task", "seed", "quiet", "budget_of")}
+            print(f"{job['task']}/{job['cell']['name']}/s{job['seed']} [{status(folder, config_hash(opts))}]"
+                  f"{extra}: {json.dumps(shown, sort_keys=True)}")
+        return 0
+    summary = run_grid(grid, args.out, only=args.only, seeds=args.seeds, tasks=args.tasks, overrides=overrides,
+                       stop_on_error=args.stop_on_error, keep_checkpoints=args.keep_checkpoints)
+    return 1 if summary["counts"]["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

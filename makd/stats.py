@@ -1,0 +1,339 @@
+"""Statistics over training seeds for grids written by :mod:`makd.grid`: tables, paired tests, bootstrap.
+
+``collect(root)`` reads ``root/<task>/<cell>/s<seed>/{metrics,cell}.json`` into one row per run;
+``summarize`` gives mean ± std per (task, cell); ``paired`` compares two cells on the seeds both ran;
+``versus_best_baseline`` answers "MaKD vs the best baseline" per task; ``ablation_deltas`` gives each
+ablation's paired difference to MaKD. All functions are pure (DataFrame/arrays in, DataFrame/dict out).
+
+Scores are the task's main dev metric (``metrics.json``'s ``metric``), as fractions (accuracy 0.81).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["task", "cell", "label", "group", "seed", "metric", "score", "teacher_score", "relative",
+           "student_params", "teacher_params", "layer_ratio", "param_ratio", "objective", "student_kind",
+           "weighting", "is_proxy", "source", "teacher", "config", "steps", "cpu_s", "wall_s", "grid", "where", "origin", "path"]
+
+
+def collect(root: str | Path) -> pd.DataFrame:
+    """One row per finished run under ``root`` (``<task>/<cell>/s<seed>/metrics.json``). Runs not made by
+    the grid (no ``cell.json``, e.g. ``results/<task>/<row>/metrics.json``) take their cell name from the
+    folder (``<row>``, or ``<cell>`` of ``<cell>/s<seed>``) and their seed from the run record.
+    ``origin`` is ``root`` as given; ``where`` the folder above the task folder (``results/grid`` for
+    ``results/grid/rte/makd/s0``); ``grid`` the grid name (None for runs not made by the grid); ``config``
+    the recorded pipeline options."""
+    rows = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        d = json.loads(path.read_text())
+        if not {"task", "metric", "student", "teacher"} <= set(d):
+            continue
+        info_path = path.parent / "cell.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        cfg = d.get("record", {}).get("config", {})
+        by_seed = re.fullmatch(r"s(\d+)", path.parent.name)
+        folder_cell = path.parent.parent.name if by_seed else path.parent.name
+        seed = info.get("seed", d.get("record", {}).get("seed", int(by_seed.group(1)) if by_seed else 0))
+        metric = d["metric"]
+        rel = path.parent.relative_to(root).parts
+        cut = max((i for i, part in enumerate(rel[:-1]) if part == d["task"]), default=None)
+        where = Path(root, *rel[:cut]) if cut is not None else Path(root)
+        rows.append({
+            "task": d["task"], "cell": info.get("cell", folder_cell),
+            "label": info.get("label", _plain_label(d, cfg)), "group": info.get("group", "method"), "seed": int(seed),
+            "metric": metric, "score": d["student"]["metrics"].get(metric),
+            "teacher_score": d["teacher"]["metrics"].get(metric), "relative": d.get("relative_to_teacher"),
+            "student_params": d["student"]["params"], "teacher_params": d["teacher"]["params"],
+            "layer_ratio": d["student"].get("layer_ratio"), "param_ratio": d["student"].get("ratio"),
+            "objective": d.get("objective"), "student_kind": cfg.get("student", "svd"),
+            "weighting": cfg.get("weighting", "none"), "is_proxy": bool(d.get("is_proxy")),
+            "source": d.get("source"), "teacher": d["teacher"].get("id"), "config": cfg,
+            "steps": d.get("train", {}).get("steps"), "cpu_s": info.get("cpu_s"),
+            "wall_s": info.get("wall_s", d.get("record", {}).get("wall_time_s")), "grid": info.get("grid"),
+            "where": str(where), "origin": str(root),
+            "path": str(path.parent),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _plain_label(d: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """A readable name for a run not made by the grid, from its objective and student."""
+    from .results import ROW_NAMES
+
+    name = ROW_NAMES.get(d.get("objective"), f"SVD student + {d.get('objective')}")
+    student = cfg.get("student", "svd")
+    return name if student in (None, "svd") else f"dense {student} + {d.get('objective')}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n): x̄ = Σxᵢ/n, s = sqrt(Σ(xᵢ − x̄)² / (n − 1)); s = NaN for n < 2."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else float("nan"), int(x.size)
+
+
+def summarize(df: pd.DataFrame, by: Sequence[str] = ("task", "cell")) -> pd.DataFrame:
+    """Mean ± std of ``score`` over seeds per group, with n, the label/group/params of the cell and the
+    mean fraction of the teacher's score. Sorted by task, then mean score (best first)."""
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "label", "group", "metric", "mean", "std", "n", "relative",
+                                     "student_params", "layer_ratio", "seeds", "teacher", "teacher_score",
+                                     "is_proxy", "source", "setting"])
+    rows = []
+    for key, g in df.groupby(list(by), sort=False):
+        m, s, n = mean_std(g["score"])
+        rel = g["relative"].dropna()
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     "label": g["label"].iloc[0], "group": g["group"].iloc[0], "metric": g["metric"].iloc[0],
+                     "mean": m, "std": s, "n": n, "relative": float(rel.mean()) if len(rel) else float("nan"),
+                     "student_params": int(g["student_params"].iloc[0]),
+                     "teacher_params": int(g["teacher_params"].iloc[0]),
+                     "layer_ratio": g["layer_ratio"].iloc[0], "seeds": sorted(int(x) for x in g["seed"]),
+                     "teacher": g["teacher"].iloc[0], "teacher_score": float(g["teacher_score"].mean()),
+                     "is_proxy": bool(g["is_proxy"].iloc[0]), "source": g["source"].iloc[0],
+                     "setting": setting_of(g["config"].iloc[0])})
+    out = pd.DataFrame(rows)
+    keys = list(by[:-1]) + ["mean"]
+    return out.sort_values(keys, ascending=[True] * (len(keys) - 1) + [False]).reset_index(drop=True)
+
+
+SETTING_KEYS = (("max_train", "train ex."), ("epochs", "epochs"), ("max_steps", "max steps"),
+                ("max_length", "max len"), ("teacher_epochs", "teacher epochs"), ("teacher_max_train", "teacher ex."))
+
+
+def setting_of(config: dict[str, Any] | None) -> str:
+    """The training-size options of a recorded run config, e.g. 'train ex. 2000, epochs 1, max len 64'
+    (options left at 'all'/-1/None are omitted; max_steps only when set)."""
+    if not isinstance(config, dict):
+        return ""
+    parts = [f"{name} {config[k]:g}" if isinstance(config[k], float) else f"{name} {config[k]}"
+             for k, name in SETTING_KEYS if config.get(k) not in (None, -1, "")]
+    return ", ".join(parts)
+
+
+def mean_pm_std(mean: float, std: float, scale: float | None = None, digits: int = 1) -> str:
+    """'81.2 ± 0.4' (scaled by ``scale``; default ×100 for fractions |mean| ≤ 1, ×1 for scores already on
+    0–100 such as SQuAD F1; '± –' when the std is undefined, n = 1)."""
+    scale = (100.0 if abs(mean) <= 1 else 1.0) if scale is None else scale
+    sd = "–" if std is None or np.isnan(std) else f"{scale * std:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {sd}"
+
+
+def bootstrap_ci(diffs: Sequence[float], *, n_boot: int = 10_000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of paired differences dᵢ = aᵢ − bᵢ.
+
+    Draw B resamples d*₁..d*ₙ with replacement, take their means m*_b, and return the (1−level)/2 and
+    (1+level)/2 quantiles of {m*_b}. With n = 3 seeds there are only 10 distinct resample means: the
+    interval is coarse and too narrow — read it together with the paired t-test.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        raise ValueError("bootstrap_ci needs at least one difference")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)   # (B,)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired(a: Sequence[float], b: Sequence[float], *, n_boot: int = 10_000, level: float = 0.95,
+           seed: int = 0) -> dict[str, Any]:
+    """Paired comparison of two methods over the same seeds (aᵢ, bᵢ from seed i).
+
+    dᵢ = aᵢ − bᵢ, d̄ = Σdᵢ/n, s_d = sqrt(Σ(dᵢ − d̄)²/(n − 1)), t = d̄ / (s_d/√n) with n − 1 degrees of
+    freedom, two-sided p from scipy.stats.ttest_rel; plus the bootstrap CI of d̄ (:func:`bootstrap_ci`)
+    and the number of seeds where a wins. t and p are NaN when n < 2 or all dᵢ are equal.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired needs two equal-length 1-D samples, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    t, p = (float("nan"), float("nan"))
+    if d.size > 1 and np.ptp(d) > 1e-12:                    # equal differences (up to rounding): no t
+        res = stats.ttest_rel(a, b)
+        t, p = float(res.statistic), float(res.pvalue)
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
+    return {"n": int(d.size), "mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_diff": float(d.mean()),
+            "std_diff": float(d.std(ddof=1)) if d.size > 1 else float("nan"), "t": t, "p": p,
+            "ci_low": lo, "ci_high": hi, "level": level, "wins": int((d > 0).sum())}
+
+
+def _seed_scores(df: pd.DataFrame, task: str, cell: str) -> pd.Series:
+    g = df[(df["task"] == task) & (df["cell"] == cell)]
+    return g.groupby("seed")["score"].mean()
+
+
+def compare_cells(df: pd.DataFrame, task: str, a: str, b: str, **kw: Any) -> dict[str, Any]:
+    """:func:`paired` of cells ``a`` and ``b`` of ``task`` on the seeds both have (ValueError if none)."""
+    sa, sb = _seed_scores(df, task, a), _seed_scores(df, task, b)
+    common = sorted(set(sa.index) & set(sb.index))
+    if not common:
+        raise ValueError(f"{task}: cells {a!r} and {b!r} share no seed (have {sorted(sa.index)} and {sorted(sb.index)})")
+    return {"task": task, "a": a, "b": b, "seeds": common, **paired(sa[common], sb[common], **kw)}
+
+
+def versus_best_baseline(df: pd.DataFrame, method: str = "makd", *, exclude: Sequence[str] = ("svd-none",),
+                         **kw: Any) -> pd.DataFrame:
+    """Per task: ``method`` vs the baseline cell (group 'baseline', not in ``exclude``) with the best mean
+    score over the seeds it shares with ``method``, as a :func:`paired` row. The untrained SVD student is
+    excluded by default (it is a floor, not a competitor)."""
+    rows = []
+    for task in sorted(df["task"].unique()):
+        sub = df[df["task"] == task]
+        if method not in set(sub["cell"]):
+            continue
+        seeds = set(sub[sub["cell"] == method]["seed"])
+        base = sub[(sub["group"] == "baseline") & ~sub["cell"].isin(exclude) & sub["seed"].isin(seeds)]
+        if base.empty:
+            continue
+        best = base.groupby("cell")["score"].mean().idxmax()
+        res = compare_cells(df, task, method, best, **kw)
+        rows.append({**res, "best_baseline": best, "label": sub[sub["cell"] == best]["label"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def ablation_deltas(df: pd.DataFrame, method: str = "makd", *, group: str = "ablation", **kw: Any) -> pd.DataFrame:
+    """Per task and ablation cell: paired difference ablation − ``method`` (negative = the removed or
+    changed part helped MaKD)."""
+    rows = []
+    for task in sorted(df["task"].unique()):
+        sub = df[df["task"] == task]
+        if method not in set(sub["cell"]):
+            continue
+        for cell in sub[sub["group"] == group]["cell"].unique():
+            try:
+                res = compare_cells(df, task, cell, method, **kw)
+            except ValueError:
+                continue
+            rows.append({**res, "cell": cell, "label": sub[sub["cell"] == cell]["label"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def significance(p: float, alpha: float = 0.05) -> str:
+    """'significant (p = 0.012)' / 'not significant (p = 0.31)' / 'untestable' for NaN p."""
+    if p is None or np.isnan(p):
+        return "untestable (fewer than 2 seeds or identical differences)"
+    return f"{'significant' if p < alpha else 'not significant'} at {alpha:g} (p = {p:.3g})"
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+def _direction(res: dict[str, Any]) -> str:
+    """'higher' / 'lower' when the bootstrap CI of the mean difference excludes 0, else 'no clear difference'."""
+    if res["ci_low"] > 0:
+        return "higher"
+    if res["ci_high"] < 0:
+        return "lower"
+    return "no clear difference"
+
+
+def _fmt_diff(res: dict[str, Any]) -> str:
+    return (f"{100 * res['mean_diff']:+.1f} points over {res['n']} seed(s), {int(100 * res['level'])} % bootstrap "
+            f"CI [{100 * res['ci_low']:+.1f}, {100 * res['ci_high']:+.1f}], {significance(res['p'])}")
+
+
+ASPECT_CELLS = {"no-matrix": "the matrix aspect", "no-layer": "the layer aspect", "no-model": "the model aspect"}
+HIERARCHY_CELLS = {"makd": "hierarchical (matrix shallow, layer deep)", "inverted": "inverted hierarchy",
+                   "all-aspects": "all aspects on all layers"}
+
+
+def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> dict[str, list[str]]:
+    """Sentences answering the ablation questions, computed from the runs in ``df`` (never hard-coded).
+
+    Keys: ``baseline`` (method vs best baseline), ``aspects`` (each "no-X" ablation: removing X changes the
+    score by d; X helps when the CI of d is below 0), ``hierarchy`` (best of makd / inverted / all-aspects),
+    ``initialisation`` (activation-aware vs plain SVD), ``budget`` (lowest layer ratio whose mean score keeps
+    ≥ ``keep`` × the teacher's score, per method of the budget sweep). A question without runs says so.
+    """
+    out: dict[str, list[str]] = {k: [] for k in ("baseline", "aspects", "hierarchy", "initialisation", "budget")}
+    for r in versus_best_baseline(df, method).to_dict("records"):
+        out["baseline"].append(f"{r['task']}: {method} vs the best baseline ({r['label']}): {_direction(r)} — "
+                               f"{_fmt_diff(r)}.")
+    deltas = ablation_deltas(df, method)
+    for r in deltas.to_dict("records"):
+        if r["cell"] in ASPECT_CELLS:
+            d = _direction(r)
+            meaning = {"lower": "the aspect helps", "higher": "the aspect hurts",
+                       "no clear difference": "no evidence that the aspect matters"}[d]
+            out["aspects"].append(f"{r['task']}: without {ASPECT_CELLS[r['cell']]}: {_fmt_diff(r)} → {meaning}.")
+        if r["cell"] == "activation":
+            d = _direction(r)
+            out["initialisation"].append(f"{r['task']}: activation-aware vs plain SVD initialisation: {_fmt_diff(r)}"
+                                         f" → {'activation-aware is better' if d == 'higher' else 'plain is better' if d == 'lower' else 'no clear difference'}.")
+    summ = summarize(df)
+    for task in sorted(df["task"].unique()):
+        h = summ[(summ["task"] == task) & summ["cell"].isin(HIERARCHY_CELLS)]
+        if len(h) >= 2:
+            best = h.iloc[0]                                     # summarize sorts by mean, best first
+            others = "; ".join(f"{HIERARCHY_CELLS[c]} {mean_pm_std(m, s)}" for c, m, s in
+                               zip(h["cell"].iloc[1:], h["mean"].iloc[1:], h["std"].iloc[1:]))
+            line = (f"{task}: best assignment is {HIERARCHY_CELLS[best['cell']]} ({mean_pm_std(best['mean'], best['std'])}); "
+                    f"then {others}")
+            if best["cell"] != method and method in set(h["cell"]):
+                line += f"; {best['cell']} vs {method}: {_fmt_diff(compare_cells(df, task, best['cell'], method))}"
+            out["hierarchy"].append(line + ".")
+        b = summ[(summ["task"] == task) & (summ["group"] == "budget")]
+        for label, g in b.groupby("label", sort=False):
+            g = g.sort_values("layer_ratio")
+            ok = g[g["mean"] >= keep * g["teacher_score"]]
+            curve = ", ".join(f"{r:.2g}: {100 * m:.1f}" for r, m in zip(g["layer_ratio"], g["mean"]))
+            low = (f"down to layer ratio {ok['layer_ratio'].min():.2g}" if len(ok)
+                   else f"at none of the ratios tried")
+            out["budget"].append(f"{task}, {label}: keeps ≥ {keep:.0%} of the teacher's score {low} "
+                                 f"(mean score by layer ratio — {curve}).")
+    missing = {"baseline": "no method/baseline pair", "aspects": "no aspect ablation (no-matrix/no-layer/no-model)",
+               "hierarchy": "fewer than two of makd/inverted/all-aspects", "initialisation": "no 'activation' cell",
+               "budget": "no budget sweep cells"}
+    for key, why in missing.items():
+        if not out[key]:
+            out[key].append(f"not answered: the runs contain {why}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ figures
+def plot_ablation_deltas(deltas: pd.DataFrame):
+    """Horizontal bars: mean paired difference ablation − MaKD (points ×100) with its bootstrap CI."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(len(deltas), 1)))
+    if deltas.empty:
+        ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    names = [f"{t}: {l}" if deltas["task"].nunique() > 1 else l for t, l in zip(deltas["task"], deltas["label"])]
+    y = np.arange(len(deltas))
+    d = 100 * deltas["mean_diff"].to_numpy()
+    err = np.vstack([d - 100 * deltas["ci_low"].to_numpy(), 100 * deltas["ci_high"].to_numpy() - d])
+    ax.barh(y, d, xerr=err, color=["C3" if v < 0 else "C2" for v in d], capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.set_xlabel("score difference to MaKD (points; bar: mean over seeds, whisker: bootstrap CI)")
+    return fig
+
+
+def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
+    """Mean score (±std) vs ``x`` (layer_ratio or student_params) per method label of the budget sweep,
+    with the teacher's score as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    b = summary[summary["group"] == "budget"]
+    if b.empty:
+        ax.text(0.5, 0.5, "no budget sweep runs", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    for (task, label), g in b.groupby(["task", "label"], sort=False):
+        g = g.sort_values(x)
+        name = label if b["task"].nunique() == 1 else f"{task}: {label}"
+        ax.errorbar(g[x], 100 * g["mean"], yerr=100 * g["std"].fillna(0), marker="o", capsize=3, label=name)
+    ax.axhline(100 * b["teacher_score"].mean(), color="k", ls="--", lw=0.8, label="teacher")
+    ax.set_xlabel("layer-parameter ratio" if x == "layer_ratio" else "student parameters")
+    ax.set_ylabel(f"dev {b['metric'].iloc[0]} (×100)")
+    ax.legend()
+    return fig

@@ -1,0 +1,138 @@
+"""The grid runner on tiny models and the GLUE fixtures: writes, skips finished cells, resumes an interrupted one."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from makd import grid as G
+from makd import pipeline
+from makd.factorize import count_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = {"teacher": "tiny-bert", "data_dir": str(ROOT / "tests" / "fixtures" / "glue"), "teacher_epochs": 1.0,
+          "force_teacher": True, "report_to": "none", "quiet": True, "lr": 1e-3, "batch_size": 2,
+          "logging_steps": 1, "save_student": False, "max_steps": 2, "layer_ratio": 0.5}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Fine-tuned tiny teachers go to a per-session cache, never into data/cache."""
+    monkeypatch.setenv("MAKD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _grid(**shared) -> dict:
+    return G.validate_grid({"name": "t", "tasks": ["sst2"], "seeds": [0, 1], "shared": {**SHARED, **shared},
+                            "cells": [{"name": "makd", "options": {"objective": "hierarchical"}},
+                                      {"name": "kd", "group": "baseline", "options": {"objective": "model-only"}}]})
+
+
+def _no_run(**options):
+    raise AssertionError(f"a finished cell was run again: {options['out']}")
+
+
+def test_writes_every_cell_then_skips_finished_ones_and_reruns_a_changed_one(tmp_path):
+    out = tmp_path / "grid"
+    first = G.run_grid(_grid(), out, echo=lambda s: None)
+    assert first["counts"] == {"ran": 4, "resumed": 0, "skipped": 0, "error": 0}
+    for cell in ("makd", "kd"):
+        for seed in (0, 1):
+            folder = out / "sst2" / cell / f"s{seed}"
+            m = json.loads((folder / "metrics.json").read_text())
+            info = json.loads((folder / "cell.json").read_text())
+            assert m["train"]["steps"] == 2 and m["record"]["seed"] == seed and info["status"] == "done"
+            assert info["cpu_s"] > 0 and info["score"] == m["student"]["metrics"]["accuracy"]
+            assert not (folder / "checkpoints").exists()         # only needed to resume: removed when done
+    assert json.loads((out / "sst2" / "kd" / "s0" / "metrics.json").read_text())["objective"] == "model-only"
+    again = G.run_grid(_grid(), out, run_fn=_no_run, echo=lambda s: None)
+    assert again["counts"]["skipped"] == 4 and again["counts"]["ran"] == 0
+    changed = _grid()
+    changed["cells"][1]["options"]["temperature"] = 4.0          # only the kd cells change
+    lines: list[str] = []
+    third = G.run_grid(changed, out, seeds=[0], echo=lines.append)
+    assert third["counts"] == {"ran": 1, "resumed": 0, "skipped": 1, "error": 0}
+    assert any("options changed" in line for line in lines)
+    ledger = json.loads((out / "grid_run.json").read_text())
+    assert len(ledger["invocations"]) == 3 and ledger["cpu_s"] > 0
+    assert G.cpu_seconds(out) > 0
+
+
+class _Crash(TrainerCallback):
+    """Simulates a killed job: raises right after the checkpoint at ``step`` was written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise RuntimeError("simulated interruption")
+
+
+def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "grid"
+    g = _grid(max_steps=4, save_steps=2)
+    g["seeds"], g["cells"] = [0], g["cells"][:1]
+
+    def crashing(**options):
+        args = pipeline.build_parser().parse_args([])
+        for k, v in options.items():
+            setattr(args, k, v)
+        return pipeline.run(args, callbacks=[_Crash(2)])
+
+    first = G.run_grid(g, out, run_fn=crashing, echo=lambda s: None)
+    folder = out / "sst2" / "makd" / "s0"
+    assert first["counts"]["error"] == 1 and not (folder / "metrics.json").exists()
+    assert json.loads((folder / "cell.json").read_text())["status"] == "error"
+    assert (folder / "checkpoints" / "checkpoint-2").is_dir()
+    assert G.status(folder, json.loads((folder / "cell.json").read_text())["config_hash"]) == "resume"
+    second = G.run_grid(g, out, echo=lambda s: None)
+    m = json.loads((folder / "metrics.json").read_text())
+    assert second["counts"]["resumed"] == 1 and m["train"]["resumed"] and m["train"]["steps"] == 4
+
+
+def test_budget_of_is_the_dense_students_exact_count_and_options_merge():
+    from makd.models import load_model
+
+    teacher, tok = load_model("tiny-bert", head="cls", num_labels=2)
+    dense = pipeline.dense_student("layers:1", teacher, tok, 2)
+    assert G.budget_of("layers:1", "tiny-bert", 2) == count_parameters(dense) < count_parameters(teacher)
+    g = _grid()
+    g["cells"][0]["options"]["budget"] = {"budget_of": "layers:1"}
+    opts = G.cell_options(g, g["cells"][0], "sst2", 0)
+    assert "layer_ratio" not in opts and opts["budget"] == {"budget_of": "layers:1"}   # the cell's size key wins
+    resolved = G.resolve_options(opts)
+    assert resolved["budget"] == count_parameters(dense) and resolved["budget_of"] == "layers:1"
+    assert G.config_hash(resolved) == G.config_hash({**resolved, "out": "elsewhere", "quiet": False})
+    dense_cell = {"name": "d", "label": "d", "group": "baseline", "options": {"student": "layers:1"}}
+    assert not set(G.SIZE_KEYS) & set(G.cell_options(g, dense_cell, "sst2", 0))
+
+
+def test_grid_files_validate_and_errors_are_clear(tmp_path, capsys):
+    for path in sorted((ROOT / "grids").glob("*.yaml")):
+        assert G.load_grid(path)["cells"], path
+    with pytest.raises(ValueError, match="unknown pipeline option"):
+        G.validate_grid({"tasks": ["sst2"], "cells": [{"name": "a", "options": {"learning_rate": 1}}]})
+    with pytest.raises(ValueError, match="one student size"):
+        G.validate_grid({"tasks": ["sst2"], "shared": {"budget": 10, "layer_ratio": 0.5}, "cells": [{"name": "a"}]})
+    with pytest.raises(ValueError, match="repeated"):
+        G.validate_grid({"tasks": ["sst2"], "cells": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ValueError, match="not in the grid"):
+        G.plan(_grid(), only=["nope"])
+    assert G.main([str(ROOT / "grids" / "smoke.yaml"), "--out", str(tmp_path), "--list", "--seeds", "0"]) == 0
+    listed = capsys.readouterr().out
+    assert "sst2/makd/s0 [new]" in listed and "sst2/no-layer/s0" in listed
+    assert G.main([str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+    g = _grid()
+    g["seeds"] = [0]
+    g["cells"] = [{"name": "bad", "label": "bad", "group": "baseline",          # 1 dense layer vs 2: no 1:1 layers
+                   "options": {"student": "layers:1", "objective": "hierarchical"}}]
+    res = G.run_grid(g, tmp_path, echo=lambda s: None)
+    info = json.loads((tmp_path / "sst2" / "bad" / "s0" / "cell.json").read_text())
+    assert res["counts"]["error"] == 1 and info["status"] == "error" and "model-only" in info["error"]
+    with pytest.raises(SystemExit):
+        G.run_grid(g, tmp_path, stop_on_error=True, echo=lambda s: None)

@@ -1,0 +1,99 @@
+"""makd.stats on fixed numbers (hand-computed expectations) and on the stored-results fixtures."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from makd import stats
+
+GRID = Path(__file__).resolve().parent / "fixtures" / "results" / "grid"
+
+
+def test_mean_std_uses_the_sample_std():
+    m, s, n = stats.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert (m, n) == (2.5, 4) and s == pytest.approx(math.sqrt(5 / 3))
+    m, s, n = stats.mean_std([0.7])
+    assert m == 0.7 and math.isnan(s) and n == 1
+    with pytest.raises(ValueError):
+        stats.mean_std([])
+
+
+def test_paired_t_matches_the_closed_form():
+    # d = (0.02, 0.01, 0.04): mean 0.07/3, sample std 0.01·sqrt(7/3) -> t = sqrt(7) exactly; with 2 degrees of
+    # freedom the two-sided p is 1 - t / sqrt(2 + t²) = 1 - sqrt(7)/3.
+    res = stats.paired([0.80, 0.82, 0.84], [0.78, 0.81, 0.80])
+    assert res["n"] == 3 and res["wins"] == 3
+    assert res["mean_diff"] == pytest.approx(0.07 / 3)
+    assert res["std_diff"] == pytest.approx(math.sqrt(((0.02 - 0.07 / 3) ** 2 + (0.01 - 0.07 / 3) ** 2
+                                                       + (0.04 - 0.07 / 3) ** 2) / 2))
+    assert res["t"] == pytest.approx(math.sqrt(7))
+    assert res["p"] == pytest.approx(1 - math.sqrt(7) / 3)
+    assert 0.01 - 1e-12 <= res["ci_low"] <= res["mean_diff"] <= res["ci_high"] <= 0.04 + 1e-12
+
+
+def test_paired_sign_and_untestable_cases():
+    res = stats.paired([0.5, 0.6], [0.6, 0.8])
+    assert res["mean_diff"] == pytest.approx(-0.15) and res["wins"] == 0 and res["t"] < 0
+    same = stats.paired([0.7, 0.8], [0.6, 0.7])          # identical differences: no variance, no t
+    assert math.isnan(same["t"]) and math.isnan(same["p"]) and same["ci_low"] == pytest.approx(0.1)
+    assert same["ci_high"] == pytest.approx(0.1)
+    assert "untestable" in stats.significance(same["p"])
+    assert stats.significance(0.01).startswith("significant") and stats.significance(0.2).startswith("not")
+    with pytest.raises(ValueError):
+        stats.paired([1, 2], [1, 2, 3])
+
+
+def test_bootstrap_ci_of_two_values_is_their_range():
+    # d = (0, 1): resample means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4 -> the 95 % interval is [0, 1]
+    lo, hi = stats.bootstrap_ci([0.0, 1.0], n_boot=4000, seed=1)
+    assert (lo, hi) == (0.0, 1.0)
+    lo, hi = stats.bootstrap_ci([0.2, 0.2, 0.2])
+    assert lo == hi == pytest.approx(0.2)
+    assert stats.bootstrap_ci([0.1, 0.3, 0.2], seed=3) == stats.bootstrap_ci([0.1, 0.3, 0.2], seed=3)
+
+
+def _frame(scores: dict[str, tuple[str, list[float]]]) -> pd.DataFrame:
+    rows = [{"task": "t", "cell": c, "label": c, "group": g, "seed": i, "metric": "accuracy", "score": s,
+             "relative": s / 0.9, "student_params": 10, "teacher_params": 20, "layer_ratio": 0.5, "teacher": "x", "teacher_score": 0.9,
+             "is_proxy": False, "source": "files", "config": {"max_train": 100}}
+            for c, (g, vals) in scores.items() for i, s in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_summarize_versus_best_baseline_and_ablation_deltas():
+    df = _frame({"makd": ("method", [0.80, 0.82, 0.84]), "kd": ("baseline", [0.78, 0.81, 0.80]),
+                 "ft": ("baseline", [0.70, 0.71, 0.72]), "svd-none": ("baseline", [0.95, 0.95, 0.95]),
+                 "no-layer": ("ablation", [0.79, 0.80, 0.81])})
+    summ = stats.summarize(df)
+    assert list(summ["cell"])[:2] == ["svd-none", "makd"]             # sorted by mean, best first
+    row = summ.set_index("cell").loc["kd"]
+    assert row["mean"] == pytest.approx(0.79667, abs=1e-5) and row["std"] == pytest.approx(np.std([.78, .81, .80], ddof=1))
+    assert row["setting"] == "train ex. 100"
+    vs = stats.versus_best_baseline(df)                                # svd-none excluded: kd is best
+    assert list(vs["best_baseline"]) == ["kd"] and vs["t"].iloc[0] == pytest.approx(math.sqrt(7))
+    deltas = stats.ablation_deltas(df)
+    assert list(deltas["cell"]) == ["no-layer"] and deltas["mean_diff"].iloc[0] == pytest.approx(-0.02)
+    assert stats.mean_pm_std(0.8123, 0.0041) == "81.2 ± 0.4" and stats.mean_pm_std(0.8, float("nan")) == "80.0 ± –"
+
+
+def test_compare_cells_uses_only_common_seeds():
+    df = _frame({"a": ("method", [0.8, 0.9, 0.7]), "b": ("baseline", [0.6, 0.7])})
+    res = stats.compare_cells(df, "t", "a", "b")
+    assert res["seeds"] == [0, 1] and res["mean_diff"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="share no seed"):
+        stats.compare_cells(df[df.seed != 0].assign(seed=lambda d: np.where(d.cell == "a", d.seed + 5, d.seed)),
+                            "t", "a", "b")
+
+
+def test_collect_reads_grid_and_plain_result_folders():
+    df = stats.collect(GRID)
+    assert len(df) == 30 and set(df["seed"]) == {0, 1, 2}
+    makd = df[df.cell == "makd"].sort_values("seed")
+    assert list(makd["score"]) == [0.78, 0.77, 0.79] and makd["group"].iloc[0] == "method"
+    plain = stats.collect(GRID.parent / "rows")
+    assert list(plain["cell"]) == ["makd-hierarchical"] and plain["seed"].iloc[0] == 0
+    assert stats.collect(GRID / "nothing-here").empty
