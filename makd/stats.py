@@ -286,7 +286,7 @@ def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> d
             ok = g[g["mean"] >= keep * g["teacher_score"]]
             curve = ", ".join(f"{r:.2g}: {100 * m:.1f}" for r, m in zip(g["layer_ratio"], g["mean"]))
             low = (f"down to layer ratio {ok['layer_ratio'].min():.2g}" if len(ok)
-                   else f"at none of the ratios tried")
+                   else "at none of the ratios tried")
             out["budget"].append(f"{task}, {label}: keeps ≥ {keep:.0%} of the teacher's score {low} "
                                  f"(mean score by layer ratio — {curve}).")
     missing = {"baseline": "no method/baseline pair", "aspects": "no aspect ablation (no-matrix/no-layer/no-model)",
