@@ -20,8 +20,12 @@ ROW_NAMES = {"none": "SVD student, no training", "finetune": "SVD student + fine
 
 def collect(root: str | Path = "results") -> pd.DataFrame:
     """One row per pipeline ``metrics.json`` under ``root`` (files without a task/objective are skipped)."""
-    rows = []
-    for path in sorted(Path(root).rglob("metrics.json")):
+    rows, root = [], Path(root)
+    # a grid (07_ablations) is summarised over seeds by makd.stats, not listed run by run here
+    grids = [g.parent for g in root.rglob("grid_run.json") if g.parent != root]
+    for path in sorted(root.rglob("metrics.json")):
+        if any(g in path.parents for g in grids):
+            continue
         d = json.loads(path.read_text())
         if not {"task", "objective", "teacher", "student"} <= set(d):
             continue
@@ -30,7 +34,10 @@ def collect(root: str | Path = "results") -> pd.DataFrame:
         rows.append({
             "path": str(path.parent), "task": d["task"], "is_proxy": bool(d.get("is_proxy")),
             "source": d.get("source"), "objective": d["objective"], "student_kind": cfg.get("student", "svd"),
-            "metric": metric, "teacher_score": d["teacher"]["metrics"].get(metric),
+            "metric": metric, "points": d["task"].startswith("squad"),  # SQuAD EM/F1 are already 0-100
+            "teacher_score": d["teacher"]["metrics"].get(metric),
+            "teacher_em": d["teacher"]["metrics"].get("exact_match"),
+            "student_em": d["student"]["metrics"].get("exact_match"),
             "student_score": d["student"]["metrics"].get(metric),
             "relative": d.get("relative_to_teacher"), "teacher_params": d["teacher"]["params"],
             "student_params": d["student"]["params"], "layer_ratio": d["student"].get("layer_ratio"),
@@ -41,10 +48,25 @@ def collect(root: str | Path = "results") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _missing(x) -> bool:
+    return x is None or pd.isna(x)
+
+
 def _fmt(x, pct: bool) -> str:
-    if x is None or pd.isna(x):
+    if _missing(x):
         return "–"
     return f"{100 * x:.1f}" if pct else f"{x:.4f}"
+
+
+def _score(r, who: str) -> str:
+    """One score cell: ×100 for fractions; SQuAD as 'EM / F1' (already on 0-100)."""
+    x, em = getattr(r, f"{who}_score"), getattr(r, f"{who}_em")
+    if r.points:
+        return "–" if _missing(x) else (f"{x:.1f}" if _missing(em) else f"{em:.1f} / {x:.1f}")
+    return _fmt(x, r.metric in PCT)
+
+
+PCT = ("accuracy", "f1", "matthews_correlation", "spearmanr", "pearsonr", "spearman", "pearson")
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -57,8 +79,8 @@ def markdown(df: pd.DataFrame) -> str:
         first = g.iloc[0]
         label = f"{task} (proxy for SST-2)" if first.is_proxy and task == "rt-polarity" else (
             f"{task} (proxy)" if first.is_proxy else task)
-        pct = first.metric in ("accuracy", "f1", "matthews_correlation", "spearmanr", "pearsonr", "spearman", "pearson")
-        lines.append(f"| {label} | teacher (fine-tuned) | {first.metric} | {_fmt(first.teacher_score, pct)} | 100 "
+        metric = "EM / F1" if first.points else first.metric
+        lines.append(f"| {label} | teacher (fine-tuned) | {metric} | {_score(first, 'teacher')} | 100 "
                      f"| {first.teacher_params / 1e6:.2f} M | – | – | (cached by the rows below) |")
         for r in g.itertuples():
             name = ROW_NAMES.get(r.objective, r.objective)
@@ -67,7 +89,7 @@ def markdown(df: pd.DataFrame) -> str:
             rel = "–" if r.relative is None or pd.isna(r.relative) else f"{100 * r.relative:.1f}"
             t = "–" if r.train_s is None or pd.isna(r.train_s) else f"{r.train_s / 60:.1f} min"
             cmd = f"`{r.command}`" if isinstance(r.command, str) else "–"
-            lines.append(f"| {label} | {name} | {r.metric} | {_fmt(r.student_score, pct)} | {rel} | "
+            lines.append(f"| {label} | {name} | {metric} | {_score(r, 'student')} | {rel} | "
                          f"{r.student_params / 1e6:.2f} M | {r.steps} | {t} | {cmd} |")
     return "\n".join(lines)
 

@@ -27,3 +27,23 @@ def test_collect_and_markdown(tmp_path):
     assert "rt-polarity (proxy for SST-2)" in table and "| 80.0 | 100 |" in table
     assert "SVD student + MaKD (hierarchical) | accuracy | 78.0 | 97.5 |" in table
     assert "`python -m makd distill --objective none`" in table
+
+
+def test_grid_runs_are_left_to_the_grid_summary(tmp_path):
+    _run(tmp_path / "rt" / "makd", "hierarchical", 0.78)
+    _run(tmp_path / "grid" / "rt" / "makd" / "s0", "hierarchical", 0.70)
+    (tmp_path / "grid" / "grid_run.json").write_text("{}")
+    assert list(collect(tmp_path).student_score) == [0.78]
+    assert list(collect(tmp_path / "grid").student_score) == [0.70]     # asked for directly: listed
+
+
+def test_squad_scores_are_already_points(tmp_path):
+    d = tmp_path / "squad" / "makd"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "task": "squad-v1.1", "metric": "f1", "objective": "hierarchical",
+        "teacher": {"metrics": {"exact_match": 60.0, "f1": 70.25}, "params": 22_000_000},
+        "student": {"metrics": {"exact_match": 55.5, "f1": 66.0}, "params": 17_000_000}}))
+    table = markdown(collect(tmp_path))
+    assert "| teacher (fine-tuned) | EM / F1 | 60.0 / 70.2 |" in table
+    assert "| EM / F1 | 55.5 / 66.0 |" in table and "7025" not in table
