@@ -50,7 +50,7 @@ TINY = {
 }
 HEADS = ("base", "cls", "qa", "lm")
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
-_RECIPE = 1   # bump when a builder changes: cached folders with another recipe are rebuilt
+_RECIPE = 2   # bump when a builder changes: cached folders with another recipe are rebuilt
 
 
 class ModelUnavailableError(OSError):
@@ -90,7 +90,12 @@ def _build_smollm2(out: Path) -> dict:
             [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True):
         raise RuntimeError(f"the tokenizer read from {gguf.name} has no usable chat template")
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    config = gguf_model.config
+    # the weights are dequantised: the GGUF quantization_config must not follow them (transformers would
+    # treat the saved float32 model as quantised and refuse to train it)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # save_pretrained of the GGUF-loaded model fails: copy its weights into a plain model and save that
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     if [k for k in missing if k != "lm_head.weight"] or unexpected:

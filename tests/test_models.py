@@ -248,6 +248,8 @@ def test_smollm2_loads_and_greedy_generates():
     cfg = model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
     assert cfg.vocab_size == len(tok) == 49152 and tok.chat_template
+    # dequantised: a plain float32 model that transformers' Trainer accepts for training
+    assert not getattr(model, "is_quantized", False) and getattr(cfg, "quantization_config", None) is None
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
