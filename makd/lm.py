@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -312,6 +313,7 @@ def run(args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command = "python -m makd decoder " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = run(args)
     for name, ev in res.items():

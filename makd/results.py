@@ -94,6 +94,49 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+DECODER_NAMES = {"teacher": "teacher", "sft": "SVD student + SFT (no teacher)", "kd": "SVD student + KD (token KL)",
+                 "seqkd": "SVD student + SeqKD", "makd": "SVD student + MaKD (hierarchical)"}
+
+
+def collect_decoder(root: str | Path = "results") -> pd.DataFrame:
+    """One row per ``python -m makd decoder`` result (``OUT/<method>/metrics.json``) under ``root``."""
+    rows = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        d = json.loads(path.read_text())
+        if not {"method", "eval", "generation"} <= set(d) or "rougeL" not in d["eval"]:
+            continue
+        cfg = d.get("record", {}).get("config", {})
+        rows.append({"path": str(path.parent), "eval_set": d.get("eval_set"), "train_set": d.get("train_set"),
+                     "train_is_proxy": bool(d.get("train_is_proxy")), "method": d["method"],
+                     "student": d.get("student"), "rougeL": d["eval"]["rougeL"], "rougeL_std": d["eval"].get("rougeL_std"),
+                     "tokens_per_s": d["eval"].get("tokens_per_s"), "params": d["params"],
+                     "steps": d.get("train", {}).get("steps"), "train_s": d.get("train", {}).get("runtime_s"),
+                     "decoding": "sampling" if d["generation"].get("do_sample") else "greedy",
+                     "n_prompts": d["eval"].get("n"), "reference": d.get("reference"),
+                     "teacher": cfg.get("teacher"), "command": cfg.get("command")})
+    return pd.DataFrame(rows)
+
+
+def decoder_markdown(df: pd.DataFrame) -> str:
+    """Rouge-L (×100, mean ± std over decoding seeds), parameters and generation speed per method."""
+    if df.empty:
+        return "(no decoder runs recorded)"
+    lines = ["| eval set | train set | model | Rouge-L | params | tokens/s | steps | train time |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = {k: i for i, k in enumerate(DECODER_NAMES)}
+    for r in df.sort_values(by="method", key=lambda c: c.map(lambda m: order.get(m, 99))).itertuples():
+        train = "–" if r.method == "teacher" else (f"{r.train_set} (proxy)" if r.train_is_proxy else r.train_set)
+        std = "" if _missing(r.rougeL_std) or not r.rougeL_std else f" ± {r.rougeL_std:.2f}"
+        name = DECODER_NAMES.get(r.method, r.method)
+        if r.student not in (None, "svd") and r.method != "teacher" and not _missing(r.student):
+            name = name.replace("SVD student", f"dense {r.student}")
+        t = "–" if _missing(r.train_s) else f"{r.train_s / 60:.1f} min"
+        steps = "–" if _missing(r.steps) else int(r.steps)
+        lines.append(f"| {r.eval_set} ({r.n_prompts} prompts, {r.decoding}) | {train} | {name} | {r.rougeL:.2f}{std} | "
+                     f"{r.params / 1e6:.1f} M | {r.tokens_per_s:.1f} | {steps} | {t} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m makd.results", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", default="results", help="folder searched for metrics.json (default results)")
@@ -103,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     print(markdown(df))
+    dec = collect_decoder(args.folder)
+    if not dec.empty:
+        print()
+        print(decoder_markdown(dec))
     return 0
 
 

@@ -47,3 +47,23 @@ def test_squad_scores_are_already_points(tmp_path):
     table = markdown(collect(tmp_path))
     assert "| teacher (fine-tuned) | EM / F1 | 60.0 / 70.2 |" in table
     assert "| EM / F1 | 55.5 / 66.0 |" in table and "7025" not in table
+
+
+def test_decoder_table(tmp_path):
+    from makd.results import collect_decoder, decoder_markdown
+    gen = {"do_sample": False, "seeds": [0], "max_new_tokens": 48}
+    for method, score, steps in (("teacher", 30.0, None), ("makd", 21.5, 16), ("sft", 18.25, 16)):
+        d = tmp_path / "dec" / method
+        d.mkdir(parents=True)
+        body = {"method": method, "eval_set": "selfinst", "train_set": "chatterbot", "train_is_proxy": True,
+                "generation": gen, "params": 134_500_000 if method == "teacher" else 95_000_000,
+                "eval": {"rougeL": score, "rougeL_std": 0.0, "tokens_per_s": 50.0, "n": 20}}
+        if steps:
+            body.update(student="svd", train={"steps": steps, "runtime_s": 90.0})
+        (d / "metrics.json").write_text(json.dumps(body))
+    df = collect_decoder(tmp_path)
+    table = decoder_markdown(df).splitlines()
+    assert [line.split(" | ")[2] for line in table[2:]] == [
+        "teacher", "SVD student + SFT (no teacher)", "SVD student + MaKD (hierarchical)"]
+    assert "| selfinst (20 prompts, greedy) | chatterbot (proxy) | SVD student + MaKD (hierarchical) | 21.50 | 95.0 M |" in table[4]
+    assert collect(tmp_path).empty                                   # decoder files are not encoder rows
