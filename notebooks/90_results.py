@@ -97,28 +97,41 @@ print(markdown)
 
 # %% [markdown]
 # ## MaKD vs the best baseline, per task (paired over seeds)
+#
+# Each grid folder is analysed on its own (two grids may share cell names but not their settings).
 
 # %%
 grid_runs = runs[runs["grid"].notna()]                             # runs made by `python -m makd grid`
-versus = stats.versus_best_baseline(grid_runs, method, seed=seed)
-show(versus[["task", "best_baseline", "n", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p"]]
+grids = dict(tuple(grid_runs.groupby("where", sort=True)))
+versus = pd.concat([stats.versus_best_baseline(g, method, seed=seed).assign(grid=w) for w, g in grids.items()]
+                   + [pd.DataFrame()], ignore_index=True)
+show(versus[["grid", "task", "best_baseline", "n", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p"]]
      if len(versus) else pd.DataFrame({"note": [f"no {method!r} cell with baselines over common seeds"]}))
 
 # %% [markdown]
 # ## Figures: accuracy vs budget per method, and the ablation deltas
+#
+# From the grid(s) that hold budget cells and ablation cells.
 
 # %%
-fig = stats.plot_budget(stats.summarize(grid_runs))
-savefig(fig, "results_accuracy_vs_layer_ratio", run_dir)
-deltas = stats.ablation_deltas(grid_runs, method, seed=seed)
-fig2 = stats.plot_ablation_deltas(deltas)
-savefig(fig2, "results_ablation_deltas", run_dir)
+budget_runs = pd.concat([g for g in grids.values() if (g["group"] == "budget").any()] + [grid_runs.iloc[:0]])
+if len(budget_runs):
+    fig = stats.plot_budget(stats.summarize(budget_runs))
+    savefig(fig, "results_accuracy_vs_layer_ratio", run_dir)
+ablation_runs = pd.concat([g for g in grids.values() if (g["group"] == "ablation").any()] + [grid_runs.iloc[:0]])
+if len(ablation_runs):
+    deltas = stats.ablation_deltas(ablation_runs, method, seed=seed)
+    fig2 = stats.plot_ablation_deltas(deltas)
+    savefig(fig2, "results_ablation_deltas", run_dir)
 
 # %% [markdown]
-# ## Verdict per question (generated from the numbers)
+# ## Verdict per question (generated from the numbers), per grid
 
 # %%
-answers = stats.verdicts(grid_runs, method, keep=keep)
+answers = {}
+for w, g in grids.items():
+    for question, lines in stats.verdicts(g, method, keep=keep).items():
+        answers.setdefault(question, []).extend(f"[{w}] {line}" for line in lines)
 for question, lines in answers.items():
     print(f"{question}:\n  " + "\n  ".join(lines))
 
@@ -136,6 +149,7 @@ metrics = {"n_runs": int(len(runs)), "tasks": sorted(runs["task"].unique().tolis
            "table_rows": int(len(table)), "ours_rows": int((table["who"] == "ours").sum()),
            "published_rows": int((table["who"] == "published").sum()), "verdicts": answers}
 if len(versus):
-    metrics["makd_minus_best_baseline"] = {r["task"]: float(r["mean_diff"]) for r in versus.to_dict("records")}
+    metrics["makd_minus_best_baseline"] = {f'{r["grid"]}:{r["task"]}': float(r["mean_diff"])
+                                           for r in versus.to_dict("records")}
 write_metrics(run_dir, "90_results", metrics)
 show({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
