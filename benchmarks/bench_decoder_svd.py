@@ -1,0 +1,89 @@
+"""How much plain and activation-aware SVD damage a decoder before any training: response-token LM loss.
+
+    python benchmarks/bench_decoder_svd.py            # embedded SmolLM2-135M-Instruct, chatterbot pairs, CPU
+    python benchmarks/bench_decoder_svd.py --quick    # tiny random Llama (seconds)
+
+For the teacher and its SVD students at several layer-parameter ratios (plain SVD, and activation-aware SVD
+calibrated on other training pairs), the mean cross-entropy on the response tokens of held-out chatterbot
+pairs (the loss SFT minimises; log(vocabulary) is the uniform guess). Writes benchmarks/results/decoder_svd.json.
+A diagnostic, not a target: it explains why a few CPU training steps cannot rescue a factorised LLM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from makd import factorize as fz  # noqa: E402
+from makd import lm  # noqa: E402
+from makd.data import load_instructions  # noqa: E402
+from makd.models import load_model  # noqa: E402
+
+
+def batch_of(rows, tok, max_length: int) -> dict[str, torch.Tensor]:
+    feats, _ = lm.sft_features(rows, tok, max_length=max_length)
+    return dict(lm.CausalCollator(tok.pad_token_id)([feats[i] for i in range(len(feats))]))
+
+
+@torch.no_grad()
+def response_ce(model, batch) -> float:
+    """Mean CE over response tokens (labels != -100), as the model's own shifted LM loss."""
+    return float(model(**batch).loss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default="smollm2-135m-instruct")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.95, 0.85, 0.7, 0.5])
+    p.add_argument("--examples", type=int, default=16, help="held-out pairs scored")
+    p.add_argument("--calibration", type=int, default=32, help="training pairs for the activation-aware SVD")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="tiny random Llama, 2 ratios")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoder_svd.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.teacher, args.ratios, args.examples, args.calibration = "tiny-llama", [0.9, 0.5], 4, 4
+    teacher, tok = load_model(args.teacher, head="lm")
+    teacher.eval()
+    train = load_instructions("chatterbot", None, seed=0).train
+    held = batch_of(list(train.select(range(args.examples))), tok, args.max_length)
+    calib = batch_of(list(train.select(range(args.examples, args.examples + args.calibration))), tok, args.max_length)
+    calib = {k: calib[k] for k in ("input_ids", "attention_mask")}
+    rows = [{"model": "teacher", "layer_ratio": 1.0, "weighting": "-", "params": fz.count_parameters(teacher),
+             "response_ce": response_ce(teacher, held)}]
+    for ratio in args.ratios:
+        for weighting in ("none", "activation"):
+            t0 = time.perf_counter()
+            student = fz.factorize(teacher, layer_ratio=ratio, weighting=weighting,
+                                   calibration=calib if weighting == "activation" else None)
+            rows.append({"model": "SVD student", "layer_ratio": ratio, "weighting": weighting,
+                         "params": fz.count_parameters(student), "response_ce": response_ce(student.eval(), held),
+                         "factorise_s": round(time.perf_counter() - t0, 1)})
+            print(rows[-1], flush=True)
+            del student
+    result = {"what": __doc__.split("\n\n")[0], "teacher": args.teacher, "uniform_ce": math.log(len(tok)),
+              "held_out_pairs": args.examples, "calibration_pairs": args.calibration, "max_length": args.max_length,
+              "data": "chatterbot-corpus==1.3.3 train split (seed 0): first pairs scored, the next ones calibrate",
+              "threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
+              "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:10s} {r['params'] / 1e6:7.1f} M  "
+              f"CE {r['response_ce']:.2f}")
+    print(f"uniform guess: CE {result['uniform_ce']:.2f}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
