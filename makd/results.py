@@ -82,7 +82,9 @@ def markdown(df: pd.DataFrame) -> str:
         metric = "EM / F1" if first.points else first.metric
         lines.append(f"| {label} | teacher (fine-tuned) | {metric} | {_score(first, 'teacher')} | 100 "
                      f"| {first.teacher_params / 1e6:.2f} M | – | – | (cached by the rows below) |")
-        for r in g.itertuples():
+        order = {k: i for i, k in enumerate(ROW_NAMES)}           # untrained, fine-tuned, logit KD, MaKD
+        for r in g.sort_values(by="objective", key=lambda c: c.map(lambda o: order.get(o, len(order))),
+                               kind="stable").itertuples():
             name = ROW_NAMES.get(r.objective, r.objective)
             if r.student_kind != "svd":
                 name = f"dense {r.student_kind} + {r.objective}"
