@@ -268,8 +268,7 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
                 "options": {k: v for k, v in opts.items() if k != "budget_of"},
                 "budget_of": opts.get("budget_of"), "status": "running"}
         write_json(folder / "cell.json", info)
-        run_opts = {k: v for k, v in opts.items() if k != "budget_of"}
-        run_opts.update(out=str(folder), resume=state == "resume")
+        run_opts = {**info["options"], "out": str(folder), "resume": state == "resume"}
         t0, c0 = time.time(), time.process_time()
         try:
             res = run_fn(**run_opts)

@@ -24,6 +24,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,9 @@ def check_pair(teacher, teacher_tok, student, student_tok) -> int:
 # ----------------------------------------------------------------------------------------- SeqKD data
 def teacher_responses(teacher, tokenizer, rows, settings: GenerationSettings, *, template: str = "auto",
                       cache: Path | None = None) -> list[dict]:
-    """``rows`` with ``output`` replaced by the teacher's generation; cached by teacher, prompts and settings."""
+    """``rows`` with ``output`` replaced by the teacher's generation; cached by teacher, prompts and settings.
+    At least one new token per prompt (an empty response would leave the example without a training token)."""
+    settings = replace(settings, min_new_tokens=max(1, settings.min_new_tokens))
     prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), template) for r in rows]
     key = hashlib.sha256(json.dumps({"teacher": getattr(teacher.config, "_name_or_path", ""),
                                      "params": sum(p.numel() for p in teacher.parameters()),
@@ -176,7 +179,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
 
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
-            max_new_tokens=64, min_new_tokens=1), template=template)
+            max_new_tokens=64), template=template)
     data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
                               template=template)
     objective = objective_for(method, num_layers(student.config))
@@ -294,8 +297,7 @@ def run(args) -> dict[str, Any]:
                              max_length=args.max_length, max_prompt_tokens=args.max_prompt_tokens,
                              template=args.template, resume=args.resume, quiet=args.quiet,
                              seqkd_settings=GenerationSettings.greedy(max_prompt_tokens=args.max_prompt_tokens,
-                                                                      max_new_tokens=args.max_new_tokens,
-                                                                      min_new_tokens=1))
+                                                                      max_new_tokens=args.max_new_tokens))
         s_eval = evaluate_rouge(student, tok, prompts, references, settings)
         s_params = fz.count_parameters(student)
         results[method] = {**common, "method": method, "student": args.student, "params": s_params,

@@ -135,7 +135,7 @@ def paper_vs_ours(ours: pd.DataFrame) -> pd.DataFrame:
             rows.append({"task": shown, "who": "ours", "model": r["label"], "budget": budget, "metric": r["metric"],
                          "score": round(as_points(r["mean"]), 1),
                          "± std": None if std is None or pd.isna(std) else
-                         round(std * (100 if abs(r["mean"]) <= 1 else 1), 1),
+                         round(std * points_scale(r["mean"]), 1),
                          "seeds": str(int(r.get("n", 1))), "data": r.get("data", ""), "profile": r.get("profile", ""),
                          "source": r.get("origin", "results")})
         for r in pub[pub["task"] == target].to_dict("records"):
@@ -147,10 +147,15 @@ def paper_vs_ours(ours: pd.DataFrame) -> pd.DataFrame:
                                        "data", "profile", "source"])
 
 
+def points_scale(x: float) -> float:
+    """The factor that puts a score (and its std) on the published 0–100 scale: 100 for fractions
+    (|x| ≤ 1: accuracy 0.81), 1 for SQuAD EM/F1 and Rouge-L (already 0–100)."""
+    return 100.0 if abs(x) <= 1 else 1.0
+
+
 def as_points(x: float) -> float:
-    """A score on the published 0–100 scale: fractions (|x| ≤ 1: accuracy 0.81) ×100, SQuAD EM/F1 and
-    Rouge-L (already 0–100) unchanged."""
-    return 100 * x if abs(x) <= 1 else x
+    """A score on the published 0–100 scale (see :func:`points_scale`)."""
+    return points_scale(x) * x
 
 
 def to_markdown(df: pd.DataFrame) -> str:

@@ -58,15 +58,16 @@ def _fmt(x, pct: bool) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.4f}"
 
 
+PCT = ("accuracy", "f1", "matthews_correlation", "spearmanr", "pearsonr", "spearman", "pearson")
+ROW_ORDER = {k: i for i, k in enumerate(ROW_NAMES)}                  # untrained, fine-tuned, logit KD, MaKD
+
+
 def _score(r, who: str) -> str:
     """One score cell: ×100 for fractions; SQuAD as 'EM / F1' (already on 0-100)."""
     x, em = getattr(r, f"{who}_score"), getattr(r, f"{who}_em")
     if r.points:
         return "–" if _missing(x) else (f"{x:.1f}" if _missing(em) else f"{em:.1f} / {x:.1f}")
     return _fmt(x, r.metric in PCT)
-
-
-PCT = ("accuracy", "f1", "matthews_correlation", "spearmanr", "pearsonr", "spearman", "pearson")
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -82,14 +83,13 @@ def markdown(df: pd.DataFrame) -> str:
         metric = "EM / F1" if first.points else first.metric
         lines.append(f"| {label} | teacher (fine-tuned) | {metric} | {_score(first, 'teacher')} | 100 "
                      f"| {first.teacher_params / 1e6:.2f} M | – | – | (cached by the rows below) |")
-        order = {k: i for i, k in enumerate(ROW_NAMES)}           # untrained, fine-tuned, logit KD, MaKD
-        for r in g.sort_values(by="objective", key=lambda c: c.map(lambda o: order.get(o, len(order))),
+        for r in g.sort_values(by="objective", key=lambda c: c.map(lambda o: ROW_ORDER.get(o, len(ROW_ORDER))),
                                kind="stable").itertuples():
             name = ROW_NAMES.get(r.objective, r.objective)
             if r.student_kind != "svd":
                 name = f"dense {r.student_kind} + {r.objective}"
-            rel = "–" if r.relative is None or pd.isna(r.relative) else f"{100 * r.relative:.1f}"
-            t = "–" if r.train_s is None or pd.isna(r.train_s) else f"{r.train_s / 60:.1f} min"
+            rel = "–" if _missing(r.relative) else f"{100 * r.relative:.1f}"
+            t = "–" if _missing(r.train_s) else f"{r.train_s / 60:.1f} min"
             cmd = f"`{r.command}`" if isinstance(r.command, str) else "–"
             lines.append(f"| {label} | {name} | {metric} | {_score(r, 'student')} | {rel} | "
                          f"{r.student_params / 1e6:.2f} M | {r.steps} | {t} | {cmd} |")

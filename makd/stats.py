@@ -121,7 +121,9 @@ def setting_of(config: dict[str, Any] | None) -> str:
 def mean_pm_std(mean: float, std: float, scale: float | None = None, digits: int = 1) -> str:
     """'81.2 ± 0.4' (scaled by ``scale``; default ×100 for fractions |mean| ≤ 1, ×1 for scores already on
     0–100 such as SQuAD F1; '± –' when the std is undefined, n = 1)."""
-    scale = (100.0 if abs(mean) <= 1 else 1.0) if scale is None else scale
+    from .published import points_scale
+
+    scale = points_scale(mean) if scale is None else scale
     sd = "–" if std is None or np.isnan(std) else f"{scale * std:.{digits}f}"
     return f"{scale * mean:.{digits}f} ± {sd}"
 

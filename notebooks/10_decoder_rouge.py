@@ -136,7 +136,7 @@ for method in methods:
     info = lm.train_student(method, teacher, student, tok, rows, out=run_dir / "decoder" / method, seed=seed,
                             max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
                             logging_steps=max(1, max_steps // 8), quiet=True,
-                            seqkd_settings=replace(settings, seeds=settings.seeds[:1], min_new_tokens=1))
+                            seqkd_settings=replace(settings, seeds=settings.seeds[:1]))
     results[method] = evaluate_rouge(student, tok, prompts, references, settings)
     params[method] = fz.count_parameters(student)
     histories[method] = info["history"]

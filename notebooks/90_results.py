@@ -41,13 +41,11 @@ keep: float = 0.95  # budget verdict: lowest layer ratio keeping this fraction o
 import pandas as pd
 
 from makd import published, stats
-from makd.notebook import read_metrics, resolve_path, set_seed, show, write_metrics
-from makd.plotting import savefig, use_style
+from makd.notebook import read_metrics, resolve_path, show, start, write_metrics
+from makd.plotting import savefig
 
-run_dir = resolve_path(run_dir)
+run_dir, device = start(run_dir, seed, device)
 roots = [resolve_path(r) for r in results_dirs]
-set_seed(seed)
-use_style()
 roots
 
 # %% [markdown]
