@@ -125,14 +125,18 @@ def make_student(teacher, kind: str = "svd", **size: Any):
     raise ValueError(f"unknown student kind {kind!r}: 'svd' or 'layers:K'")
 
 
-def objective_for(method: str, n_layers: int, **kw: Any) -> MaKDObjective:
+def objective_for(method: str, n_layers: int, *, mse: str = "relative", **kw: Any) -> MaKDObjective:
+    """The objective of ``method``; MaKD's matrix/hidden MSEs are ``relative`` by default (normalised by the
+    teacher's energy: SmolLM2's hidden states reach |h| ~ 10³ and the plain MSE, ~8,000 at the first log,
+    drowned the model term — our choice, not the paper's; ``mse="plain"`` restores it)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if method in ("sft", "seqkd"):
         return MaKDObjective(n_layers, "finetune", causal_lm=True)
     if method == "kd":
         return MaKDObjective(n_layers, "model-only", causal_lm=True, lm_weight=0.5, **kw)
-    return MaKDObjective(n_layers, "hierarchical", causal_lm=True, lm_weight=0.5, response_only_layers=True, **kw)
+    return MaKDObjective(n_layers, "hierarchical", causal_lm=True, lm_weight=0.5, response_only_layers=True,
+                         mse=mse, **kw)
 
 
 def check_pair(teacher, teacher_tok, student, student_tok) -> int:
@@ -172,7 +176,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   max_length: int = 512, max_prompt_tokens: int = 256, template: str = "auto",
                   seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
-                  quiet: bool = False) -> dict[str, Any]:
+                  quiet: bool = False, mse: str = "relative") -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}."""
     from .teacher import training_args
     from .trainer import DistillTrainer, loss_history
@@ -182,7 +186,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
             max_new_tokens=64), template=template)
     data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
                               template=template)
-    objective = objective_for(method, num_layers(student.config))
+    objective = objective_for(method, num_layers(student.config), mse=mse)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     args = training_args(out / "checkpoints", seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
                          max_steps=max_steps, report_to=report_to, logging_steps=logging_steps,
@@ -234,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50], help="sampling seeds")
     p.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens (MiniLLM: up to 512 total)")
     p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--mse", default="relative", choices=("relative", "plain"),
+                   help="MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, our "
+                        "choice: LLM hidden states reach |h| ~ 10^3) or plain (METHOD.md's MSE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/decoder", help="writes OUT/<method>/metrics.json, OUT/teacher/, OUT/speed.json")
     p.add_argument("--resume", action="store_true", help="resume interrupted training from OUT/<method>/checkpoints")
@@ -295,7 +302,7 @@ def run(args) -> dict[str, Any]:
         info = train_student(method, teacher, student, tok, rows, out=out / method, seed=args.seed,
                              epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
                              max_length=args.max_length, max_prompt_tokens=args.max_prompt_tokens,
-                             template=args.template, resume=args.resume, quiet=args.quiet,
+                             template=args.template, resume=args.resume, quiet=args.quiet, mse=args.mse,
                              seqkd_settings=GenerationSettings.greedy(max_prompt_tokens=args.max_prompt_tokens,
                                                                       max_new_tokens=args.max_new_tokens))
         s_eval = evaluate_rouge(student, tok, prompts, references, settings)

@@ -77,10 +77,13 @@ def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ matrix level
-def masked_mse(student: Tensor, teacher: Tensor, mask=None) -> Tensor:
+def masked_mse(student: Tensor, teacher: Tensor, mask=None, relative: bool = False) -> Tensor:
     """Mean squared error over valid tokens: Σ_{b,t valid} Σ_d (s − t)² / (N_valid · D).
 
-    student, teacher: (B, T, D) (any trailing dims are flattened into D); mask: (B, T).
+    relative=True: the normalised error Σ_{b,t valid} Σ_d (s − t)² / Σ_{b,t valid} Σ_d t² (teacher energy
+    detached), scale-free — for models with massive activations (LLM hidden states reach |h| ~ 10³, so the
+    plain MSE swamps every other term; our choice, not the paper's). student, teacher: (B, T, D) (any
+    trailing dims are flattened into D); mask: (B, T).
     """
     _same_shape(student, teacher, "masked_mse")
     if student.dim() < 2:
@@ -90,35 +93,38 @@ def masked_mse(student: Tensor, teacher: Tensor, mask=None) -> Tensor:
     t = t.reshape(*t.shape[:2], -1)                                          # (B, T, D)
     valid = _valid(mask, s.shape[:2], s.device)                              # (B, T)
     sq = torch.where(valid[..., None], (s - t) ** 2, torch.zeros_like(s))   # (B, T, D)
+    if relative:
+        energy = torch.where(valid[..., None], t.detach() ** 2, torch.zeros_like(t)).sum()  # ()
+        return sq.sum() / energy.clamp_min(torch.finfo(sq.dtype).tiny)
     return sq.sum() / (valid.sum().clamp_min(1) * s.shape[-1])
 
 
-def _role_sum(student: dict, teacher: dict, mask, roles, what: str) -> Tensor:
+def _role_sum(student: dict, teacher: dict, mask, roles, what: str, relative: bool = False) -> Tensor:
     present = [r for r in roles if r in student and r in teacher]
     if not present:
         raise ValueError(f"{what}: no role of {tuple(roles)} is in both dicts (student has {sorted(student)}, "
                          f"teacher has {sorted(teacher)}); pass roles=... matching the captured outputs")
-    return sum(masked_mse(student[r], teacher[r], mask) for r in present)
+    return sum(masked_mse(student[r], teacher[r], mask, relative) for r in present)
 
 
 def matrix_mha_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], mask=None,
-                    roles=("q", "k", "v", "qkv", "o")) -> Tensor:
+                    roles=("q", "k", "v", "qkv", "o"), relative: bool = False) -> Tensor:
     """L_MHA = Σ_roles masked_mse(s[role], t[role]) over the attention matrices' outputs.
 
     Matrix distillation (MaKD §matrix distillation; reconstructed default: MSE of each factorised
     matrix's output against the teacher's dense output). Each value (B, T, D_role); only roles present
-    in both dicts count (GPT-2's fused ``qkv`` is included by default).
+    in both dicts count (GPT-2's fused ``qkv`` is included by default); ``relative``: see :func:`masked_mse`.
     """
-    return _role_sum(student, teacher, mask, roles, "matrix_mha_loss")
+    return _role_sum(student, teacher, mask, roles, "matrix_mha_loss", relative)
 
 
 def matrix_ffn_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], mask=None,
-                    roles=("ffn_gate", "ffn_in", "ffn_out")) -> Tensor:
+                    roles=("ffn_gate", "ffn_in", "ffn_out"), relative: bool = False) -> Tensor:
     """L_FFN = Σ_roles masked_mse(s[role], t[role]) over the FFN matrices' outputs (intermediate + output).
 
     Matrix distillation (MaKD; reconstructed default as :func:`matrix_mha_loss`). Each value (B, T, D_role).
     """
-    return _role_sum(student, teacher, mask, roles, "matrix_ffn_loss")
+    return _role_sum(student, teacher, mask, roles, "matrix_ffn_loss", relative)
 
 
 # ------------------------------------------------------------------------------------------- layer level
@@ -158,8 +164,9 @@ def attention_kl(p_teacher: Tensor, p_student: Tensor, mask=None, eps: float = 1
     return _masked_mean(kl, valid[:, None, :].expand_as(kl))
 
 
-def hidden_mse(h_student: Tensor, h_teacher: Tensor, mask=None, proj: nn.Module | None = None) -> Tensor:
-    """L_hidn = masked_mse(proj(h_s), h_t); h_*: (B, T, D_s) / (B, T, D_t).
+def hidden_mse(h_student: Tensor, h_teacher: Tensor, mask=None, proj: nn.Module | None = None,
+               relative: bool = False) -> Tensor:
+    """L_hidn = masked_mse(proj(h_s), h_t); h_*: (B, T, D_s) / (B, T, D_t); ``relative``: see :func:`masked_mse`.
 
     Layer distillation (MaKD hidden-state MSE; TinyBERT's learned projection W_h when widths differ,
     needed only by dense baselines — the SVD student keeps the teacher's width).
@@ -168,7 +175,7 @@ def hidden_mse(h_student: Tensor, h_teacher: Tensor, mask=None, proj: nn.Module 
     if hs.shape[-1] != h_teacher.shape[-1]:
         raise ValueError(f"hidden_mse: student width {hs.shape[-1]} != teacher width {h_teacher.shape[-1]}; "
                          f"pass proj=nn.Linear({hs.shape[-1]}, {h_teacher.shape[-1]})")
-    return masked_mse(hs, h_teacher, mask)
+    return masked_mse(hs, h_teacher, mask, relative)
 
 
 # ------------------------------------------------------------------------------------------- model level

@@ -67,15 +67,19 @@ class MaKDObjective(nn.Module):
     ``teacher_forcing`` (matrix terms run the student's matrix on the teacher's input); ``causal_lm``
     (token-level KD with the batch's labels, −100 = ignored), ``reverse_kl``, ``lm_weight`` for it;
     ``response_only_layers`` (decoders: matrix/layer terms only on response tokens); ``hidden_proj``
-    (student -> teacher width, dense baselines); ``verbose_terms`` (also per-layer entries "attn/L3").
+    (student -> teacher width, dense baselines); ``verbose_terms`` (also per-layer entries "attn/L3");
+    ``mse`` ("plain": the MSE of METHOD.md; "relative" divides each matrix/hidden MSE by the teacher's energy — our
+    choice for causal LMs, whose massive activations make the plain MSE swamp the other terms).
     """
 
     def __init__(self, n_layers: int, preset: str = "hierarchical", *, weights=None, assignment=None, split=None,
                  temperature: float = 2.0, alpha: float = 0.5, teacher_forcing: bool = False,
                  causal_lm: bool = False, reverse_kl: bool = False, lm_weight: float = 0.5,
                  hidden_proj: nn.Module | None = None, response_only_layers: bool = False,
-                 verbose_terms: bool = False):
+                 verbose_terms: bool = False, mse: str = "plain"):
         super().__init__()
+        if mse not in ("plain", "relative"):
+            raise ValueError(f"mse must be 'plain' or 'relative' (normalised by the teacher's energy), got {mse!r}")
         if not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
         if preset not in PRESETS:
@@ -117,7 +121,7 @@ class MaKDObjective(nn.Module):
         self.temperature, self.alpha, self.teacher_forcing = temperature, alpha, teacher_forcing
         self.causal_lm, self.reverse_kl, self.lm_weight = causal_lm, reverse_kl, lm_weight
         self.response_only_layers, self.verbose_terms = response_only_layers, verbose_terms
-        self.hidden_proj = hidden_proj
+        self.hidden_proj, self.mse = hidden_proj, mse
         self.needs_teacher = preset != "finetune"
 
     # ------------------------------------------------------------------------------------------ spec
@@ -149,7 +153,7 @@ class MaKDObjective(nn.Module):
         else:
             s_out = s.modules[layer]
         fn = losses.matrix_mha_loss if aspect == "mha" else losses.matrix_ffn_loss
-        return fn(s_out, t.modules[layer], mask, roles=roles)
+        return fn(s_out, t.modules[layer], mask, roles=roles, relative=self.mse == "relative")
 
     def _layer_term(self, aspect: str, layer: int, s: Captured, t: Captured, mask) -> Tensor:
         if aspect == "attn" and self.preset == "tinybert":
@@ -157,7 +161,8 @@ class MaKDObjective(nn.Module):
         if aspect == "attn":
             return losses.attention_kl(t.attentions[layer], s.attentions[layer], mask)
         if aspect == "hidn":
-            return losses.hidden_mse(s.hidden[layer + 1], t.hidden[layer + 1], mask, self.hidden_proj)
+            return losses.hidden_mse(s.hidden[layer + 1], t.hidden[layer + 1], mask, self.hidden_proj,
+                                     relative=self.mse == "relative")
         if aspect == "vr":
             return losses.minilm_value_relation_kl(s.values[layer], t.values[layer], s.geometry[1], t.geometry[1], mask)
         return self._matrix(aspect, layer, s, t, mask)

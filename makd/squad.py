@@ -191,7 +191,7 @@ def finetune_qa_teacher(teacher: str, squad: SquadData, *, seed: int = 0, settin
     args = training_args(path / "trainer", seed=seed, epochs=settings["epochs"], lr=settings["lr"],
                          batch_size=settings["batch_size"], weight_decay=settings["weight_decay"],
                          warmup_steps=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm,
-                         train_sampling_strategy="group_by_length", use_cpu=device == "cpu")
+                         group_by_length=True, use_cpu=device == "cpu")
     trainer = Trainer(model=model, args=args, train_dataset=feats, data_collator=DataCollatorWithPadding(tok))
     trainer.train()
     if trainer.is_world_process_zero():
@@ -376,7 +376,7 @@ def train_student(args, student, teacher_model, feats, tok, out: Path, device: s
                           gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,
                           save_strategy="steps", save_steps=args.save_steps, save_total_limit=2,
                           disable_tqdm=args.quiet or None, warmup_steps=0.06, weight_decay=0.01,
-                          train_sampling_strategy="group_by_length", use_cpu=device == "cpu")
+                          group_by_length=True, use_cpu=device == "cpu")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     trainer = DistillTrainer(model=student, args=targs, teacher=teacher_model, objective=objective,
                              train_dataset=feats, data_collator=DataCollatorWithPadding(tok), callbacks=callbacks)

@@ -92,12 +92,15 @@ def metrics_fn(task):
 
 
 def training_args(out: Path, *, seed: int, epochs: float, lr: float, batch_size: int, max_steps: int = -1,
-                  report_to: str | list[str] = "none", **kw: Any) -> TrainingArguments:
+                  report_to: str | list[str] = "none", group_by_length: bool = False,
+                  **kw: Any) -> TrainingArguments:
+    """transformers' TrainingArguments with makd's defaults; ``group_by_length`` batches similar lengths together."""
     return TrainingArguments(
         output_dir=str(out), seed=seed, num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=max(batch_size, 64),
         report_to=report_to, save_strategy=kw.pop("save_strategy", "no"), eval_strategy=kw.pop("eval_strategy", "no"),
         logging_steps=kw.pop("logging_steps", 20), disable_tqdm=kw.pop("disable_tqdm", None),
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         dataloader_num_workers=0, use_cpu=kw.pop("use_cpu", not torch.cuda.is_available()), **kw)
 
 
@@ -129,7 +132,8 @@ def finetune_teacher(teacher: str, task, *, seed: int = 0, settings: dict[str, A
         train = train.shuffle(seed=seed).select(range(min(len(train), int(settings["max_train"]))))
     args = training_args(path / "trainer", seed=seed, epochs=settings["epochs"], lr=settings["lr"],
                          batch_size=settings["batch_size"], weight_decay=settings["weight_decay"],
-                         warmup_steps=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm)
+                         warmup_steps=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm,
+                         group_by_length=bool(settings.get("group_by_length")))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics_fn(task))
     trainer.train()

@@ -12,7 +12,7 @@ common=(--layer-ratio 0.5 --report-to tensorboard --logging-steps 20 --no-save-s
 
 if [ "$what" = rt ] || [ "$what" = all ]; then
   # embedded default, no network: rt-polarity (a PROXY for SST-2), MiniLM-L6 teacher, layer ratio 0.5
-  rt=(--task rt-polarity --max-length 64 --epochs 1 --max-train 3000 --teacher-epochs 1 "${common[@]}")
+  rt=(--task rt-polarity --max-length 64 --epochs 1 --max-train 3000 --lr 2e-4 --teacher-epochs 1 --teacher-max-train 5000 --group-by-length "${common[@]}")
   for row in makd-hierarchical:hierarchical svd-none:none svd-finetune:finetune logit-kd:model-only; do
     [ -n "${SKIP_ROWS:-}" ] && [[ " $SKIP_ROWS " == *" ${row%%:*} "* ]] && continue
     $PY -m makd distill "${rt[@]}" --objective "${row#*:}" --out "results/rt-polarity/${row%%:*}"

@@ -103,3 +103,12 @@ def test_padded_vocabulary_is_refused(teacher):
     student.resize_token_embeddings(len(tok) + 8)
     with pytest.raises(ValueError, match="rows"):
         lm.check_pair(model, tok, student, tok)
+
+
+def test_makd_uses_the_relative_mse_unless_told_otherwise():
+    assert lm.objective_for("makd", 2).mse == "relative"
+    assert lm.objective_for("makd", 2, mse="plain").mse == "plain"
+    args = lm.build_parser().parse_args([])
+    assert args.mse == "relative"
+    with pytest.raises(SystemExit):
+        lm.build_parser().parse_args(["--mse", "cosine"])

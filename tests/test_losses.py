@@ -302,3 +302,23 @@ def test_real_attentions_from_tiny_models(family):
     assert float(kl) > 0
     assert float(L.attention_kl(pt.bfloat16(), ps.bfloat16(), m)) == pytest.approx(float(kl), rel=0.1, abs=1e-3)
     assert float(L.hidden_mse(s_out.hidden_states[-1], t_out.hidden_states[-1], m)) > 0
+
+
+def test_relative_mse_is_the_error_energy_over_the_teacher_energy_and_scale_free():
+    s = torch.tensor([[[1.0, 2.0], [9.0, 9.0]]])            # (B=1, T=2, D=2); token 1 is padding
+    t = torch.tensor([[[0.0, 2.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 0]])
+    # valid token only: Σ(s − t)² = 1, Σ t² = 4
+    close(L.masked_mse(s, t, mask, relative=True), 0.25)
+    close(L.masked_mse(s, t, mask), 0.5)
+    # scaling both by 1000 (massive activations) leaves the relative error unchanged, the plain one ×10⁶
+    close(L.masked_mse(1e3 * s, 1e3 * t, mask, relative=True), 0.25)
+    close(L.masked_mse(1e3 * s, 1e3 * t, mask), 0.5e6)
+    close(L.hidden_mse(s, t, mask, relative=True), 0.25)
+    close(L.matrix_ffn_loss({"ffn_in": s, "ffn_out": s}, {"ffn_in": t, "ffn_out": t}, mask, relative=True),
+          0.5)
+    # the teacher's energy is a constant: gradients reach the student only
+    s2 = s.clone().requires_grad_(True)
+    t2 = t.clone().requires_grad_(True)
+    L.masked_mse(s2, t2, mask, relative=True).backward()
+    assert s2.grad.abs().sum() > 0

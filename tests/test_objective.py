@@ -219,3 +219,18 @@ def test_check_compatible():
     wide = tiny_model("bert", n_layers=N, hidden_size=48, num_attention_heads=4)
     with pytest.raises(ValueError, match="hidden widths differ.*hidden_proj"):
         check_compatible(teacher, wide)
+
+
+def test_relative_mse_divides_matrix_and_hidden_terms_by_the_teacher_energy():
+    teacher, student, batch = setup("llama", head="lm")
+    perturb(student)
+    plain = MaKDObjective(N, "all", causal_lm=True)
+    rel = MaKDObjective(N, "all", causal_lm=True, mse="relative")
+    _, p = run(plain, student, teacher, batch)
+    _, r = run(rel, student, teacher, batch)
+    for aspect in ("mha", "ffn", "hidn"):
+        assert r[aspect] > 0 and not torch.isclose(r[aspect], p[aspect]), aspect
+    for aspect in ("attn", "kd", "ce"):                   # not MSE terms: unchanged
+        torch.testing.assert_close(r[aspect], p[aspect])
+    with pytest.raises(ValueError, match="mse must be"):
+        MaKDObjective(N, "all", mse="cosine")

@@ -63,6 +63,25 @@ def test_svd_student_without_training_and_dense_student(tmp_path):
     assert dense["student"]["params"] < dense["teacher"]["params"] and dense["train"]["steps"] == 2
 
 
+def test_group_by_length_batches_by_length_and_keys_its_own_teacher(tmp_path):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen["strategy"] = args.train_sampling_strategy
+
+    plain = pipeline.distill(**BASE, out=str(tmp_path / "plain"), max_steps=2)
+    grouped = pipeline.run(_args(tmp_path / "grouped", max_steps=2, group_by_length=True), callbacks=[Spy()])
+    assert seen["strategy"] == "group_by_length"
+    assert grouped["record"]["config"]["group_by_length"] is True
+    # a teacher trained with grouped batches is another teacher; one trained without keeps its old cache key
+    assert grouped["teacher"]["path"] != plain["teacher"]["path"]
+    info = lambda r: json.loads((Path(r["teacher"]["path"]) / "teacher_info.json").read_text())["settings"]
+    assert info(grouped)["group_by_length"] is True and "group_by_length" not in info(plain)
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in load_student(folder).state_dict().items()}
 
