@@ -228,8 +228,13 @@ def significance(p: float, alpha: float = 0.05) -> str:
 
 
 # ------------------------------------------------------------------------------------------ verdicts
-def _direction(res: dict[str, Any]) -> str:
-    """'higher' / 'lower' when the bootstrap CI of the mean difference excludes 0, else 'no clear difference'."""
+def _direction(res: dict[str, Any], alpha: float = 0.05) -> str:
+    """'higher' / 'lower' when the bootstrap CI of the mean difference excludes 0 AND the paired t-test agrees
+    (p < ``alpha``; a NaN p — e.g. identical differences — leaves the CI alone to decide), else 'no clear
+    difference': with 3 seeds a bootstrap CI alone is too coarse to call a winner."""
+    p = res.get("p")
+    if p is not None and not np.isnan(p) and p >= alpha:
+        return "no clear difference"
     if res["ci_low"] > 0:
         return "higher"
     if res["ci_high"] < 0:

@@ -97,3 +97,13 @@ def test_collect_reads_grid_and_plain_result_folders():
     plain = stats.collect(GRID.parent / "rows")
     assert list(plain["cell"]) == ["makd-hierarchical"] and plain["seed"].iloc[0] == 0
     assert stats.collect(GRID / "nothing-here").empty
+
+
+def test_a_winner_needs_both_the_bootstrap_interval_and_the_t_test():
+    from makd.stats import _direction
+    # the grid's activation-aware cell: CI [+0.5, +1.7] points excludes 0 but p = 0.093 over 3 seeds
+    assert _direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.093}) == "no clear difference"
+    assert _direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.01}) == "higher"
+    assert _direction({"ci_low": -0.02, "ci_high": -0.01, "p": 0.02}) == "lower"
+    assert _direction({"ci_low": -0.01, "ci_high": 0.02, "p": 0.01}) == "no clear difference"
+    assert _direction({"ci_low": 0.01, "ci_high": 0.01, "p": float("nan")}) == "higher"   # identical diffs
