@@ -125,7 +125,11 @@ def make_student(teacher, kind: str = "svd", **size: Any):
     raise ValueError(f"unknown student kind {kind!r}: 'svd' or 'layers:K'")
 
 
-def objective_for(method: str, n_layers: int, *, mse: str = "relative", **kw: Any) -> MaKDObjective:
+# MaKD's matrix/hidden MSE for causal LMs (our choice, not the paper's; see objective_for)
+DEFAULT_MSE = "relative"
+
+
+def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, **kw: Any) -> MaKDObjective:
     """The objective of ``method``; MaKD's matrix/hidden MSEs are ``relative`` by default (normalised by the
     teacher's energy: SmolLM2's hidden states reach |h| ~ 10³ and the plain MSE, ~8,000 at the first log,
     drowned the model term — our choice, not the paper's; ``mse="plain"`` restores it)."""
@@ -176,7 +180,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   max_length: int = 512, max_prompt_tokens: int = 256, template: str = "auto",
                   seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
-                  quiet: bool = False, mse: str = "relative") -> dict[str, Any]:
+                  quiet: bool = False, mse: str = DEFAULT_MSE) -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}."""
     from .teacher import training_args
     from .trainer import DistillTrainer, loss_history
@@ -238,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50], help="sampling seeds")
     p.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens (MiniLLM: up to 512 total)")
     p.add_argument("--max-prompt-tokens", type=int, default=256)
-    p.add_argument("--mse", default="relative", choices=("relative", "plain"),
+    p.add_argument("--mse", default=DEFAULT_MSE, choices=("relative", "plain"),
                    help="MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, our "
                         "choice: LLM hidden states reach |h| ~ 10^3) or plain (METHOD.md's MSE)")
     p.add_argument("--seed", type=int, default=0)

@@ -160,6 +160,13 @@ def dense_student(spec: str, teacher, tokenizer, num_labels: int):
     return student
 
 
+def objective_from(args, n_layers: int) -> MaKDObjective:
+    """The MaKD objective the command line describes (shared by the GLUE and SQuAD commands)."""
+    return MaKDObjective(n_layers, args.objective, weights=args.weights, split=args.split,
+                         temperature=args.temperature, alpha=args.alpha, teacher_forcing=args.teacher_forcing,
+                         mse=args.mse)
+
+
 def preflight(args, size: dict[str, Any], task) -> None:
     """Check the student size and the objective against the (not yet fine-tuned) teacher before any long work."""
     from .models import load_model
@@ -189,9 +196,7 @@ def preflight(args, size: dict[str, Any], task) -> None:
             raise SystemExit(f"error: --student {args.student}: {err}") from None
     if args.objective != "none":
         try:
-            MaKDObjective(n_layers, args.objective, weights=args.weights, split=args.split,
-                          temperature=args.temperature, alpha=args.alpha, teacher_forcing=args.teacher_forcing,
-                          mse=args.mse)
+            objective_from(args, n_layers)
         except ValueError as err:
             raise SystemExit(f"error: objective: {err}") from None
 
@@ -241,10 +246,7 @@ def run(args, callbacks: list | None = None) -> dict[str, Any]:
         check_compatible(teacher.model, student)
     totals = fz.report_totals(student, teacher.model)
 
-    objective = None if args.objective == "none" else MaKDObjective(
-        student.config.num_hidden_layers, args.objective, weights=args.weights, split=args.split,
-        temperature=args.temperature, alpha=args.alpha, teacher_forcing=args.teacher_forcing,
-        mse=args.mse)
+    objective = None if args.objective == "none" else objective_from(args, student.config.num_hidden_layers)
     targs = training_args(out / "checkpoints", seed=args.seed, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, max_steps=args.max_steps, report_to=args.report_to,
                           gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,

@@ -31,8 +31,10 @@ from .data import SquadData, _subsample, load_squad
 from .losses import NonFiniteLossError
 from .metrics import squad_metrics
 from .models import ENCODER_TYPES, load_model, resolve
-from .objective import MaKDObjective, check_compatible
+from .objective import check_compatible
 from .paths import cache_dir
+from .pipeline import build_parser as glue_parser
+from .pipeline import objective_from, student_size
 from .qa import postprocess_predictions, prepare_eval_features, prepare_train_features
 from .runrecord import make_record, sha256_folder, write_json
 from .teacher import TeacherAtChanceError, TeacherResult, training_args
@@ -220,7 +222,6 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import build_parser as glue_parser
     p = argparse.ArgumentParser(prog="python -m makd squad", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and teacher")
@@ -246,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     # student size, objective and training options are the GLUE command's (python -m makd distill)
     shared = {"student size (exactly one; default --layer-ratio 0.5)": ("--layer-ratio", "--budget", "--rank",
                                                                           "--factorize-embeddings"),
-              "objective": ("--objective", "--weights", "--split", "--temperature", "--alpha", "--teacher-forcing"),
+              "objective": ("--objective", "--weights", "--split", "--temperature", "--alpha", "--teacher-forcing",
+                            "--mse"),
               "training": ("--epochs", "--max-steps", "--lr", "--batch-size", "--grad-accum", "--seed",
                            "--save-steps", "--logging-steps", "--resume", "--report-to", "--quiet")}
     src = {a.option_strings[0]: a for a in glue_parser()._actions if a.option_strings}
@@ -300,15 +302,13 @@ def preflight(args, size: dict[str, Any]) -> None:
     try:
         fz.plan_ranks(model, factorize_embeddings=args.factorize_embeddings, **size)
         if args.objective != "none":
-            MaKDObjective(model.config.num_hidden_layers, args.objective, weights=args.weights, split=args.split,
-                          temperature=args.temperature, alpha=args.alpha, teacher_forcing=args.teacher_forcing)
+            objective_from(args, model.config.num_hidden_layers)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 def run(args, callbacks: list | None = None) -> dict[str, Any]:
     """One SQuAD run described by ``args`` (the parsed command line); returns what metrics.json holds."""
-    from .pipeline import student_size
 
     started = time.time()
     size = student_size(args)
@@ -368,9 +368,7 @@ def run(args, callbacks: list | None = None) -> dict[str, Any]:
 def train_student(args, student, teacher_model, feats, tok, out: Path, device: str, callbacks=None):
     """Distil ``student`` from ``teacher_model`` on the QA train windows ``feats`` with the MaKD objective
     (checkpoints in ``out/checkpoints``, resumed with ``--resume``); returns (trainer, train info)."""
-    objective = MaKDObjective(student.config.num_hidden_layers, args.objective, weights=args.weights,
-                              split=args.split, temperature=args.temperature, alpha=args.alpha,
-                              teacher_forcing=args.teacher_forcing)
+    objective = objective_from(args, student.config.num_hidden_layers)
     targs = training_args(out / "checkpoints", seed=args.seed, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, max_steps=args.max_steps, report_to=args.report_to,
                           gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,

@@ -140,12 +140,12 @@ def response_ce(model) -> float:
         return float(model(**ce_batch).loss)
 
 
-ce = {"teacher": response_ce(teacher),
-      "SVD student, untrained": response_ce(lm.make_student(teacher, "svd", layer_ratio=layer_ratio).to(device))}
+ce = {"teacher": response_ce(teacher)}
 for method in methods:
     torch.manual_seed(seed)
     student = lm.make_student(teacher, "svd", layer_ratio=layer_ratio).to(device)
     lm.check_pair(teacher, tok, student, tok)
+    ce.setdefault("SVD student, untrained", response_ce(student))  # every method starts from this same student
     info = lm.train_student(method, teacher, student, tok, rows, out=run_dir / "decoder" / method, seed=seed,
                             max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
                             logging_steps=max(1, max_steps // 8), quiet=True,

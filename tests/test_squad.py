@@ -163,3 +163,11 @@ def test_help_names_the_command_and_its_options(capsys):
     for flag in ("python -m makd squad", "--version", "--data-dir", "--split-articles", "--layer-ratio",
                  "--objective", "--max-train-features", "--max-eval", "--teacher-epochs", "--resume"):
         assert flag in text, flag
+
+
+def test_squad_builds_its_objective_from_the_shared_options_including_mse():
+    from makd.pipeline import objective_from
+
+    args = sq.build_parser().parse_args(["--mse", "relative", "--objective", "hierarchical"])
+    assert objective_from(args, 2).mse == "relative"
+    assert objective_from(sq.build_parser().parse_args([]), 2).mse == "plain"
