@@ -305,6 +305,29 @@ def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> d
     return out
 
 
+def richest_per_task(runs: pd.DataFrame, group: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """For each task, the runs of ONE grid folder (``where``): the folder whose ``group`` cells of that task span
+    the most seeds, then the longest training (most ``steps``), then the most runs, then the folder name
+    sorting last. Returns those runs (all cells of
+    the task in the chosen folder, so the method cell is there to compare against) and ``{task: where}``.
+    Grids of one task are never mixed: two folders may share cell names but not their settings."""
+    runs = runs[runs["grid"].notna()] if "grid" in runs else runs.iloc[:0]
+    chosen: dict[str, str] = {}
+    parts = []
+    for task, t in runs.groupby("task", sort=True):
+        ranked = []
+        for where, g in t.groupby("where", sort=True):
+            cells = g[g["group"] == group]
+            if len(cells):
+                steps = pd.to_numeric(cells["steps"], errors="coerce").max()
+                ranked.append((cells["seed"].nunique(), 0 if pd.isna(steps) else float(steps), len(g), where))
+        if ranked:
+            where = max(ranked)[3]
+            chosen[task] = where
+            parts.append(t[t["where"] == where])
+    return (pd.concat(parts, ignore_index=True) if parts else runs.iloc[:0]), chosen
+
+
 # ------------------------------------------------------------------------------------------ figures
 def plot_ablation_deltas(deltas: pd.DataFrame):
     """Horizontal bars: mean paired difference ablation − MaKD (points ×100) with its bootstrap CI."""
@@ -326,21 +349,26 @@ def plot_ablation_deltas(deltas: pd.DataFrame):
 
 
 def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
-    """Mean score (±std) vs ``x`` (layer_ratio or student_params) per method label of the budget sweep,
-    with the teacher's score as a dashed line."""
+    """Mean score (±std) vs ``x`` (layer_ratio or student_params) per method label of the budget sweep, one
+    panel per task (tasks have their own metric and teacher), with that task's teacher score as a dashed line."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots()
     b = summary[summary["group"] == "budget"]
+    tasks = list(dict.fromkeys(b["task"])) or [None]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks) ** 0.75, 4.8), squeeze=False)
     if b.empty:
-        ax.text(0.5, 0.5, "no budget sweep runs", ha="center", va="center", transform=ax.transAxes)
+        axes[0, 0].text(0.5, 0.5, "no budget sweep runs", ha="center", va="center", transform=axes[0, 0].transAxes)
         return fig
-    for (task, label), g in b.groupby(["task", "label"], sort=False):
-        g = g.sort_values(x)
-        name = label if b["task"].nunique() == 1 else f"{task}: {label}"
-        ax.errorbar(g[x], 100 * g["mean"], yerr=100 * g["std"].fillna(0), marker="o", capsize=3, label=name)
-    ax.axhline(100 * b["teacher_score"].mean(), color="k", ls="--", lw=0.8, label="teacher")
-    ax.set_xlabel("layer-parameter ratio" if x == "layer_ratio" else "student parameters")
-    ax.set_ylabel(f"dev {b['metric'].iloc[0]} (×100)")
-    ax.legend()
+    for ax, task in zip(axes[0], tasks):
+        t = b[b["task"] == task]
+        for label, g in t.groupby("label", sort=False):
+            g = g.sort_values(x)
+            ax.errorbar(g[x], 100 * g["mean"], yerr=100 * g["std"].fillna(0), marker="o", capsize=3, label=label)
+        ax.axhline(100 * t["teacher_score"].mean(), color="k", ls="--", lw=0.8, label="teacher")
+        ax.set_xlabel("layer-parameter ratio" if x == "layer_ratio" else "student parameters")
+        ax.set_ylabel(f"dev {t['metric'].iloc[0]} (×100)")
+        if len(tasks) > 1:
+            ax.set_title(task)
+        ax.legend()
+    fig.tight_layout()
     return fig

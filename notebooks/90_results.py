@@ -109,29 +109,20 @@ show(versus[["grid", "task", "best_baseline", "n", "mean_a", "mean_b", "mean_dif
 # %% [markdown]
 # ## Figures: accuracy vs budget per method, and the ablation deltas
 #
-# Each figure comes from ONE grid folder: the one holding that group of cells over the most seeds (then the most
-# runs), so cells of different grids (other training lengths) are never mixed.
+# Each figure takes, per task, ONE grid folder: the one holding that group of cells over the most seeds (then the
+# longest training, then the most runs), so cells of different grids (other training lengths) are never mixed.
 
 # %%
-
-
-def richest_grid(group: str) -> tuple[str | None, pd.DataFrame]:
-    """The grid folder whose ``group`` cells span the most seeds (ties: most runs), with its runs."""
-    ranked = sorted(((g.loc[g["group"] == group, "seed"].nunique(), len(g), w) for w, g in grids.items()
-                     if (g["group"] == group).any()), reverse=True)
-    return (ranked[0][2], grids[ranked[0][2]]) if ranked else (None, grid_runs.iloc[:0])
-
-
-budget_from, budget_runs = richest_grid("budget")
+budget_runs, budget_from = stats.richest_per_task(grid_runs, "budget")
 if len(budget_runs):
     fig = stats.plot_budget(stats.summarize(budget_runs))
     savefig(fig, "results_accuracy_vs_layer_ratio", run_dir)
-ablation_from, ablation_runs = richest_grid("ablation")
+ablation_runs, ablation_from = stats.richest_per_task(grid_runs, "ablation")
 if len(ablation_runs):
     deltas = stats.ablation_deltas(ablation_runs, method, seed=seed)
     fig2 = stats.plot_ablation_deltas(deltas)
     savefig(fig2, "results_ablation_deltas", run_dir)
-print(f"budget figure from: {budget_from}; ablation figure from: {ablation_from}")
+pd.DataFrame({"budget figure from": pd.Series(budget_from), "ablation figure from": pd.Series(ablation_from)})
 
 # %% [markdown]
 # ## Verdict per question (generated from the numbers), per grid

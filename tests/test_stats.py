@@ -107,3 +107,29 @@ def test_a_winner_needs_both_the_bootstrap_interval_and_the_t_test():
     assert _direction({"ci_low": -0.02, "ci_high": -0.01, "p": 0.02}) == "lower"
     assert _direction({"ci_low": -0.01, "ci_high": 0.02, "p": 0.01}) == "no clear difference"
     assert _direction({"ci_low": 0.01, "ci_high": 0.01, "p": float("nan")}) == "higher"   # identical diffs
+
+
+def test_richest_per_task_takes_one_grid_per_task_by_seeds_then_training_length():
+    def grid(where, task, seeds, steps, cells=("makd", "no-layer")):
+        f = _frame({c: ("method" if c == "makd" else "ablation", [0.8] * seeds) for c in cells})
+        return f.assign(task=task, where=where, grid="g", steps=steps)
+    runs = pd.concat([grid("results/grid-short", "rt", 3, 16), grid("results/grid", "rt", 3, 94),   # same seeds: longer wins
+                      grid("results/grid-one", "sst2", 1, 94), grid("results/grid-glue", "sst2", 3, 94),  # more seeds win
+                      grid("results/grid-x", "cola", 3, 94, cells=("makd",)),                          # no ablation cell
+                      grid("results/plain", "rt", 5, 500).assign(grid=None)], ignore_index=True)      # not a grid run
+    picked, chosen = stats.richest_per_task(runs, "ablation")
+    assert chosen == {"rt": "results/grid", "sst2": "results/grid-glue"}
+    assert set(zip(picked["task"], picked["where"])) == {("rt", "results/grid"), ("sst2", "results/grid-glue")}
+    assert set(picked["cell"]) == {"makd", "no-layer"} and len(picked) == 12
+    assert stats.richest_per_task(runs, "budget")[1] == {}
+
+
+def test_budget_figure_has_one_panel_per_task_with_its_own_teacher_line():
+    rows = [{"task": t, "label": lab, "group": "budget", "layer_ratio": r, "mean": 0.7 + r / 10, "std": 0.01,
+             "teacher_score": ts, "metric": m}
+            for t, ts, m in [("rt", 0.78, "accuracy"), ("cola", 0.40, "matthews")] for lab in ("MaKD", "KD")
+            for r in (0.1, 0.5)]
+    fig = stats.plot_budget(pd.DataFrame(rows))
+    assert [ax.get_title() for ax in fig.axes] == ["rt", "cola"]
+    assert [ax.lines[-1].get_ydata()[0] for ax in fig.axes] == pytest.approx([78.0, 40.0])   # dashed teacher line
+    assert fig.axes[1].get_ylabel() == "dev matthews (×100)"
