@@ -120,13 +120,16 @@ def paper_vs_ours(ours: pd.DataFrame) -> pd.DataFrame:
         target, proxy = TASK_MAP.get(task, (task, False))
         shown = f"{task} (PROXY for {target.upper()})" if proxy else task
         mine = ours[ours["task"] == task].to_dict("records")
-        first = mine[0]
-        if first.get("teacher_score") is not None and not pd.isna(first.get("teacher_score")):
-            rows.append({"task": shown, "who": "ours", "model": f"teacher {first.get('teacher', '')} (fine-tuned)",
+        teachers = {}                                   # one teacher row per distinct fine-tuned teacher (origin)
+        for r in mine:
+            if r.get("teacher_score") is not None and not pd.isna(r.get("teacher_score")):
+                teachers.setdefault((r.get("origin", "results"), r.get("teacher", ""), round(r["teacher_score"], 4)), r)
+        for (origin, name, _), first in teachers.items():
+            rows.append({"task": shown, "who": "ours", "model": f"teacher {name} (fine-tuned)",
                          "budget": f"{first['teacher_params'] / 1e6:.2f}M" if first.get("teacher_params") else "–",
                          "metric": first["metric"], "score": round(as_points(first["teacher_score"]), 1), "± std": None,
                          "seeds": "", "data": first.get("data", ""), "profile": first.get("profile", ""),
-                         "source": first.get("origin", "results")})
+                         "source": origin})
         for r in mine:
             std, ratio = r.get("std"), r.get("layer_ratio")
             budget = f"{r['student_params'] / 1e6:.2f}M"

@@ -49,7 +49,8 @@ def test_the_table_is_regenerated_from_the_stored_json(tmp_path):
     assert "train ex. 2000" in makd["data"] and "proxy for SST-2" in makd["data"]
     teacher = ours[ours["model"].str.startswith("teacher")].iloc[0]
     assert teacher["score"] == 80.0 and teacher["budget"] == "22.71M"
-    plain = ours[ours["source"].str.endswith("rows")].iloc[0]            # a non-grid `distill` row
+    students = ours[~ours["model"].str.startswith("teacher")]
+    plain = students[students["source"].str.endswith("rows")].iloc[0]    # a non-grid `distill` row
     assert plain["model"] == "SVD student + MaKD (hierarchical)" and plain["seeds"] == "1" and pd.isna(plain["± std"])
     pub = table[table["who"] == "published"]
     assert set(pub["score"]) == {92.7, 91.3, 92.6} and (pub["metric"] == "accuracy").all()
@@ -90,3 +91,14 @@ def test_profile_is_read_from_the_run(teacher, source, profile):
 def test_scores_already_on_a_0_100_scale_are_not_scaled_again():
     assert published.as_points(0.812) == pytest.approx(81.2) and published.as_points(82.3) == 82.3
     assert stats.mean_pm_std(82.31, 0.52) == "82.3 ± 0.5" and stats.mean_pm_std(0.8231, 0.0052) == "82.3 ± 0.5"
+
+
+def test_each_fine_tuned_teacher_gets_its_own_row_with_its_origin():
+    base = {"task": "sst2", "label": "MaKD", "mean": 0.80, "std": 0.01, "n": 3, "student_params": 17.39e6,
+            "teacher_params": 22.71e6, "metric": "accuracy", "teacher": "minilm-l6"}
+    ours = pd.DataFrame([{**base, "teacher_score": 0.85, "origin": "results/grid-glue"},
+                         {**base, "label": "logit KD", "teacher_score": 0.85, "origin": "results/grid-glue"},
+                         {**base, "teacher_score": 0.88, "origin": "results/glue"}])
+    table = published.paper_vs_ours(ours)
+    teachers = table[table["model"].str.startswith("teacher")]
+    assert list(zip(teachers["score"], teachers["source"])) == [(85.0, "results/grid-glue"), (88.0, "results/glue")]
