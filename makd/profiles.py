@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "01_svd_decomposition": {"budgets": [0.9, 0.7]},
         "06_hierarchical_training": {"force_teacher": True},
         "08_glue": {"force_teacher": True, "tasks": ["rte"]},
-        "07_ablations": {"results_dir": "", "grid": "grids/smoke.yaml", "seeds": [0],
+        "07_ablations": {"results_dir": "", "budget_dir": "", "grid": "grids/smoke.yaml", "seeds": [0],
                          "only": ["makd", "svd-logit-kd", "no-layer", "makd-r0.25"]},
         "90_results": {"results_dirs": ["tests/fixtures/results"]},
         "10_decoder_rouge": {"decoder_teacher": "tiny-llama", "max_train": 8, "max_eval": 3, "batch_size": 4,

@@ -35,6 +35,7 @@ seed: int = 0  # seed of the bootstrap resampling (training seeds are the grid's
 device: str = "auto"  # "auto", "cpu" or "cuda" (runs pick their device themselves)
 run_dir: str = "runs/demo"  # run folder: metrics/07_ablations.json, figures/, and grid/ when the grid is run here
 results_dir: str = "results/grid"  # read finished runs from this folder; "" = run `grid` into run_dir/grid first
+budget_dir: str = "results/grid-budget"  # budget sweep read when results_dir has no budget cells ("" = none)
 grid: str = "grids/rt-polarity.yaml"  # grid file to run when results_dir is ""
 seeds: list[int] = [0, 1, 2]  # training seeds to run (when running)
 only: list[str] = []  # run only these cells (an empty list runs all)
@@ -119,15 +120,25 @@ show(deltas[["cell", "label", "n", "mean_diff", "ci_low", "ci_high", "p"]] if le
 # ## Accuracy vs budget per method
 
 # %%
-fig = stats.plot_budget(table)
+# The sweep lives in its own grid (grids/budget.yaml) unless the grid run here has budget cells.
+budget_table, budget_runs, budget_source = table[table["group"] == "budget"], runs, source
+if budget_table.empty and budget_dir and resolve_path(budget_dir).is_dir():
+    budget_source = resolve_path(budget_dir)
+    budget_runs = stats.collect(budget_source)
+    budget_runs = budget_runs[budget_runs["task"] == task]
+    budget_table = stats.summarize(budget_runs) if len(budget_runs) else budget_table
+fig = stats.plot_budget(budget_table)
 savefig(fig, "accuracy_vs_layer_ratio", run_dir)
-table[table["group"] == "budget"][["label", "layer_ratio", "student_params", "mean", "std", "n"]]
+print(f"budget sweep from: {budget_source}")
+budget_table[budget_table["group"] == "budget"][["label", "layer_ratio", "student_params", "mean", "std", "n"]]
 
 # %% [markdown]
 # ## Verdict (generated from the numbers above)
 
 # %%
 answers = stats.verdicts(runs, keep=keep)
+if budget_source != source:  # the budget question is answered from the budget sweep's own folder
+    answers["budget"] = stats.verdicts(budget_runs, keep=keep)["budget"]
 questions = {"baseline": "Does MaKD beat the best baseline at the same budget?",
              "aspects": "Does each aspect help?", "hierarchy": "Which hierarchy works?",
              "initialisation": "Plain or activation-aware SVD initialisation?", "budget": "How low can the budget go?"}

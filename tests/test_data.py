@@ -34,15 +34,15 @@ def offline(monkeypatch):
 
 # task: (dev labels in hub order, train labels or None, first dev text field value prefix)
 EXPECTED = {
-    "sst2": ([1, 0, 1, 1], [0, 0, 1], "it 's a charming"),
-    "cola": ([1, 1, 0, 0], [0, 1, 1], "The sailors rode"),
-    "mrpc": ([1, 0, 0, 1], [1, 0, 1], "He said the foodservice"),
-    "stsb": ([5.0, 4.75, 5.0, 2.4], [5.0, 3.8, 3.8], "A man with a hard hat"),
-    "qqp": ([0, 0, 1], [0, 1], "Why are African-Americans"),
-    "mnli": ([1, 2, 0], [1, 0, 2], "The new rights are nice enough"),  # neutral, contradiction, entailment
-    "mnli-mm": ([2, 2, 1, 0], [1, 0, 2], "Your contribution helped"),
-    "qnli": ([0, 1, 1, 0, 1], None, "What came into force"),
-    "rte": ([1, 0, 1, 1], [1, 0, 0], "Dana Reeve"),
+    "sst2": ([1, 0, 1, 1], [0, 0, 1], "a warm and often funny"),
+    "cola": ([1, 1, 0, 0], [0, 1, 1], "The children ran"),
+    "mrpc": ([1, 0, 0, 1], [1, 0, 1], "She said the frozen soup"),
+    "stsb": ([5.0, 4.75, 5.0, 2.4], [5.0, 3.8, 3.8], "A boy with a red cap"),
+    "qqp": ([0, 0, 1], [0, 1], "Why are mountain lakes"),
+    "mnli": ([1, 2, 0], [1, 0, 2], "The new parking rules are fair enough"),  # neutral, contradiction, entailment
+    "mnli-mm": ([2, 2, 1, 0], [1, 0, 2], "Your gift helped"),
+    "qnli": ([0, 1, 1, 0, 1], None, "What took effect"),
+    "rte": ([1, 0, 1, 1], [1, 0, 0], "Maria Lopez"),
 }
 
 
@@ -66,9 +66,9 @@ def test_glue_fixture_parsing_and_label_order(task, offline):
 def test_glue_layouts_quotes_and_bom(offline):
     flat = load_task("mrpc", data_dir=FIXTURES / "glue")  # <data_dir>/MRPC as well as <data_dir>/glue/MRPC
     assert flat.text_fields == ("sentence1", "sentence2")
-    assert flat.dev["sentence2"][0].startswith('"The foodservice')  # QUOTE_NONE keeps unbalanced quotes
+    assert flat.dev["sentence2"][0].startswith('"The frozen soup')  # QUOTE_NONE keeps unbalanced quotes
     qnli = load_task("qnli", data_dir=FIXTURES)
-    assert qnli.dev["sentence"][4].startswith('" Luis Walter Alvarez')
+    assert qnli.dev["sentence"][4].startswith('" Ana Petrova')
     assert qnli.train is None and any("no train file" in n for n in qnli.notes)
     with pytest.raises(TaskDataUnavailableError, match="qnli has no train split"):
         qnli.require_train()

@@ -49,26 +49,26 @@ def test_glue_bad_input():
 
 
 def test_squad_normalisation():
-    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("The  Harbour Hawks!") == "harbour hawks"
     assert normalize_answer("an apple, a day") == "apple day"
     assert normalize_answer("Theatre anthem") == "theatre anthem"  # articles only as whole words
     assert normalize_answer("A.B.C. (1999)") == "abc 1999"
-    assert exact_match("the Broncos.", "Broncos") == 1
+    assert exact_match("the Hawks.", "Hawks") == 1
 
 
 def test_squad_em_f1_max_over_golds():
-    assert token_f1("the Broncos team", "Denver Broncos") == pytest.approx(0.5)  # 1 common of 2 and 2
-    assert token_f1("Broncos Broncos", "Broncos") == pytest.approx(2 * 0.5 * 1 / 1.5)  # P = 1/2, R = 1
-    refs = {"q1": ["the Denver Broncos", "Broncos"], "q2": ["Denver Broncos"]}
-    m = squad_metrics({"q1": "Denver Broncos", "q2": "the Broncos team"}, refs)
+    assert token_f1("the Hawks team", "Harbour Hawks") == pytest.approx(0.5)  # 1 common of 2 and 2
+    assert token_f1("Hawks Hawks", "Hawks") == pytest.approx(2 * 0.5 * 1 / 1.5)  # P = 1/2, R = 1
+    refs = {"q1": ["the Harbour Hawks", "Hawks"], "q2": ["Harbour Hawks"]}
+    m = squad_metrics({"q1": "Harbour Hawks", "q2": "the Hawks team"}, refs)
     assert m["exact_match"] == pytest.approx(50.0) and m["f1"] == pytest.approx(75.0) and m["total"] == 2
     assert m["main"] == "f1"
 
 
 def test_squad_v2_no_answer_cases():
     assert token_f1("", "", version_2=False) == 0.0 and token_f1("", "", version_2=True) == 1.0
-    refs = {"a": ["France"], "b": [], "c": [], "d": ["10th century"]}
-    preds = {"a": "France", "b": "", "c": "Normandy", "d": ""}
+    refs = {"a": ["Norland"], "b": [], "c": [], "d": ["14th century"]}
+    preds = {"a": "Norland", "b": "", "c": "Fenwick", "d": ""}
     m = squad_metrics(preds, refs, version_2=True)
     assert m["exact_match"] == pytest.approx(50.0) and m["f1"] == pytest.approx(50.0)
     assert (m["HasAns_total"], m["NoAns_total"]) == (2, 2)
