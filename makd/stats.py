@@ -359,11 +359,13 @@ def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
     if b.empty:
         axes[0, 0].text(0.5, 0.5, "no budget sweep runs", ha="center", va="center", transform=axes[0, 0].transAxes)
         return fig
+    colour = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(b.sort_values("label")["label"]))}
     for ax, task in zip(axes[0], tasks):
         t = b[b["task"] == task]
-        for label, g in t.groupby("label", sort=False):
+        for label, g in t.groupby("label", sort=True):               # same method, same colour in every panel
             g = g.sort_values(x)
-            ax.errorbar(g[x], 100 * g["mean"], yerr=100 * g["std"].fillna(0), marker="o", capsize=3, label=label)
+            ax.errorbar(g[x], 100 * g["mean"], yerr=100 * g["std"].fillna(0), marker="o", capsize=3, label=label,
+                        color=colour[label])
         ax.axhline(100 * t["teacher_score"].mean(), color="k", ls="--", lw=0.8, label="teacher")
         ax.set_xlabel("layer-parameter ratio" if x == "layer_ratio" else "student parameters")
         ax.set_ylabel(f"dev {t['metric'].iloc[0]} (×100)")

@@ -133,3 +133,5 @@ def test_budget_figure_has_one_panel_per_task_with_its_own_teacher_line():
     assert [ax.get_title() for ax in fig.axes] == ["rt", "cola"]
     assert [ax.lines[-1].get_ydata()[0] for ax in fig.axes] == pytest.approx([78.0, 40.0])   # dashed teacher line
     assert fig.axes[1].get_ylabel() == "dev matthews (×100)"
+    colours = [{c.get_label(): c.lines[0].get_color() for c in ax.containers} for ax in fig.axes]
+    assert colours[0] == colours[1] and colours[0]["MaKD"] != colours[0]["KD"]   # one colour per method
