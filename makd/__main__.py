@@ -6,6 +6,7 @@ Commands (each has its own ``--help``):
   distill        fine-tune the teacher (or reuse the cache), factorise, distil, evaluate, write metrics.json
   squad          the same for extractive QA (SQuAD v1.1 / v2.0), EM/F1
   grid           baselines and ablations declared as data, over seeds (skips finished cells)
+  stats          a grid's results as markdown: cells × tasks, MaKD vs best baseline, ablations, verdicts
   decoder        causal-LM distillation (SFT / KD / SeqKD / MaKD) and Rouge-L
   reproduce      run the notebooks headless with a profile (same as `python -m makd.reproduce`)
 """
@@ -20,6 +21,7 @@ COMMANDS = {
     "distill": ("makd.pipeline", "teacher fine-tuning, factorisation, distillation and evaluation"),
     "squad": ("makd.squad", "extractive QA (SQuAD v1.1/v2.0): teacher fine-tuning, distillation, EM/F1"),
     "grid": ("makd.grid", "run a declared grid of baselines/ablations over seeds (skips finished cells)"),
+    "stats": ("makd.stats", "report a grid's results folder: mean ± std, paired tests, verdicts (markdown)"),
     "decoder": ("makd.lm", "decoder distillation (SFT / KD / SeqKD / MaKD) and Rouge-L evaluation"),
     "reproduce": ("makd.reproduce", "execute the notebooks headless with a profile"),
 }

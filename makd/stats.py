@@ -231,7 +231,10 @@ def significance(p: float, alpha: float = 0.05) -> str:
 def _direction(res: dict[str, Any], alpha: float = 0.05) -> str:
     """'higher' / 'lower' when the bootstrap CI of the mean difference excludes 0 AND the paired t-test agrees
     (p < ``alpha``; a NaN p — e.g. identical differences — leaves the CI alone to decide), else 'no clear
-    difference': with 3 seeds a bootstrap CI alone is too coarse to call a winner."""
+    difference': with 3 seeds a bootstrap CI alone is too coarse to call a winner. 'untestable' with a
+    single seed (its bootstrap interval is a point: it says nothing about the spread)."""
+    if res.get("n", 2) < 2:
+        return "untestable"
     p = res.get("p")
     if p is not None and not np.isnan(p) and p >= alpha:
         return "no clear difference"
@@ -269,12 +272,13 @@ def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> d
         if r["cell"] in ASPECT_CELLS:
             d = _direction(r)
             meaning = {"lower": "the aspect helps", "higher": "the aspect hurts",
-                       "no clear difference": "no evidence that the aspect matters"}[d]
+                       "no clear difference": "no evidence that the aspect matters",
+                       "untestable": "one seed: needs more seeds to tell"}[d]
             out["aspects"].append(f"{r['task']}: without {ASPECT_CELLS[r['cell']]}: {_fmt_diff(r)} → {meaning}.")
         if r["cell"] == "activation":
             d = _direction(r)
             out["initialisation"].append(f"{r['task']}: activation-aware vs plain SVD initialisation: {_fmt_diff(r)}"
-                                         f" → {'activation-aware is better' if d == 'higher' else 'plain is better' if d == 'lower' else 'no clear difference'}.")
+                                         f" → {'activation-aware is better' if d == 'higher' else 'plain is better' if d == 'lower' else 'one seed: needs more seeds to tell' if d == 'untestable' else 'no clear difference'}.")
     summ = summarize(df)
     for task in sorted(df["task"].unique()):
         h = summ[(summ["task"] == task) & summ["cell"].isin(HIERARCHY_CELLS)]
@@ -374,3 +378,130 @@ def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ report
+GROUP_ORDER = {"method": 0, "baseline": 1, "ablation": 2, "budget": 3}
+
+
+def grid_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells × tasks: 'mean ± std (n)' of each cell on each task (×100 for fractions, '–' where the cell has
+    no finished run on that task), rows ordered method, baselines, ablations, budget (then by the cells' first
+    appearance), plus a last 'teacher' row with each task's mean teacher score. Columns: group, cell, label, then
+    one column per task named '<task> (<metric>)'."""
+    if df.empty:
+        return pd.DataFrame(columns=["group", "cell", "label"])
+    summ = summarize(df)
+    tasks = sorted(df["task"].unique())
+    metric = {t: df[df["task"] == t]["metric"].iloc[0] for t in tasks}
+    cols = {t: f"{t} ({metric[t]})" for t in tasks}
+    first = {c: i for i, c in enumerate(dict.fromkeys(df["cell"]))}
+    cells = summ.drop_duplicates("cell")[["cell", "label", "group"]]
+    cells = cells.assign(_g=cells["group"].map(GROUP_ORDER).fillna(9), _f=cells["cell"].map(first))
+    rows = []
+    for r in cells.sort_values(["_g", "_f"]).to_dict("records"):
+        row = {"group": r["group"], "cell": r["cell"], "label": r["label"]}
+        for t in tasks:
+            hit = summ[(summ["task"] == t) & (summ["cell"] == r["cell"])]
+            row[cols[t]] = "–" if hit.empty else f"{mean_pm_std(hit['mean'].iloc[0], hit['std'].iloc[0])} ({hit['n'].iloc[0]})"
+        rows.append(row)
+    teach = {"group": "teacher", "cell": "teacher", "label": f"fine-tuned teacher ({df['teacher'].iloc[0]})"}
+    for t in tasks:
+        ts = df[df["task"] == t]["teacher_score"].astype(float)
+        teach[cols[t]] = f"{points_of(ts.mean()):.1f}" if ts.notna().any() else "–"
+    return pd.DataFrame([*rows, teach])
+
+
+def points_of(x: float) -> float:
+    """A fraction on 0–1 as points (×100); a score already on 0–100 unchanged (as :func:`mean_pm_std`)."""
+    from .published import points_scale
+
+    return points_scale(x) * x
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-markdown table of ``frame`` (all values as text; '|' in values escaped)."""
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|")
+    head = "| " + " | ".join(map(cell, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> str:
+    """The grid report as markdown, all computed from ``df`` (rows of :func:`collect`): the cells × tasks table,
+    ``method`` vs the best baseline per task (paired over common seeds), each ablation's paired delta, the
+    verdict sentences of :func:`verdicts`, and the runs' count and CPU time."""
+    if df.empty:
+        return "no finished runs (no metrics.json under the folder)"
+    parts = ["## Cells × tasks (mean ± std over seeds, number of seeds; fractions ×100)", "",
+             markdown_table(grid_table(df).drop(columns=["group"]))]
+    vs = versus_best_baseline(df, method)
+    if not vs.empty:
+        rows = pd.DataFrame({
+            "task": vs["task"], "best baseline": vs["label"], "seeds": [len(s) for s in vs["seeds"]],
+            f"{method} − baseline": [f"{100 * d:+.1f}" for d in vs["mean_diff"]],
+            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(vs["ci_low"], vs["ci_high"])],
+            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in vs["p"]],
+            "verdict": [_direction(r) for r in vs.to_dict("records")]})
+        parts += ["", f"## {method} vs the best baseline per task", "", markdown_table(rows)]
+    deltas = ablation_deltas(df, method)
+    if not deltas.empty:
+        rows = pd.DataFrame({
+            "task": deltas["task"], "ablation": deltas["label"], "seeds": [len(s) for s in deltas["seeds"]],
+            f"ablation − {method}": [f"{100 * d:+.1f}" for d in deltas["mean_diff"]],
+            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                                  for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
+            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in deltas["p"]]})
+        parts += ["", "## Ablations (paired difference to " + method + ")", "", markdown_table(rows)]
+    parts += ["", "## Verdicts", ""]
+    for key, lines in verdicts(df, method, keep=keep).items():
+        parts += [f"- **{key}**"] + [f"  - {line}" for line in lines]
+    cpu = pd.to_numeric(df["cpu_s"], errors="coerce")
+    cpu_txt = f"{cpu.sum() / 60:.1f} min of CPU time" if cpu.notna().any() else "CPU time not recorded"
+    per_task = ", ".join(f"{t} {n}" for t, n in df.groupby("task").size().items())
+    parts += ["", f"{len(df)} runs ({per_task}); {cpu_txt} (student runs; teacher fine-tuning not included)."]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m makd stats",
+        description="Report of a grid's results folder as markdown: cells × tasks (mean ± std over seeds), "
+                    "MaKD vs the best baseline per task (paired t-test + bootstrap CI), ablation deltas, "
+                    "verdicts and CPU time. Reads only metrics.json/cell.json; unfinished cells are left out.",
+        epilog="example: python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md")
+    p.add_argument("folder", help="a results folder written by `python -m makd grid` (OUT/<task>/<cell>/s<seed>/)")
+    p.add_argument("--method", default="makd", help="the cell compared against the baselines (default makd)")
+    p.add_argument("--tasks", nargs="+", help="only these tasks")
+    p.add_argument("--keep", type=float, default=0.95,
+                   help="budget verdict: lowest ratio keeping this fraction of the teacher's score (default 0.95)")
+    p.add_argument("--out", help="also write the markdown to this file")
+    p.add_argument("--csv", help="also write one row per run as CSV here")
+    args = p.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        p.error(f"no folder {args.folder!r}: pass the --out folder of `python -m makd grid`")
+    df = collect(args.folder)
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - set(df["task"]))
+        if unknown:
+            p.error(f"task(s) {', '.join(unknown)} have no finished run in {args.folder} "
+                    f"(tasks there: {', '.join(sorted(df['task'].unique())) or 'none'})")
+        df = df[df["task"].isin(args.tasks)]
+    if len(df) and args.method not in set(df["cell"]):
+        p.error(f"cell {args.method!r} has no finished run in {args.folder} (cells: {', '.join(sorted(df['cell'].unique()))})")
+    text = report_markdown(df, args.method, keep=args.keep)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.csv:
+        df.drop(columns=["config"]).to_csv(args.csv, index=False)
+    return 0 if len(df) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,6 +107,12 @@ def test_a_winner_needs_both_the_bootstrap_interval_and_the_t_test():
     assert _direction({"ci_low": -0.02, "ci_high": -0.01, "p": 0.02}) == "lower"
     assert _direction({"ci_low": -0.01, "ci_high": 0.02, "p": 0.01}) == "no clear difference"
     assert _direction({"ci_low": 0.01, "ci_high": 0.01, "p": float("nan")}) == "higher"   # identical diffs
+    # one seed: the interval is a point and p undefined -> no direction is claimed
+    assert _direction({"n": 1, "ci_low": 0.007, "ci_high": 0.007, "p": float("nan")}) == "untestable"
+    one = _frame({"makd": ("method", [0.80]), "kd": ("baseline", [0.79]), "no-layer": ("ablation", [0.70])})
+    answers = stats.verdicts(one)
+    assert "untestable" in answers["baseline"][0] and "higher" not in answers["baseline"][0]
+    assert answers["aspects"][0].endswith("one seed: needs more seeds to tell.")
 
 
 def test_richest_per_task_takes_one_grid_per_task_by_seeds_then_training_length():
@@ -135,3 +141,35 @@ def test_budget_figure_has_one_panel_per_task_with_its_own_teacher_line():
     assert fig.axes[1].get_ylabel() == "dev matthews (×100)"
     colours = [{c.get_label(): c.lines[0].get_color() for c in ax.containers} for ax in fig.axes]
     assert colours[0] == colours[1] and colours[0]["MaKD"] != colours[0]["KD"]   # one colour per method
+
+
+def test_grid_table_orders_groups_and_marks_missing_cells():
+    df = pd.concat([
+        _frame({"makd": ("method", [0.80, 0.82, 0.84]), "kd": ("baseline", [0.78, 0.81, 0.80]),
+                "no-layer": ("ablation", [0.79, 0.80, 0.81])}),
+        _frame({"makd": ("method", [0.30]), "kd": ("baseline", [0.20])}).assign(task="cola", metric="mcc",
+                                                                              teacher_score=0.4)],
+        ignore_index=True)
+    table = stats.grid_table(df)
+    assert list(table.columns) == ["group", "cell", "label", "cola (mcc)", "t (accuracy)"]
+    assert list(table["cell"]) == ["makd", "kd", "no-layer", "teacher"]
+    row = table.set_index("cell")
+    assert row.loc["makd", "t (accuracy)"] == "82.0 ± 2.0 (3)" and row.loc["makd", "cola (mcc)"] == "30.0 ± – (1)"
+    assert row.loc["no-layer", "cola (mcc)"] == "–"
+    assert row.loc["teacher", "t (accuracy)"] == "90.0" and row.loc["teacher", "cola (mcc)"] == "40.0"
+
+
+def test_report_markdown_and_cli_on_the_fixture_grid(tmp_path, capsys):
+    text = stats.report_markdown(stats.collect(GRID))
+    assert text.startswith("## Cells × tasks") and "| makd | MaKD (hierarchical, reconstructed) |" in text
+    assert "## makd vs the best baseline per task" in text and "## Verdicts" in text
+    assert "30 runs (rt-polarity 30)" in text
+    out = tmp_path / "REPORT.md"
+    assert stats.main([str(GRID), "--out", str(out), "--csv", str(tmp_path / "runs.csv")]) == 0
+    assert out.read_text().strip() == text.strip() == capsys.readouterr().out.strip()
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 30
+    for argv, msg in [([str(tmp_path / "none")], "no folder"), ([str(GRID), "--tasks", "rte"], "no finished run"),
+                      ([str(GRID), "--method", "nope"], "cell 'nope'")]:
+        with pytest.raises(SystemExit):
+            stats.main(argv)
+        assert msg in capsys.readouterr().err
