@@ -419,6 +419,28 @@ def points_of(x: float) -> float:
     return points_scale(x) * x
 
 
+def budget_comparisons(df: pd.DataFrame, method_label: str = "MaKD", **kw: Any) -> pd.DataFrame:
+    """Budget sweep (group 'budget'): per task and layer ratio, the cell labelled ``method_label`` vs the other
+    label with the best mean score at that ratio (variants, labels starting with ``method_label``, are not
+    competitors), as a :func:`paired` row over their common seeds (with
+    ``ratio``, ``best`` and ``best_label``). Empty when the runs hold no budget cells of that label."""
+    b = df[df["group"] == "budget"].assign(_r=lambda d: d["layer_ratio"].astype(float).round(2))
+    rows = []
+    for (task, ratio), g in b.groupby(["task", "_r"], sort=True):
+        mine = g[g["label"] == method_label]
+        others = g[~g["label"].str.startswith(method_label)]         # not its variants ("MaKD, relative MSE")
+        if mine.empty or others.empty:
+            continue
+        cell = mine["cell"].iloc[0]
+        best = others.groupby("cell")["score"].mean().idxmax()
+        try:
+            res = compare_cells(df, task, cell, best, **kw)
+        except ValueError:
+            continue
+        rows.append({**res, "ratio": ratio, "best": best, "best_label": others[others["cell"] == best]["label"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-markdown table of ``frame`` (all values as text; '|' in values escaped)."""
     def cell(v: Any) -> str:
@@ -429,10 +451,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> str:
+def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95, budget_label: str = "MaKD") -> str:
     """The grid report as markdown, all computed from ``df`` (rows of :func:`collect`): the cells × tasks table,
     ``method`` vs the best baseline per task (paired over common seeds), each ablation's paired delta, the
-    verdict sentences of :func:`verdicts`, and the runs' count and CPU time."""
+    budget sweep's ``budget_label`` vs the best other method per ratio (:func:`budget_comparisons`), the verdict
+    sentences of :func:`verdicts`, and the runs' count and CPU time. Sections without runs are left out."""
     if df.empty:
         return "no finished runs (no metrics.json under the folder)"
     parts = ["## Cells × tasks (mean ± std over seeds, number of seeds; fractions ×100)", "",
@@ -455,10 +478,20 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
                                   for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
             "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in deltas["p"]]})
         parts += ["", "## Ablations (paired difference to " + method + ")", "", markdown_table(rows)]
+    budget = budget_comparisons(df, budget_label)
+    if not budget.empty:
+        rows = pd.DataFrame({
+            "task": budget["task"], "layer ratio": [f"{r:g}" for r in budget["ratio"]],
+            "best other method": budget["best_label"], "seeds": [len(s) for s in budget["seeds"]],
+            f"{budget_label} − other": [f"{100 * d:+.1f}" for d in budget["mean_diff"]],
+            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(budget["ci_low"], budget["ci_high"])],
+            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in budget["p"]],
+            "verdict": [_direction(r) for r in budget.to_dict("records")]})
+        parts += ["", f"## Budget sweep: {budget_label} vs the best other method at each ratio", "", markdown_table(rows)]
     parts += ["", "## Verdicts", ""]
     for key, lines in verdicts(df, method, keep=keep).items():
         parts += [f"- **{key}**"] + [f"  - {line}" for line in lines]
-    cpu = pd.to_numeric(df["cpu_s"], errors="coerce")
+    cpu = pd.to_numeric(df["cpu_s"] if "cpu_s" in df else pd.Series(dtype=float), errors="coerce")
     cpu_txt = f"{cpu.sum() / 60:.1f} min of CPU time" if cpu.notna().any() else "CPU time not recorded"
     per_task = ", ".join(f"{t} {n}" for t, n in df.groupby("task").size().items())
     parts += ["", f"{len(df)} runs ({per_task}); {cpu_txt} (student runs; teacher fine-tuning not included)."]
@@ -476,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
                     "verdicts and CPU time. Reads only metrics.json/cell.json; unfinished cells are left out.",
         epilog="example: python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md")
     p.add_argument("folder", help="a results folder written by `python -m makd grid` (OUT/<task>/<cell>/s<seed>/)")
-    p.add_argument("--method", default="makd", help="the cell compared against the baselines (default makd)")
+    p.add_argument("--method", help="the cell compared against the baselines (default makd)")
+    p.add_argument("--budget-label", default="MaKD",
+                   help="budget sweep: the method label compared at each ratio (default MaKD)")
     p.add_argument("--tasks", nargs="+", help="only these tasks")
     p.add_argument("--keep", type=float, default=0.95,
                    help="budget verdict: lowest ratio keeping this fraction of the teacher's score (default 0.95)")
@@ -492,9 +527,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"task(s) {', '.join(unknown)} have no finished run in {args.folder} "
                     f"(tasks there: {', '.join(sorted(df['task'].unique())) or 'none'})")
         df = df[df["task"].isin(args.tasks)]
-    if len(df) and args.method not in set(df["cell"]):
+    if args.method and args.method not in set(df["cell"]):
         p.error(f"cell {args.method!r} has no finished run in {args.folder} (cells: {', '.join(sorted(df['cell'].unique()))})")
-    text = report_markdown(df, args.method, keep=args.keep)
+    text = report_markdown(df, args.method or "makd", keep=args.keep, budget_label=args.budget_label)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -173,3 +173,32 @@ def test_report_markdown_and_cli_on_the_fixture_grid(tmp_path, capsys):
         with pytest.raises(SystemExit):
             stats.main(argv)
         assert msg in capsys.readouterr().err
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+@pytest.mark.parametrize("report", sorted(RESULTS.glob("*/REPORT.md")), ids=lambda p: p.parent.name)
+def test_committed_grid_reports_match_their_results(report):
+    # each committed REPORT.md is `python -m makd stats <folder> --out <folder>/REPORT.md` of the committed runs
+    assert report.read_text().strip() == stats.report_markdown(stats.collect(report.parent)).strip(), (
+        f"{report} is stale: regenerate it with python -m makd stats {report.parent.relative_to(RESULTS.parent)} "
+        f"--out {report.relative_to(RESULTS.parent)}")
+
+
+def test_budget_comparisons_pit_the_method_against_the_best_other_label_per_ratio():
+    rows = []
+    for ratio, scores in {0.1: {"MaKD": [0.5, 0.5, 0.5], "KD": [0.7, 0.68, 0.69], "FT": [0.6, 0.62, 0.61],
+                                "MaKD, relative MSE": [0.9, 0.9, 0.9]},
+                          0.5: {"MaKD": [0.80, 0.82, 0.84], "KD": [0.78, 0.81, 0.80], "FT": [0.70, 0.71, 0.72]}}.items():
+        for label, vals in scores.items():
+            f = _frame({f"{label}-r{ratio}": ("budget", vals)})
+            rows.append(f.assign(label=label, layer_ratio=ratio))
+    df = pd.concat(rows, ignore_index=True)
+    res = stats.budget_comparisons(df)
+    assert list(res["ratio"]) == [0.1, 0.5] and list(res["best_label"]) == ["KD", "KD"]   # variant excluded
+    assert res["mean_diff"].iloc[0] == pytest.approx(0.5 - 0.69)
+    assert res["t"].iloc[1] == pytest.approx(math.sqrt(7))
+    assert stats.budget_comparisons(df, "nobody").empty
+    text = stats.report_markdown(df)
+    assert "## Budget sweep: MaKD vs the best other method at each ratio" in text and "| t | 0.5 | KD | 3 | +2.3 |" in text
