@@ -19,7 +19,7 @@ import pandas as pd
 
 COLUMNS = ["task", "cell", "label", "group", "seed", "metric", "score", "teacher_score", "relative",
            "student_params", "teacher_params", "layer_ratio", "param_ratio", "objective", "student_kind",
-           "weighting", "is_proxy", "source", "teacher", "config", "steps", "cpu_s", "wall_s", "grid", "where", "origin", "path"]
+           "weighting", "is_proxy", "source", "teacher", "teacher_sha", "config", "steps", "cpu_s", "wall_s", "grid", "where", "origin", "path"]
 
 
 def collect(root: str | Path) -> pd.DataFrame:
@@ -53,7 +53,8 @@ def collect(root: str | Path) -> pd.DataFrame:
             "layer_ratio": d["student"].get("layer_ratio"), "param_ratio": d["student"].get("ratio"),
             "objective": d.get("objective"), "student_kind": cfg.get("student", "svd"),
             "weighting": cfg.get("weighting", "none"), "is_proxy": bool(d.get("is_proxy")),
-            "source": d.get("source"), "teacher": d["teacher"].get("id"), "config": cfg,
+            "source": d.get("source"), "teacher": d["teacher"].get("id"),
+            "teacher_sha": d.get("record", {}).get("teacher_checkpoint_sha256"), "config": cfg,
             "steps": d.get("train", {}).get("steps"), "cpu_s": info.get("cpu_s"),
             "wall_s": info.get("wall_s", d.get("record", {}).get("wall_time_s")), "grid": info.get("grid"),
             "where": str(where), "origin": str(root),
@@ -384,6 +385,21 @@ def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
 GROUP_ORDER = {"method": 0, "baseline": 1, "ablation": 2, "budget": 3}
 
 
+def mixed_teachers(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """Tasks whose runs used more than one fine-tuned teacher checkpoint (the run records' sha256): {task:
+    {sha256[:12]: [cell/s<seed>, ...]}}. A grid compares cells under ONE shared teacher; a teacher re-trained
+    elsewhere (another machine or thread count: CPU fine-tuning is not bitwise reproducible across them) breaks
+    that, and those cells should be re-run."""
+    out: dict[str, dict[str, list[str]]] = {}
+    if "teacher_sha" not in df:
+        return out
+    for task, g in df[df["teacher_sha"].notna()].groupby("task", sort=True):
+        if g["teacher_sha"].nunique() > 1:
+            out[task] = {sha[:12]: sorted(f"{c}/s{s}" for c, s in zip(h["cell"], h["seed"]))
+                         for sha, h in g.groupby("teacher_sha", sort=True)}
+    return out
+
+
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
     """Cells × tasks: 'mean ± std (n)' of each cell on each task (×100 for fractions, '–' where the cell has
     no finished run on that task), rows ordered method, baselines, ablations, budget (then by the cells' first
@@ -458,8 +474,13 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
     sentences of :func:`verdicts`, and the runs' count and CPU time. Sections without runs are left out."""
     if df.empty:
         return "no finished runs (no metrics.json under the folder)"
-    parts = ["## Cells × tasks (mean ± std over seeds, number of seeds; fractions ×100)", "",
-             markdown_table(grid_table(df).drop(columns=["group"]))]
+    parts = []
+    for task, groups in mixed_teachers(df).items():
+        which = "; ".join(f"{sha}: {', '.join(runs)}" for sha, runs in groups.items())
+        parts += [f"> **Warning — {task} mixes {len(groups)} teacher checkpoints** ({which}): its cells are not "
+                  "compared under one teacher; remove the runs of the stray teacher and re-run them.", ""]
+    parts += ["## Cells × tasks (mean ± std over seeds, number of seeds; fractions ×100)", "",
+              markdown_table(grid_table(df).drop(columns=["group"]))]
     vs = versus_best_baseline(df, method)
     if not vs.empty:
         rows = pd.DataFrame({

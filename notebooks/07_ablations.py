@@ -92,6 +92,8 @@ runs = runs[runs["task"] == task]
 if runs.empty:
     raise FileNotFoundError(f"no finished runs of task {task!r} under {source}: run "
                             f"`python -m makd grid {grid} --out {source}` or set results_dir=''")
+for _task, _groups in stats.mixed_teachers(runs).items():   # cells must share ONE fine-tuned teacher
+    print(f"WARNING: {_task} mixes {len(_groups)} teacher checkpoints: {_groups} — re-run the stray teacher's cells")
 table = stats.summarize(runs)
 table.assign(score=[stats.mean_pm_std(m, s) for m, s in zip(table["mean"], table["std"])])[
     ["cell", "group", "label", "score", "n", "student_params", "layer_ratio", "relative"]]

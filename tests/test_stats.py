@@ -202,3 +202,14 @@ def test_budget_comparisons_pit_the_method_against_the_best_other_label_per_rati
     assert stats.budget_comparisons(df, "nobody").empty
     text = stats.report_markdown(df)
     assert "## Budget sweep: MaKD vs the best other method at each ratio" in text and "| t | 0.5 | KD | 3 | +2.3 |" in text
+
+
+def test_report_warns_when_a_task_mixes_teacher_checkpoints():
+    df = _frame({"makd": ("method", [0.80, 0.82, 0.84]), "kd": ("baseline", [0.78, 0.81, 0.80])})
+    df["teacher_sha"] = "a" * 64
+    assert stats.mixed_teachers(df) == {}
+    df.loc[(df.cell == "kd") & (df.seed == 2), "teacher_sha"] = "b" * 64
+    assert stats.mixed_teachers(df) == {"t": {"a" * 12: ["kd/s0", "kd/s1", "makd/s0", "makd/s1", "makd/s2"],
+                                              "b" * 12: ["kd/s2"]}}
+    assert stats.report_markdown(df).startswith("> **Warning — t mixes 2 teacher checkpoints**")
+    assert "teacher_sha" in stats.collect(GRID).columns
