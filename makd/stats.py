@@ -515,7 +515,7 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
     cpu = pd.to_numeric(df["cpu_s"] if "cpu_s" in df else pd.Series(dtype=float), errors="coerce")
     cpu_txt = f"{cpu.sum() / 60:.1f} min of CPU time" if cpu.notna().any() else "CPU time not recorded"
     per_task = ", ".join(f"{t} {n}" for t, n in df.groupby("task").size().items())
-    parts += ["", f"{len(df)} runs ({per_task}); {cpu_txt} (student runs; teacher fine-tuning not included)."]
+    parts += ["", f"{len(df)} runs ({per_task}); {cpu_txt} (from the cells' cell.json; a teacher's fine-tuning counts in the cell that triggered it)."]
     return "\n".join(parts)
 
 
