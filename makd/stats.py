@@ -385,6 +385,28 @@ def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
 GROUP_ORDER = {"method": 0, "baseline": 1, "ablation": 2, "budget": 3}
 
 
+def across_tasks(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
+    """Cells ``a`` vs ``b`` pooled over every (task, seed) pair both ran: wins of ``a`` (ties count half a win
+    each way, dropped from the test), the two-sided exact sign test p = binomtest(wins, n_untied, 0.5) and the
+    tasks used. Each task's scores have their own metric, so only the signs are pooled. A post-hoc pooled view:
+    read it beside the per-task paired tests, not instead of them."""
+    from scipy.stats import binomtest
+
+    wins = losses = ties = 0
+    tasks = []
+    for task in sorted(df["task"].unique()):
+        sa, sb = _seed_scores(df, task, a), _seed_scores(df, task, b)
+        common = sorted(set(sa.index) & set(sb.index))
+        if not common:
+            continue
+        tasks.append(task)
+        d = sa[common].to_numpy() - sb[common].to_numpy()
+        wins, losses, ties = wins + int((d > 1e-12).sum()), losses + int((d < -1e-12).sum()), ties + int((abs(d) <= 1e-12).sum())
+    n = wins + losses
+    p = float(binomtest(wins, n, 0.5).pvalue) if n else float("nan")
+    return {"a": a, "b": b, "tasks": tasks, "pairs": n + ties, "wins": wins, "losses": losses, "ties": ties, "p": p}
+
+
 def mixed_teachers(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
     """Tasks whose runs used more than one fine-tuned teacher checkpoint (the run records' sha256): {task:
     {sha256[:12]: [cell/s<seed>, ...]}}. A grid compares cells under ONE shared teacher; a teacher re-trained
@@ -499,6 +521,18 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
                                   for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
             "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in deltas["p"]]})
         parts += ["", "## Ablations (paired difference to " + method + ")", "", markdown_table(rows)]
+    if df["task"].nunique() > 1 and method in set(df["cell"]):
+        pooled = []
+        for cell, g in df[df["cell"] != method].groupby("cell", sort=False):
+            if g["group"].iloc[0] in ("baseline", "ablation") and g["task"].nunique() > 1:
+                r = across_tasks(df, cell if g["group"].iloc[0] == "ablation" else method,
+                                 method if g["group"].iloc[0] == "ablation" else cell)
+                pooled.append({"comparison": f"{r['a']} vs {r['b']}", "tasks": ", ".join(r["tasks"]),
+                               "task × seed pairs": r["pairs"], "first wins": r["wins"], "first loses": r["losses"],
+                               "ties": r["ties"], "sign test p": "–" if np.isnan(r["p"]) else f"{r['p']:.3g}"})
+        if pooled:
+            parts += ["", "## Across tasks (signs pooled over task × seed pairs; post hoc)", "",
+                      markdown_table(pd.DataFrame(pooled))]
     budget = budget_comparisons(df, budget_label)
     if not budget.empty:
         rows = pd.DataFrame({

@@ -213,3 +213,16 @@ def test_report_warns_when_a_task_mixes_teacher_checkpoints():
                                               "b" * 12: ["kd/s2"]}}
     assert stats.report_markdown(df).startswith("> **Warning — t mixes 2 teacher checkpoints**")
     assert "teacher_sha" in stats.collect(GRID).columns
+
+
+def test_across_tasks_pools_signs_over_task_seed_pairs():
+    df = pd.concat([
+        _frame({"makd": ("method", [0.80, 0.82, 0.84]), "activation": ("ablation", [0.81, 0.83, 0.85])}),
+        _frame({"makd": ("method", [0.10, 0.20, 0.30]), "activation": ("ablation", [0.15, 0.25, 0.30])}).assign(task="u"),
+    ], ignore_index=True)
+    r = stats.across_tasks(df, "activation", "makd")
+    # 5 wins, 1 tie (dropped): two-sided exact sign test p = 2 · (1/2)^5
+    assert (r["tasks"], r["pairs"], r["wins"], r["losses"], r["ties"]) == (["t", "u"], 6, 5, 0, 1)
+    assert r["p"] == pytest.approx(2 * 0.5 ** 5)
+    assert "| activation vs makd | t, u | 6 | 5 | 0 | 1 | 0.0625 |" in stats.report_markdown(df)
+    assert math.isnan(stats.across_tasks(df, "makd", "nope")["p"])
