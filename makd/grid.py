@@ -22,6 +22,9 @@ A cell is SKIPPED when its ``metrics.json`` exists and its ``cell.json`` records
 (sha256 of the resolved options); an interrupted cell (checkpoints, no metrics.json) resumes from its last
 checkpoint; a cell whose options changed is re-run from scratch. ``OUT/grid_run.json`` accumulates the
 CPU and wall time of every executed cell (``time.process_time``: all threads of this process).
+A finished cell whose fine-tuned teacher checkpoint (sha256 in its run record) differs from the other finished
+cells of its task is flagged with a WARNING and listed in the summary's ``teacher_mismatch``: CPU fine-tuning is
+not bitwise reproducible across machines and thread counts, and a grid compares cells under ONE teacher.
 """
 from __future__ import annotations
 
@@ -244,6 +247,7 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
     budgets: dict = {}
     runs, t_grid, cpu_grid = [], time.time(), time.process_time()
     done_walls: list[float] = []
+    mismatch: set[str] = set()
     for i, job in enumerate(jobs, 1):
         name = f"{job['task']}/{job['cell']['name']}/s{job['seed']}"
         opts = resolve_options(job["options"], budgets)
@@ -295,15 +299,35 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         echo(f"{prefix}: {metric}={score:.4f}  params={res['student']['params']:,}  "
              f"(wall {wall:.0f} s, cpu {cpu:.0f} s)")
+        sha = (res.get("record") or {}).get("teacher_checkpoint_sha256")
+        others = {k: v for k, v in teacher_checkpoints(out_dir, job["task"]).items() if k != name and sha and v != sha}
+        if others:
+            mismatch.add(job["task"])
+            echo(f"{prefix}: WARNING: its teacher checkpoint {sha[:12]} differs from the one of {len(others)} finished "
+                 f"cell(s) of {job['task']} ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}): the "
+                 "teacher was re-trained (another machine or thread count?); delete one teacher's cells and re-run "
+                 "them so every cell of the task shares one teacher")
         runs.append({"name": name, "state": "resumed" if info["resumed"] else "ran", "wall_s": round(wall, 1),
                      "cpu_s": round(cpu, 1)})
     summary = {"grid": grid["name"], "runs": runs, "wall_s": round(time.time() - t_grid, 1),
                "cpu_s": round(time.process_time() - cpu_grid, 1),
-               "counts": {s: sum(r["state"] == s for r in runs) for s in ("ran", "resumed", "skipped", "error")}}
+               "counts": {s: sum(r["state"] == s for r in runs) for s in ("ran", "resumed", "skipped", "error")},
+               "teacher_mismatch": sorted(mismatch)}
     _merge_ledger(out_dir / "grid_run.json", summary)
     echo(f"grid {grid['name']}: {summary['counts']}  wall {summary['wall_s'] / 60:.1f} min, "
          f"CPU {summary['cpu_s'] / 60:.1f} min this invocation")
     return summary
+
+
+def teacher_checkpoints(out_dir: str | Path, task: str) -> dict[str, str]:
+    """{"<task>/<cell>/s<seed>": teacher checkpoint sha256} of the finished cells of ``task`` under ``out_dir``
+    (from their metrics.json run records; cells without a recorded sha are left out)."""
+    out = {}
+    for path in sorted((Path(out_dir) / task).glob("*/s*/metrics.json")):
+        sha = json.loads(path.read_text()).get("record", {}).get("teacher_checkpoint_sha256")
+        if sha:
+            out[f"{task}/{path.parent.parent.name}/{path.parent.name}"] = sha
+    return out
 
 
 def _merge_ledger(path: Path, summary: dict[str, Any]) -> None:

@@ -136,3 +136,25 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     assert res["counts"]["error"] == 1 and info["status"] == "error" and "model-only" in info["error"]
     with pytest.raises(SystemExit):
         G.run_grid(g, tmp_path, stop_on_error=True, echo=lambda s: None)
+
+
+def test_a_cell_trained_under_another_teacher_checkpoint_is_flagged(tmp_path):
+    sha = {"now": "a" * 64}
+
+    def fake(**options):                       # a finished run as the pipeline records it, teacher sha included
+        res = {"task": "sst2", "metric": "accuracy", "student": {"metrics": {"accuracy": 0.5}, "params": 10},
+               "teacher": {"metrics": {"accuracy": 0.9}, "params": 20},
+               "record": {"teacher_checkpoint_sha256": sha["now"]}, "train": {}}
+        Path(options["out"], "metrics.json").write_text(json.dumps(res))
+        return res
+
+    first = G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lambda s: None)
+    assert first["counts"]["ran"] == 4 and first["teacher_mismatch"] == []
+    assert set(G.teacher_checkpoints(tmp_path, "sst2").values()) == {"a" * 64}
+    (tmp_path / "sst2" / "kd" / "s1" / "metrics.json").unlink()          # re-run one cell on a "fresh machine"
+    sha["now"] = "b" * 64
+    lines: list[str] = []
+    second = G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lines.append)
+    assert second["counts"]["ran"] == 1 and second["teacher_mismatch"] == ["sst2"]
+    warning = [line for line in lines if "WARNING" in line]
+    assert len(warning) == 1 and "bbbbbbbbbbbb differs from the one of 3 finished cell(s) of sst2" in warning[0]
