@@ -251,6 +251,7 @@ def _fmt_diff(res: dict[str, Any]) -> str:
             f"CI [{100 * res['ci_low']:+.1f}, {100 * res['ci_high']:+.1f}], {significance(res['p'])}")
 
 
+ONE_SEED = "one seed: needs more seeds to tell"
 ASPECT_CELLS = {"no-matrix": "the matrix aspect", "no-layer": "the layer aspect", "no-model": "the model aspect"}
 HIERARCHY_CELLS = {"makd": "hierarchical (matrix shallow, layer deep)", "inverted": "inverted hierarchy",
                    "all-aspects": "all aspects on all layers"}
@@ -274,12 +275,13 @@ def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> d
             d = _direction(r)
             meaning = {"lower": "the aspect helps", "higher": "the aspect hurts",
                        "no clear difference": "no evidence that the aspect matters",
-                       "untestable": "one seed: needs more seeds to tell"}[d]
+                       "untestable": ONE_SEED}[d]
             out["aspects"].append(f"{r['task']}: without {ASPECT_CELLS[r['cell']]}: {_fmt_diff(r)} → {meaning}.")
         if r["cell"] == "activation":
-            d = _direction(r)
+            meaning = {"higher": "activation-aware is better", "lower": "plain is better",
+                       "no clear difference": "no clear difference", "untestable": ONE_SEED}[_direction(r)]
             out["initialisation"].append(f"{r['task']}: activation-aware vs plain SVD initialisation: {_fmt_diff(r)}"
-                                         f" → {'activation-aware is better' if d == 'higher' else 'plain is better' if d == 'lower' else 'one seed: needs more seeds to tell' if d == 'untestable' else 'no clear difference'}.")
+                                         f" → {meaning}.")
     summ = summarize(df)
     for task in sorted(df["task"].unique()):
         h = summ[(summ["task"] == task) & summ["cell"].isin(HIERARCHY_CELLS)]
@@ -489,6 +491,17 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _paired_columns(res: pd.DataFrame, diff_name: str, *, verdict: bool = True) -> dict[str, list[str]]:
+    """The report's columns of :func:`paired` rows: seeds, the difference (points), its bootstrap CI, the t-test p
+    and (``verdict``) :func:`_direction`."""
+    cols = {"seeds": [len(s) for s in res["seeds"]], diff_name: [f"{100 * d:+.1f}" for d in res["mean_diff"]],
+            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(res["ci_low"], res["ci_high"])],
+            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in res["p"]]}
+    if verdict:
+        cols["verdict"] = [_direction(r) for r in res.to_dict("records")]
+    return cols
+
+
 def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95, budget_label: str = "MaKD") -> str:
     """The grid report as markdown, all computed from ``df`` (rows of :func:`collect`): the cells × tasks table,
     ``method`` vs the best baseline per task (paired over common seeds), each ablation's paired delta, the
@@ -505,21 +518,13 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
               markdown_table(grid_table(df).drop(columns=["group"]))]
     vs = versus_best_baseline(df, method)
     if not vs.empty:
-        rows = pd.DataFrame({
-            "task": vs["task"], "best baseline": vs["label"], "seeds": [len(s) for s in vs["seeds"]],
-            f"{method} − baseline": [f"{100 * d:+.1f}" for d in vs["mean_diff"]],
-            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(vs["ci_low"], vs["ci_high"])],
-            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in vs["p"]],
-            "verdict": [_direction(r) for r in vs.to_dict("records")]})
+        rows = pd.DataFrame({"task": vs["task"], "best baseline": vs["label"],
+                             **_paired_columns(vs, f"{method} − baseline")})
         parts += ["", f"## {method} vs the best baseline per task", "", markdown_table(rows)]
     deltas = ablation_deltas(df, method)
     if not deltas.empty:
-        rows = pd.DataFrame({
-            "task": deltas["task"], "ablation": deltas["label"], "seeds": [len(s) for s in deltas["seeds"]],
-            f"ablation − {method}": [f"{100 * d:+.1f}" for d in deltas["mean_diff"]],
-            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                                  for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
-            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in deltas["p"]]})
+        rows = pd.DataFrame({"task": deltas["task"], "ablation": deltas["label"],
+                             **_paired_columns(deltas, f"ablation − {method}", verdict=False)})
         parts += ["", "## Ablations (paired difference to " + method + ")", "", markdown_table(rows)]
     if df["task"].nunique() > 1 and method in set(df["cell"]):
         pooled = []
@@ -535,13 +540,9 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
                       markdown_table(pd.DataFrame(pooled))]
     budget = budget_comparisons(df, budget_label)
     if not budget.empty:
-        rows = pd.DataFrame({
-            "task": budget["task"], "layer ratio": [f"{r:g}" for r in budget["ratio"]],
-            "best other method": budget["best_label"], "seeds": [len(s) for s in budget["seeds"]],
-            f"{budget_label} − other": [f"{100 * d:+.1f}" for d in budget["mean_diff"]],
-            "95 % bootstrap CI": [f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(budget["ci_low"], budget["ci_high"])],
-            "paired t-test p": ["–" if pd.isna(p) else f"{p:.3g}" for p in budget["p"]],
-            "verdict": [_direction(r) for r in budget.to_dict("records")]})
+        rows = pd.DataFrame({"task": budget["task"], "layer ratio": [f"{r:g}" for r in budget["ratio"]],
+                             "best other method": budget["best_label"],
+                             **_paired_columns(budget, f"{budget_label} − other")})
         parts += ["", f"## Budget sweep: {budget_label} vs the best other method at each ratio", "", markdown_table(rows)]
     parts += ["", "## Verdicts", ""]
     for key, lines in verdicts(df, method, keep=keep).items():
