@@ -240,6 +240,8 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
     """
     if not isinstance(grid, dict):
         grid = load_grid(grid)
+    from . import stats                        # the teacher-checkpoint check after each finished cell
+
     if run_fn is None:
         from .pipeline import distill as run_fn
     out_dir = Path(out_dir)
@@ -299,12 +301,13 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         echo(f"{prefix}: {metric}={score:.4f}  params={res['student']['params']:,}  "
              f"(wall {wall:.0f} s, cpu {cpu:.0f} s)")
-        sha = (res.get("record") or {}).get("teacher_checkpoint_sha256")
-        others = {k: v for k, v in teacher_checkpoints(out_dir, job["task"]).items() if k != name and sha and v != sha}
-        if others:
+        sha = ((res.get("record") or {}).get("teacher_checkpoint_sha256") or "")[:12]
+        groups = stats.mixed_teachers(stats.collect(out_dir / job["task"])).get(job["task"], {})
+        others = sorted(run for other, cells in groups.items() if other != sha for run in cells)
+        if sha and others:
             mismatch.add(job["task"])
-            echo(f"{prefix}: WARNING: its teacher checkpoint {sha[:12]} differs from the one of {len(others)} finished "
-                 f"cell(s) of {job['task']} ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}): the "
+            echo(f"{prefix}: WARNING: its teacher checkpoint {sha} differs from the one of {len(others)} finished "
+                 f"cell(s) of {job['task']} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): the "
                  "teacher was re-trained (another machine or thread count?); delete one teacher's cells and re-run "
                  "them so every cell of the task shares one teacher")
         runs.append({"name": name, "state": "resumed" if info["resumed"] else "ran", "wall_s": round(wall, 1),
@@ -317,17 +320,6 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
     echo(f"grid {grid['name']}: {summary['counts']}  wall {summary['wall_s'] / 60:.1f} min, "
          f"CPU {summary['cpu_s'] / 60:.1f} min this invocation")
     return summary
-
-
-def teacher_checkpoints(out_dir: str | Path, task: str) -> dict[str, str]:
-    """{"<task>/<cell>/s<seed>": teacher checkpoint sha256} of the finished cells of ``task`` under ``out_dir``
-    (from their metrics.json run records; cells without a recorded sha are left out)."""
-    out = {}
-    for path in sorted((Path(out_dir) / task).glob("*/s*/metrics.json")):
-        sha = json.loads(path.read_text()).get("record", {}).get("teacher_checkpoint_sha256")
-        if sha:
-            out[f"{task}/{path.parent.parent.name}/{path.parent.name}"] = sha
-    return out
 
 
 def _merge_ledger(path: Path, summary: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from transformers import TrainerCallback
 
 from makd import grid as G
-from makd import pipeline
+from makd import pipeline, stats
 from makd.factorize import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def test_a_cell_trained_under_another_teacher_checkpoint_is_flagged(tmp_path):
 
     first = G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lambda s: None)
     assert first["counts"]["ran"] == 4 and first["teacher_mismatch"] == []
-    assert set(G.teacher_checkpoints(tmp_path, "sst2").values()) == {"a" * 64}
+    assert set(stats.collect(tmp_path)["teacher_sha"]) == {"a" * 64}
     (tmp_path / "sst2" / "kd" / "s1" / "metrics.json").unlink()          # re-run one cell on a "fresh machine"
     sha["now"] = "b" * 64
     lines: list[str] = []
