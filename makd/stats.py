@@ -452,6 +452,48 @@ def grid_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([*rows, teach])
 
 
+TASK_NAMES = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "sst2": "SST-2", "stsb": "STS-B", "qnli": "QNLI",
+              "qqp": "QQP", "mnli": "MNLI", "wnli": "WNLI", "squad": "SQuAD"}
+METRIC_NAMES = {"matthews_correlation": "MCC", "f1": "F1", "accuracy": "acc.", "spearmanr": "Spearman",
+                "pearsonr": "Pearson", "exact_match": "EM", "rougeL": "Rouge-L"}
+TEACHER_NAMES = {"minilm-l6": "MiniLM-L6"}
+README_MARKERS = ("<!-- makd stats --readme: grid table -->", "<!-- /makd stats --readme -->")
+
+
+def readme_table(df: pd.DataFrame) -> str:
+    """:func:`grid_table` as the README shows it: one 'cell' column holding the label (no cell ids), task
+    columns named 'CoLA (MCC)', 'MRPC (F1)', ... and the teacher row labelled 'fine-tuned <teacher>'."""
+    table = grid_table(df)
+    if table.empty:
+        return markdown_table(table)
+    metric = {t: df[df["task"] == t]["metric"].iloc[0] for t in df["task"].unique()}
+    rename = {f"{t} ({m})": f"{TASK_NAMES.get(t, t)} ({METRIC_NAMES.get(m, m)})" for t, m in metric.items()}
+    teacher = df["teacher"].iloc[0]
+    table.loc[table["group"] == "teacher", "label"] = f"fine-tuned {TEACHER_NAMES.get(teacher, teacher)}"
+    table = table.drop(columns="cell").rename(columns={"label": "cell", **rename})
+    return markdown_table(table)
+
+
+def replace_readme_block(text: str, table: str, markers: tuple[str, str] = README_MARKERS) -> str:
+    """``text`` with everything between the two marker lines replaced by ``table``. Raises ValueError (saying
+    which marker lines to add) when the markers are missing or out of order."""
+    start, end = markers
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"the README has no table block: put the lines {start!r} and {end!r} around the table "
+                         "it should hold")
+    return text[:i + len(start)] + "\n\n" + table + "\n\n" + text[j:]
+
+
+def readme_block(text: str, markers: tuple[str, str] = README_MARKERS) -> str:
+    """The table between the two marker lines of ``text`` (see :func:`replace_readme_block`)."""
+    start, end = markers
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"no block between {start!r} and {end!r}")
+    return text[i + len(start):j].strip()
+
+
 def points_of(x: float) -> float:
     """A fraction on 0–1 as points (×100); a score already on 0–100 unchanged (as :func:`mean_pm_std`)."""
     from .published import points_scale
@@ -563,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Report of a grid's results folder as markdown: cells × tasks (mean ± std over seeds), "
                     "MaKD vs the best baseline per task (paired t-test + bootstrap CI), ablation deltas, "
                     "verdicts and CPU time. Reads only metrics.json/cell.json; unfinished cells are left out.",
-        epilog="example: python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md")
+        epilog="example: python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md --readme README.md")
     p.add_argument("folder", help="a results folder written by `python -m makd grid` (OUT/<task>/<cell>/s<seed>/)")
     p.add_argument("--method", help="the cell compared against the baselines (default makd)")
     p.add_argument("--budget-label", default="MaKD",
@@ -573,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="budget verdict: lowest ratio keeping this fraction of the teacher's score (default 0.95)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.add_argument("--csv", help="also write one row per run as CSV here")
+    p.add_argument("--readme", metavar="FILE",
+                   help="also rewrite the cells x tasks table in FILE (e.g. README.md) between the lines "
+                        f"{README_MARKERS[0]!r} and {README_MARKERS[1]!r}, with task/metric names spelled out")
     args = p.parse_args(argv)
     if not Path(args.folder).is_dir():
         p.error(f"no folder {args.folder!r}: pass the --out folder of `python -m makd grid`")
@@ -583,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"task(s) {', '.join(unknown)} have no finished run in {args.folder} "
                     f"(tasks there: {', '.join(sorted(df['task'].unique())) or 'none'})")
         df = df[df["task"].isin(args.tasks)]
+    if args.readme:
+        if not Path(args.readme).is_file():
+            p.error(f"--readme: no file {args.readme!r}")
+        try:
+            readme = replace_readme_block(Path(args.readme).read_text(), readme_table(df))
+        except ValueError as e:
+            p.error(f"--readme {args.readme}: {e}")
     if args.method and args.method not in set(df["cell"]):
         p.error(f"cell {args.method!r} has no finished run in {args.folder} (cells: {', '.join(sorted(df['cell'].unique()))})")
     text = report_markdown(df, args.method or "makd", keep=args.keep, budget_label=args.budget_label)
@@ -591,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")
     if args.csv:
         df.drop(columns=["config"]).to_csv(args.csv, index=False)
+    if args.readme:
+        Path(args.readme).write_text(readme)
     return 0 if len(df) else 1
 
 

@@ -226,3 +226,40 @@ def test_across_tasks_pools_signs_over_task_seed_pairs():
     assert r["p"] == pytest.approx(2 * 0.5 ** 5)
     assert "| activation vs makd | t, u | 6 | 5 | 0 | 1 | 0.0625 |" in stats.report_markdown(df)
     assert math.isnan(stats.across_tasks(df, "makd", "nope")["p"])
+
+
+def test_readme_table_spells_out_tasks_metrics_and_the_teacher():
+    df = pd.concat([
+        _frame({"makd": ("method", [0.80, 0.82, 0.84]), "kd": ("baseline", [0.78, 0.81, 0.80])}).assign(
+            task="mrpc", metric="f1"),
+        _frame({"makd": ("method", [0.30])}).assign(task="cola", metric="matthews_correlation", teacher_score=0.4)],
+        ignore_index=True).assign(teacher="minilm-l6")
+    lines = stats.readme_table(df).splitlines()
+    assert lines[0] == "| group | cell | CoLA (MCC) | MRPC (F1) |"
+    assert lines[2].startswith("| method | ") and "| 30.0 ± – (1) | 82.0 ± 2.0 (3) |" in lines[2]
+    assert lines[3].endswith("| – | 79.7 ± 1.5 (3) |")                      # kd has no CoLA run
+    assert lines[-1] == "| teacher | fine-tuned MiniLM-L6 | 40.0 | 90.0 |"
+
+
+def test_readme_option_rewrites_only_the_marked_block(tmp_path, capsys):
+    start, end = stats.README_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nintro\n\n{start}\n\n| old | table |\n\n{end}\n\nafter\n")
+    assert stats.main([str(GRID), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\nintro\n\n") and text.endswith(f"{end}\n\nafter\n") and "| old |" not in text
+    assert stats.readme_block(text) == stats.readme_table(stats.collect(GRID))
+    assert stats.readme_table(stats.collect(GRID)).startswith("| group | cell | rt-polarity (acc.) |")
+    capsys.readouterr()
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        stats.main([str(GRID), "--readme", str(readme)])
+    assert "put the lines" in capsys.readouterr().err and readme.read_text() == "no markers\n"   # file untouched
+
+
+def test_committed_readme_grid_table_matches_the_glue_grid():
+    # the README's cells × tasks table is `python -m makd stats results/grid-glue --readme README.md`
+    text = (RESULTS.parent / "README.md").read_text()
+    assert stats.readme_block(text) == stats.readme_table(stats.collect(RESULTS / "grid-glue")), (
+        "README.md's GLUE table is stale: regenerate it with "
+        "python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md --readme README.md")
