@@ -23,8 +23,10 @@ A cell is SKIPPED when its ``metrics.json`` exists and its ``cell.json`` records
 checkpoint; a cell whose options changed is re-run from scratch. ``OUT/grid_run.json`` accumulates the
 CPU and wall time of every executed cell (``time.process_time``: all threads of this process).
 A finished cell whose fine-tuned teacher checkpoint (sha256 in its run record) differs from the other finished
-cells of its task is flagged with a WARNING and listed in the summary's ``teacher_mismatch``: CPU fine-tuning is
-not bitwise reproducible across machines and thread counts, and a grid compares cells under ONE teacher.
+cells of its task is flagged with a WARNING and listed in the summary's ``teacher_mismatch``: a grid compares cells
+under ONE teacher. The teacher's new head is seeded from the teacher seed (before 2026-12-05 it followed the RNG
+state of whichever cell triggered the fine-tuning, so a teacher re-trained from another seed's cell differed), but
+fine-tuning on another CPU type, thread count or library version may still not be bitwise identical.
 """
 from __future__ import annotations
 

@@ -412,8 +412,8 @@ def across_tasks(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
 def mixed_teachers(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
     """Tasks whose runs used more than one fine-tuned teacher checkpoint (the run records' sha256): {task:
     {sha256[:12]: [cell/s<seed>, ...]}}. A grid compares cells under ONE shared teacher; a teacher re-trained
-    elsewhere (another machine or thread count: CPU fine-tuning is not bitwise reproducible across them) breaks
-    that, and those cells should be re-run."""
+    elsewhere (another CPU type, thread count or library version; or, before the teacher head was seeded, from a
+    cell of another seed) breaks that, and those cells should be re-run."""
     out: dict[str, dict[str, list[str]]] = {}
     if "teacher_sha" not in df:
         return out

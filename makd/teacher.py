@@ -4,7 +4,8 @@ Distilling from a teacher that never saw the task is the most common reproductio
 pretrained encoders ship without task heads. ``finetune_teacher`` trains the teacher's task head and body
 on the task's train split, evaluates it on dev, and caches the result under
 ``cache_dir()/teachers/<key>/`` keyed by teacher, task, data files, seed and settings; a second call
-with the same key reuses it. ``check_teacher`` refuses a teacher whose dev score is at chance level.
+with the same key reuses it. The new task head is initialised from the teacher seed, so a re-training on the
+same CPU reproduces the checkpoint bit for bit whatever ran before it. ``check_teacher`` refuses a teacher whose dev score is at chance level.
 """
 from __future__ import annotations
 
@@ -123,7 +124,12 @@ def finetune_teacher(teacher: str, task, *, seed: int = 0, settings: dict[str, A
         return TeacherResult(model, tok, path, info["metrics"], info["checkpoint_sha256"], settings, reused=True)
 
     started = time.time()
-    model, tok = load_model(teacher, head="cls", num_labels=num_labels)
+    # The new classification head is drawn from torch's RNG: seed it from the teacher seed (in a forked RNG, the
+    # caller's stream untouched) so the fine-tuned teacher depends only on what its cache key names, not on what
+    # ran earlier in the process (which grid cell triggered it, how many budgets were resolved before).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, tok = load_model(teacher, head="cls", num_labels=num_labels)
     if task.train is None:
         raise ValueError(f"task {task.name} has no train split here ({task.source}); the teacher cannot be "
                          "fine-tuned on it. Give a data folder with its train file or use the hub.")
@@ -144,7 +150,7 @@ def finetune_teacher(teacher: str, task, *, seed: int = 0, settings: dict[str, A
         digest = sha256_folder(path)
         write_json(info_path, {"teacher": teacher, "resolved": resolve(teacher), "task": task.name,
                                "source": task.source, "data_files_sha256": task.files, "seed": seed,
-                               "settings": settings, "metrics": metrics, "checkpoint_sha256": digest,
+                               "settings": settings, "metrics": metrics, "checkpoint_sha256": digest, "head_init_seed": seed,
                                "train_examples": len(train), "wall_time_s": round(time.time() - started, 1)})
     trainer.accelerator.wait_for_everyone()
     digest = json.loads(info_path.read_text())["checkpoint_sha256"]

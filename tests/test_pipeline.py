@@ -183,3 +183,28 @@ def test_two_cpu_processes_with_torchrun(tmp_path):
     saved = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert saved["train"]["steps"] == 3
     assert saved["record"]["machine"]["world_size"] == 2
+
+
+def test_teacher_head_follows_the_teacher_seed_not_the_callers_rng(tmp_path):
+    # A checkpoint without a task head (like the embedded MiniLM): the head is new. Its init used to come from
+    # whatever state torch's RNG was in (which grid cell triggered the fine-tuning), so a re-trained teacher
+    # could differ from the cached one; now it follows the teacher seed only.
+    from makd.data import load_task
+    from makd.models import load_model
+    from makd.teacher import finetune_teacher
+
+    model, tok = load_model("tiny-bert")                            # base model: no classification head
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    task = load_task("sst2", data_dir=str(FIXTURES))
+    settings = {"epochs": 1.0, "max_train": 8, "batch_size": 4, "lr": 1e-3}
+
+    def train(teacher_seed: int, caller_seed: int):
+        torch.manual_seed(caller_seed)
+        return finetune_teacher(str(tmp_path / "base"), task, seed=teacher_seed, settings=settings,
+                                force_retrain=True, disable_tqdm=True)
+
+    first, again, other = train(0, caller_seed=1), train(0, caller_seed=2), train(1, caller_seed=1)
+    assert first.checkpoint_sha256 == again.checkpoint_sha256
+    assert json.loads((first.path / "teacher_info.json").read_text())["head_init_seed"] == 0
+    assert other.checkpoint_sha256 != first.checkpoint_sha256        # another teacher seed, another head
