@@ -192,7 +192,10 @@ def test_onnx_conversion_recovers_the_exported_weights():
     for k, v in bert.state_dict().items():
         assert torch.equal(v, original[k]), k
     with torch.no_grad():
-        assert torch.allclose(bert(input_ids=ids, attention_mask=mask).last_hidden_state, wrap(ids, mask))
+        # same weights, possibly another attention kernel: equal up to float32 rounding (1.2e-7 seen on AMD EPYC,
+        # where allclose's atol=1e-8 failed on outputs near 0)
+        torch.testing.assert_close(bert(input_ids=ids, attention_mask=mask).last_hidden_state, wrap(ids, mask),
+                                   rtol=1e-5, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="fetch-assets"):
         onnx_bert.load("/no/such/model.onnx")
 
