@@ -304,14 +304,18 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
         echo(f"{prefix}: {metric}={score:.4f}  params={res['student']['params']:,}  "
              f"(wall {wall:.0f} s, cpu {cpu:.0f} s)")
         sha = ((res.get("record") or {}).get("teacher_checkpoint_sha256") or "")[:12]
-        groups = stats.mixed_teachers(stats.collect(out_dir / job["task"])).get(job["task"], {})
+        finished = stats.collect(out_dir / job["task"])
+        groups = stats.mixed_teachers(finished).get(job["task"], {})
         others = sorted(run for other, cells in groups.items() if other != sha for run in cells)
         if sha and others:
             mismatch.add(job["task"])
             echo(f"{prefix}: WARNING: its teacher checkpoint {sha} differs from the one of {len(others)} finished "
                  f"cell(s) of {job['task']} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): the "
-                 "teacher was re-trained (another machine or thread count?); delete one teacher's cells and re-run "
-                 "them so every cell of the task shares one teacher")
+                 "teacher was re-trained differently (other settings, or a cell of another seed before the teacher "
+                 "head was seeded); delete one teacher's cells and re-run them so every cell of the task shares one "
+                 "teacher")
+        elif sha and sha in (retrained := stats.retrained_teachers(finished).get(job["task"], {})):
+            echo(f"{prefix}: note: {stats.retrained_note(job['task'], retrained)}")
         runs.append({"name": name, "state": "resumed" if info["resumed"] else "ran", "wall_s": round(wall, 1),
                      "cpu_s": round(cpu, 1)})
     summary = {"grid": grid["name"], "runs": runs, "wall_s": round(time.time() - t_grid, 1),

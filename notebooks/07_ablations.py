@@ -94,6 +94,8 @@ if runs.empty:
                             f"`python -m makd grid {grid} --out {source}` or set results_dir=''")
 for _task, _groups in stats.mixed_teachers(runs).items():   # cells must share ONE fine-tuned teacher
     print(f"WARNING: {_task} mixes {len(_groups)} teacher checkpoints: {_groups} — re-run the stray teacher's cells")
+for _task, _groups in stats.retrained_teachers(runs).items():   # one teacher, re-trained on another CPU
+    print("note:", stats.retrained_note(_task, _groups))
 table = stats.summarize(runs)
 table.assign(score=[stats.mean_pm_std(m, s) for m, s in zip(table["mean"], table["std"])])[
     ["cell", "group", "label", "score", "n", "student_params", "layer_ratio", "relative"]]

@@ -158,3 +158,27 @@ def test_a_cell_trained_under_another_teacher_checkpoint_is_flagged(tmp_path):
     assert second["counts"]["ran"] == 1 and second["teacher_mismatch"] == ["sst2"]
     warning = [line for line in lines if "WARNING" in line]
     assert len(warning) == 1 and "bbbbbbbbbbbb differs from the one of 3 finished cell(s) of sst2" in warning[0]
+
+
+def test_a_teacher_retrained_on_another_cpu_is_noted_not_flagged(tmp_path):
+    sha = {"now": "a" * 64, "loss": 0.48231133818626404}
+
+    def fake(**options):                       # same cache key and dev score; dev loss off by float rounding
+        res = {"task": "sst2", "metric": "accuracy", "student": {"metrics": {"accuracy": 0.5}, "params": 10},
+               "teacher": {"metrics": {"accuracy": 0.9, "loss": sha["loss"]}, "params": 20,
+                           "path": "/cache/teachers/minilm-l6-sst2-s0-13f537fef8"},
+               "record": {"teacher_checkpoint_sha256": sha["now"]}, "train": {}}
+        Path(options["out"], "metrics.json").write_text(json.dumps(res))
+        return res
+
+    G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lambda s: None)
+    (tmp_path / "sst2" / "kd" / "s1" / "metrics.json").unlink()
+    sha.update(now="b" * 64, loss=0.48231154680252075)
+    lines: list[str] = []
+    second = G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lines.append)
+    assert second["teacher_mismatch"] == [] and not [line for line in lines if "WARNING" in line]
+    assert any("note: sst2: 2 teacher checkpoints that differ bitwise" in line for line in lines)
+    (tmp_path / "sst2" / "kd" / "s1" / "metrics.json").unlink()          # a really different teacher: flagged
+    sha.update(now="c" * 64, loss=0.52)
+    third = G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lines.append)
+    assert third["teacher_mismatch"] == ["sst2"]

@@ -215,6 +215,26 @@ def test_report_warns_when_a_task_mixes_teacher_checkpoints():
     assert "teacher_sha" in stats.collect(GRID).columns
 
 
+def test_a_teacher_retrained_on_another_cpu_is_one_teacher_up_to_rounding():
+    # same cache key, equal dev score, dev loss equal to 1e-5 relative: float rounding of another CPU, not another
+    # teacher (the RTE teacher re-trained on an AMD EPYC: loss 0.82077146 vs 0.82077157, sha256 different)
+    df = _frame({"makd": ("method", [0.80, 0.82, 0.84]), "kd": ("baseline", [0.78, 0.81, 0.80])})
+    df = df.assign(teacher_sha="a" * 64, teacher_key="minilm-l6-t-s0-123", teacher_loss=0.8207715749740601)
+    stray = (df.cell == "kd") & (df.seed == 2)
+    df.loc[stray, "teacher_sha"], df.loc[stray, "teacher_loss"] = "b" * 64, 0.8207714557647705
+    assert stats.mixed_teachers(df) == {} and list(stats.retrained_teachers(df)) == ["t"]
+    text = stats.report_markdown(df)
+    assert text.startswith("> Note — t: 2 teacher checkpoints that differ bitwise but are one teacher re-trained")
+    assert "bbbbbbbbbbbb: 1 runs, dev loss 0.8207715" in text and "dev loss within 1.2e-07" in text
+    for change in ({"teacher_loss": 0.8208715}, {"teacher_key": "minilm-l6-t-s1-456"}, {"teacher_score": 0.91},
+                   {"teacher_loss": float("nan")}, {"teacher_key": None}):
+        other = df.copy()
+        for col, val in change.items():
+            other[col] = other[col].astype(object)
+            other.loc[stray, col] = val
+        assert list(stats.mixed_teachers(other)) == ["t"] and stats.retrained_teachers(other) == {}, change
+
+
 def test_across_tasks_pools_signs_over_task_seed_pairs():
     df = pd.concat([
         _frame({"makd": ("method", [0.80, 0.82, 0.84]), "activation": ("ablation", [0.81, 0.83, 0.85])}),
