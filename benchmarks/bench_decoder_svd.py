@@ -23,10 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from makd import factorize as fz  # noqa: E402
-from makd import lm  # noqa: E402
-from makd.data import load_instructions  # noqa: E402
-from makd.models import load_model  # noqa: E402
+from makd.core import factorize as fz  # noqa: E402
+from makd.experiments import decoder as lm  # noqa: E402
+from makd.tasks.data import load_instructions  # noqa: E402
+from makd.assets.models import load_model  # noqa: E402
 
 
 def batch_of(rows, tok, max_length: int) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from makd import factorize as fz  # noqa: E402
+from makd.core import factorize as fz  # noqa: E402
 
 
 def load_teacher(name: str, quick: bool):
@@ -33,9 +33,9 @@ def load_teacher(name: str, quick: bool):
                             intermediate_size=37, max_position_embeddings=64)
         return tf.BertModel(cfg).eval(), "tiny random BERT (hidden 32, 2 layers)"
     try:
-        from makd.models import load_model
-    except ImportError:  # makd.models not available: read the embedded teacher from the asset cache
-        from makd.assets import asset_path
+        from makd.assets.models import load_model
+    except ImportError:  # makd.assets.models not available: read the embedded teacher from the asset cache
+        from makd.assets.fetch import asset_path
 
         folder = asset_path("minilm-l6")
         if not (folder / "config.json").is_file():

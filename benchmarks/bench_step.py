@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from makd import factorize as fz  # noqa: E402
-from makd.capture import capture  # noqa: E402
-from makd.objective import MaKDObjective  # noqa: E402
+from makd.core import factorize as fz  # noqa: E402
+from makd.core.capture import capture  # noqa: E402
+from makd.core.objective import MaKDObjective  # noqa: E402
 
 CONFIGS = ("finetune", "model-only", "hierarchical", "hierarchical-inverted", "all", "layer-only",
            "tinybert", "minilm")
@@ -46,7 +46,7 @@ def load_teacher(quick: bool):
                             intermediate_size=37, max_position_embeddings=64)
         return tf.BertForSequenceClassification(cfg).eval(), "tiny random BERT (hidden 32, 2 layers)"
     try:
-        from makd.models import load_model
+        from makd.assets.models import load_model
         model, _ = load_model("minilm-l6", head="cls")
         return model.eval(), "minilm-l6 (embedded all-MiniLM-L6-v2, cls head)"
     except Exception as err:  # noqa: BLE001 - fall back to the same shape, say so in the JSON

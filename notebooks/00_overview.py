@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 
 import makd
-from makd.notebook import NOTEBOOKS_DIR, read_notebook, show, start, title, write_metrics
-from makd.plotting import savefig
+from makd.notebook.helpers import NOTEBOOKS_DIR, read_notebook, show, start, title, write_metrics
+from makd.notebook.plotting import savefig
 
 if hierarchy not in ("matrix_shallow", "matrix_deep", "all"):
     raise ValueError(f"hierarchy={hierarchy!r}: use 'matrix_shallow', 'matrix_deep' or 'all'")
@@ -134,7 +134,7 @@ show(pd.DataFrame(rows).set_index("matrix"), digits=3)
 # %% [markdown]
 # ## Map of the notebooks and of `makd/`
 #
-# Run them in order (`python -m makd.reproduce --profile demo`); each reads only files written by the
+# Run them in order (`python -m makd reproduce --profile demo`); each reads only files written by the
 # earlier ones into `run_dir`. The table marks which notebooks exist in this checkout.
 
 # %%

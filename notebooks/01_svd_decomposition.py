@@ -52,13 +52,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from makd import factorize as fz
-from makd import inspect as ins
-from makd.capture import CaptureSpec, capture
-from makd.data import load_task
-from makd.models import load_model
-from makd.notebook import show, start, write_metrics
-from makd.plotting import savefig
+from makd.core import factorize as fz
+from makd.notebook import views as ins
+from makd.core.capture import CaptureSpec, capture
+from makd.tasks.data import load_task
+from makd.assets.models import load_model
+from makd.notebook.helpers import show, start, write_metrics
+from makd.notebook.plotting import savefig
 
 if not rank_fractions or not all(0 < f <= 1 for f in rank_fractions):
     raise ValueError(f"rank_fractions={rank_fractions}: give fractions in (0, 1]")
@@ -74,7 +74,7 @@ print(f"{teacher}: {fz.count_parameters(model):,} parameters, {n_layers} layers,
 # Any weight matrix $W\in\mathbb R^{d_\text{out}\times d_\text{in}}$ equals $U\Sigma V^\top$ exactly. MaKD's
 # student keeps the top $r$ singular directions as two factors $A = U_r\Sigma_r^{1/2}$ and
 # $B = \Sigma_r^{1/2}V_r^\top$. We re-derive the factors of one matrix by hand and check them against
-# `makd.factorize.LowRankLinear.from_linear` (which does it in float64).
+# `makd.core.factorize.LowRankLinear.from_linear` (which does it in float64).
 
 # %%
 name = next(iter(fz.targets(model)))
@@ -127,8 +127,8 @@ show(energy)  # rank needed to keep 90 % of ‖W‖_F² (out of full_rank)
 # ## Error vs rank against the Eckart–Young bound
 #
 # The best rank-r approximation in Frobenius norm is the truncated SVD, with relative error
-# $e(r)=\sqrt{\sum_{i>r}\sigma_i^2/\sum_i\sigma_i^2}$. We build the student with `makd.factorize.factorize`
-# at each rank fraction, read its per-matrix error from `makd.factorize.report`, and assert it IS the bound.
+# $e(r)=\sqrt{\sum_{i>r}\sigma_i^2/\sum_i\sigma_i^2}$. We build the student with `makd.core.factorize.factorize`
+# at each rank fraction, read its per-matrix error from `makd.core.factorize.report`, and assert it IS the bound.
 
 # %%
 rows = []
@@ -155,7 +155,7 @@ for i, role in enumerate(roles):
     ax.plot(pts.index, pts.values, "o", color=f"C{i}", ms=5)
 ax.set_xlabel("rank / full rank")
 ax.set_ylabel("‖W − AB‖_F / ‖W‖_F (mean over layers)")
-ax.set_title("Truncation error: makd.factorize (dots) on the bound (lines)")
+ax.set_title("Truncation error: makd.core.factorize (dots) on the bound (lines)")
 ax.legend(fontsize=7)
 savefig(fig, "svd_error_vs_rank_eckart_young", run_dir)
 plt.show()
@@ -164,7 +164,7 @@ plt.show()
 # ## The budget solver
 #
 # Students are sized in **total parameters** (embeddings included, as the baselines count them).
-# `makd.factorize.solve_ranks` finds one uniform fraction α of each matrix's break-even rank
+# `makd.core.factorize.solve_ranks` finds one uniform fraction α of each matrix's break-even rank
 # $r^*=d_\text{in}d_\text{out}/(d_\text{in}+d_\text{out})$ that meets the budget within 0.5 %;
 # `factorize(budget=...)` builds that student.
 

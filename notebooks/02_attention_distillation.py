@@ -56,13 +56,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from makd import inspect as ins
-from makd.capture import CaptureSpec, capture
-from makd.data import tokenize_task
-from makd.losses import attention_kl
-from makd.notebook import show, start, write_metrics
-from makd.objective import MaKDObjective
-from makd.plotting import savefig
+from makd.notebook import views as ins
+from makd.core.capture import CaptureSpec, capture
+from makd.tasks.data import tokenize_task
+from makd.core.losses import attention_kl
+from makd.notebook.helpers import show, start, write_metrics
+from makd.core.objective import MaKDObjective
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 b = ins.bench(teacher, task, layer_ratio=layer_ratio, device=device, eval_examples=eval_examples,
@@ -78,11 +78,11 @@ show({"teacher": teacher, **b.summary()})
 # %% [markdown]
 # ## Attention probabilities, captured
 #
-# `makd.capture` hooks Q and K of every layer and recomputes $P=\mathrm{softmax}(QK^\top/\sqrt{d_h}+M)$
+# `makd.core.capture` hooks Q and K of every layer and recomputes $P=\mathrm{softmax}(QK^\top/\sqrt{d_h}+M)$
 # (M masks padded keys), so the model keeps its fast attention kernel. Each row of P is a distribution
 # over keys. The layer loss (MiniLM form, our reconstructed default) is
 # $\mathcal L_\text{attn}=\frac1{H N_q}\sum_{h,q}\mathrm{KL}(P^t_{hq}\,\|\,P^s_{hq})$ over valid queries.
-# We compute one layer's KL by hand and assert it equals `makd.losses.attention_kl`.
+# We compute one layer's KL by hand and assert it equals `makd.core.losses.attention_kl`.
 
 # %%
 spec = CaptureSpec(attention_layers=set(range(n_layers)))
@@ -99,8 +99,8 @@ show(before.assign(mean=before.mean(axis=1)))
 # %% [markdown]
 # ## A short distillation on the attention term alone
 #
-# The `layer-only` preset of `makd.objective.MaKDObjective` with the hidden-state and prediction terms
-# switched off leaves $\mathcal L_\text{attn}$ on every layer; `makd.trainer.DistillTrainer` trains the
+# The `layer-only` preset of `makd.core.objective.MaKDObjective` with the hidden-state and prediction terms
+# switched off leaves $\mathcal L_\text{attn}$ on every layer; `makd.core.trainer.DistillTrainer` trains the
 # student with it for `max_steps` steps.
 
 # %%

@@ -54,13 +54,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from makd import inspect as ins
-from makd.capture import CaptureSpec, capture
-from makd.data import tokenize_task
-from makd.losses import hidden_mse
-from makd.notebook import show, start, write_metrics
-from makd.objective import MaKDObjective
-from makd.plotting import savefig
+from makd.notebook import views as ins
+from makd.core.capture import CaptureSpec, capture
+from makd.tasks.data import tokenize_task
+from makd.core.losses import hidden_mse
+from makd.notebook.helpers import show, start, write_metrics
+from makd.core.objective import MaKDObjective
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 b = ins.bench(teacher, task, layer_ratio=layer_ratio, device=device, eval_examples=eval_examples,
@@ -76,7 +76,7 @@ show({"teacher": teacher, **b.summary()})
 # Hidden state 0 is the embedding output, hidden state i + 1 the output of layer i. The student keeps the
 # teacher's width, so no projection is needed: $\mathcal L_\text{hidn}=\frac1{N D}\sum_{\text{valid }b,t}
 # \lVert h^s_{bt}-h^t_{bt}\rVert^2$. We compute it by hand for the last layer and assert it equals
-# `makd.losses.hidden_mse`. The relative error $\lVert h^s-h^t\rVert/\lVert h^t\rVert$ makes layers comparable.
+# `makd.core.losses.hidden_mse`. The relative error $\lVert h^s-h^t\rVert/\lVert h^t\rVert$ makes layers comparable.
 
 # %%
 spec = CaptureSpec(hidden_layers=set(range(n_layers + 1)), attention_layers=set(range(n_layers)))
@@ -93,7 +93,7 @@ show(before)  # the embeddings are not factorised: hidden state 0 matches exactl
 # ## A short distillation on the hidden-state term alone
 #
 # The `layer-only` preset with the attention and prediction terms switched off: MSE on the embedding output
-# and on every layer's output, trained with `makd.trainer.DistillTrainer`.
+# and on every layer's output, trained with `makd.core.trainer.DistillTrainer`.
 
 # %%
 objective = MaKDObjective(n_layers, "layer-only", weights={"attn": 0.0, "pred": 0.0})

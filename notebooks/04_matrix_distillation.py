@@ -55,13 +55,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from makd import inspect as ins
-from makd.capture import CaptureSpec, capture
-from makd.data import tokenize_task
-from makd.losses import matrix_ffn_loss, matrix_mha_loss
-from makd.notebook import show, start, write_metrics
-from makd.objective import FFN, MHA, MaKDObjective
-from makd.plotting import savefig
+from makd.notebook import views as ins
+from makd.core.capture import CaptureSpec, capture
+from makd.tasks.data import tokenize_task
+from makd.core.losses import matrix_ffn_loss, matrix_mha_loss
+from makd.notebook.helpers import show, start, write_metrics
+from makd.core.objective import FFN, MHA, MaKDObjective
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 b = ins.bench(teacher, task, layer_ratio=layer_ratio, device=device, eval_examples=eval_examples,
@@ -74,12 +74,12 @@ show({"teacher": teacher, **b.summary()})
 # %% [markdown]
 # ## Module outputs, captured: own inputs vs teacher forcing
 #
-# `makd.capture` hooks every Q, K, V, O and FFN matrix. The matrix losses (our reconstruction of MaKD's
+# `makd.core.capture` hooks every Q, K, V, O and FFN matrix. The matrix losses (our reconstruction of MaKD's
 # matrix distillation) are $\mathcal L_\text{MHA}=\sum_{m\in\{Q,K,V,O\}}\mathrm{MSE}(y^s_m, y^t_m)$ and
 # $\mathcal L_\text{FFN}=\sum_{m\in\{\text{in},\text{out}\}}\mathrm{MSE}(y^s_m, y^t_m)$. The student matrix may see
 # **its own input** $x^s$ (errors of earlier layers accumulate in it) or **the teacher's input** $x^t$
 # (teacher forcing: only this matrix's own truncation error remains). We compute both, and assert that the
-# per-role MSEs sum to `makd.losses.matrix_mha_loss` / `matrix_ffn_loss`.
+# per-role MSEs sum to `makd.core.losses.matrix_mha_loss` / `matrix_ffn_loss`.
 
 # %%
 spec = CaptureSpec(matrix_layers=set(range(n_layers)), inputs=True)

@@ -58,14 +58,14 @@ import numpy as np
 import pandas as pd
 import torch.nn.functional as F
 
-from makd import factorize as fz
-from makd import inspect as ins
-from makd.capture import CaptureSpec, capture
-from makd.data import tokenize_task
-from makd.losses import logit_kd, prediction_loss
-from makd.notebook import show, start, write_metrics
-from makd.objective import MaKDObjective
-from makd.plotting import savefig
+from makd.core import factorize as fz
+from makd.notebook import views as ins
+from makd.core.capture import CaptureSpec, capture
+from makd.tasks.data import tokenize_task
+from makd.core.losses import logit_kd, prediction_loss
+from makd.notebook.helpers import show, start, write_metrics
+from makd.core.objective import MaKDObjective
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 tuned, data = ins.task_teacher(teacher, task, data_dir=data_dir, seed=seed, epochs=teacher_epochs,
@@ -114,7 +114,7 @@ plt.show()
 #
 # The model term is $\alpha\,t^2\,\mathrm{KL}(p_t^{(t)}\,\|\,p_s^{(t)}) + (1-\alpha)\,\mathrm{CE}(z_s, y)$
 # (Hinton et al.; α = 0.5 is our reconstructed default). We compute the KL by hand and assert it equals
-# `makd.losses.logit_kd`, then tabulate both parts of `makd.losses.prediction_loss` for the untrained student.
+# `makd.core.losses.logit_kd`, then tabulate both parts of `makd.core.losses.prediction_loss` for the untrained student.
 
 # %%
 rows = []
@@ -135,7 +135,7 @@ print(f"for reference: the teacher's own gold CE on this batch is {teacher_ce:.4
 #
 # The gradient of the KL with respect to the student's logits is $(p_s^{(t)}-p_t^{(t)})/t$, and for large t the
 # difference itself shrinks like $1/t$: the raw gradient falls like $1/t^2$. Multiplying by $t^2$ keeps the
-# soft-target term on the same scale as the gold CE whatever t is (`makd.inspect.kd_gradient_norms`).
+# soft-target term on the same scale as the gold CE whatever t is (`makd.notebook.views.kd_gradient_norms`).
 
 # %%
 grads = ins.kd_gradient_norms(z_s, z_t, temperatures)
@@ -153,8 +153,8 @@ show(grads.set_index("temperature"))
 # %% [markdown]
 # ## A short logit-KD run
 #
-# The `model-only` preset of `makd.objective.MaKDObjective` (temperature `temperature`, weight `alpha`) trains
-# the SVD student on the model term alone with `makd.trainer.DistillTrainer`; the log has both parts.
+# The `model-only` preset of `makd.core.objective.MaKDObjective` (temperature `temperature`, weight `alpha`) trains
+# the SVD student on the model term alone with `makd.core.trainer.DistillTrainer`; the log has both parts.
 
 # %%
 objective = MaKDObjective(n_layers, "model-only", temperature=temperature, alpha=alpha)

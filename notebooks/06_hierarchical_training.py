@@ -38,7 +38,7 @@ run_dir: str = "runs/demo"  # run folder: metrics/06_hierarchical_training.json,
 teacher: str = "minilm-l6"  # teacher: embedded name (minilm-l6), tiny-bert (smoke), local folder or hub id
 task: str = "rt-polarity"  # task: rt-polarity (embedded SST-2 proxy) or a GLUE task
 data_dir: str | None = None  # folder with glue/<TASK>/ files (None: embedded rt-polarity / $MAKD_DATA_DIR)
-objective: str = "hierarchical"  # preset trained (makd.objective.PRESETS); hierarchical is our reconstruction
+objective: str = "hierarchical"  # preset trained (makd.core.objective.PRESETS); hierarchical is our reconstruction
 layer_ratio: float = 0.25  # student size: fraction of the teacher's matrix parameters kept (08_glue uses 0.5)
 teacher_epochs: float = 1.0  # teacher fine-tuning epochs (cached: notebooks 02-06 and 08 share one teacher)
 teacher_max_train: int | None = None  # teacher fine-tuning examples (None: the whole train split)
@@ -58,12 +58,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from makd import inspect as ins
-from makd import pipeline
-from makd.models import load_model
-from makd.notebook import show, start, write_metrics
-from makd.objective import PRESETS, MaKDObjective
-from makd.plotting import savefig
+from makd.notebook import views as ins
+from makd.experiments import distill as pipeline
+from makd.assets.models import load_model
+from makd.notebook.helpers import show, start, write_metrics
+from makd.core.objective import PRESETS, MaKDObjective
+from makd.notebook.plotting import savefig
 
 if objective not in PRESETS:
     raise ValueError(f"objective={objective!r}: choose one of {sorted(PRESETS)}")
@@ -75,7 +75,7 @@ n_layers
 # %% [markdown]
 # ## The presets: which aspect on which layer
 #
-# `makd.objective.MaKDObjective` is a weighted sum of named terms over a layer × aspect table:
+# `makd.core.objective.MaKDObjective` is a weighted sum of named terms over a layer × aspect table:
 # matrix level `mha`, `ffn`; layer level `attn`, `hidn` (row `emb` = the embedding output); model level
 # `pred` (t²·KL + gold CE). The paper's exact assignment is not public: **every preset, including the
 # default `hierarchical`, is a reconstruction** (docs/METHOD.md); `tinybert` and `minilm` are baselines.
@@ -107,8 +107,8 @@ show(tables[objective])  # the preset trained below
 # %% [markdown]
 # ## One distillation run through the pipeline
 #
-# `makd.pipeline.distill` is the Python entry of `python -m makd distill`: it fine-tunes (or reuses) the teacher
-# on the task, factorises it at `layer_ratio`, distils with the preset through `makd.trainer.DistillTrainer`
+# `makd.experiments.distill.distill` is the Python entry of `python -m makd distill`: it fine-tunes (or reuses) the teacher
+# on the task, factorises it at `layer_ratio`, distils with the preset through `makd.core.trainer.DistillTrainer`
 # (which logs every term as `loss_<term>`), evaluates on dev and writes `metrics.json`. The SVD student
 # without any training (`objective="none"`) is the reference point.
 

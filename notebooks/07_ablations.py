@@ -48,10 +48,10 @@ keep: float = 0.95  # budget verdict: lowest layer ratio keeping this fraction o
 # %%
 import pandas as pd
 
-from makd import grid as makd_grid
-from makd import stats
-from makd.notebook import resolve_path, show, start, write_metrics
-from makd.plotting import savefig
+from makd.experiments import grid as makd_grid
+from makd.experiments import stats
+from makd.notebook.helpers import resolve_path, show, start, write_metrics
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 source = resolve_path(results_dir) if results_dir else run_dir / "grid"
@@ -104,7 +104,7 @@ table.assign(score=[stats.mean_pm_std(m, s) for m, s in zip(table["mean"], table
 # ## MaKD vs the best baseline (paired over seeds)
 #
 # $d_i = \text{MaKD}_i - \text{baseline}_i$ per seed; paired $t = \bar d / (s_d/\sqrt n)$ and a percentile
-# bootstrap interval of $\bar d$ (`makd.stats.paired`). With three seeds both are coarse.
+# bootstrap interval of $\bar d$ (`makd.experiments.stats.paired`). With three seeds both are coarse.
 
 # %%
 versus = stats.versus_best_baseline(runs)

@@ -39,7 +39,7 @@ run_dir: str = "runs/demo"  # run folder: metrics/08_glue.json, figures/ and dis
 teacher: str = "minilm-l6"  # teacher: embedded name (minilm-l6), tiny-bert (smoke), local folder or hub id
 data_dir: str | None = None  # folder with glue/<TASK>/{train,dev}.tsv (None: $MAKD_DATA_DIR, else the proxy only)
 tasks: list[str] = []  # tasks to run; empty: rt-polarity (proxy) without data_dir, else every GLUE task found there
-objective: str = "hierarchical"  # preset of the MaKD student (makd.objective.PRESETS); our reconstruction
+objective: str = "hierarchical"  # preset of the MaKD student (makd.core.objective.PRESETS); our reconstruction
 layer_ratio: float = 0.5  # student size: fraction of the teacher's matrix parameters kept by the factors
 teacher_epochs: float = 1.0  # teacher fine-tuning epochs (cached per task)
 teacher_max_train: int | None = None  # teacher fine-tuning examples per task (None: the whole train split)
@@ -59,12 +59,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from makd import inspect as ins
-from makd import pipeline
-from makd.data import GLUE_TASKS, PROXY_TASKS
-from makd.notebook import show, start, write_metrics
-from makd.objective import PRESETS
-from makd.plotting import savefig
+from makd.notebook import views as ins
+from makd.experiments import distill as pipeline
+from makd.tasks.data import GLUE_TASKS, PROXY_TASKS
+from makd.notebook.helpers import show, start, write_metrics
+from makd.core.objective import PRESETS
+from makd.notebook.plotting import savefig
 
 if objective not in PRESETS:
     raise ValueError(f"objective={objective!r}: choose one of {sorted(PRESETS)}")
@@ -82,7 +82,7 @@ tasks
 # %% [markdown]
 # ## Run the pipeline per task
 #
-# For each task `makd.pipeline.distill` fine-tunes (or reuses, cached) the teacher, factorises it at
+# For each task `makd.experiments.distill.distill` fine-tunes (or reuses, cached) the teacher, factorises it at
 # `layer_ratio` and evaluates (a) the SVD student as it is (`objective="none"`) and (b) the student after
 # `max_steps` steps of MaKD distillation. Each run writes its own `metrics.json` with a full run record under
 # `run_dir/distill/08_<task>_<objective>/`.

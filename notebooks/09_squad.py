@@ -47,7 +47,7 @@ teacher_epochs: float = 1.0  # teacher fine-tuning epochs (cached by teacher, da
 teacher_lr: float = 2e-4  # teacher fine-tuning learning rate
 teacher_max_train_features: int | None = 640  # teacher train windows (seeded subsample; None: all)
 layer_ratio: float = 0.5  # student size: fraction of the teacher's matrix parameters kept by the SVD factors
-objective: str = "hierarchical"  # distillation preset of the MaKD student (makd.objective.PRESETS)
+objective: str = "hierarchical"  # distillation preset of the MaKD student (makd.core.objective.PRESETS)
 max_train_features: int | None = 240  # student train windows (seeded subsample; None: all)
 epochs: float = 1.0  # distillation epochs over those windows
 max_steps: int = -1  # distillation steps (-1: the epochs above)
@@ -61,10 +61,10 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from makd.notebook import resolve_path, show, start, write_metrics
-from makd.paths import data_dir as find_data_dir, hub_reachable
-from makd.plotting import savefig
-from makd.squad import distill_squad
+from makd.notebook.helpers import resolve_path, show, start, write_metrics
+from makd.assets.paths import data_dir as find_data_dir, hub_reachable
+from makd.notebook.plotting import savefig
+from makd.experiments.squad import distill_squad
 
 run_dir, device = start(run_dir, seed, device)
 folder = find_data_dir(resolve_path(data_dir) if data_dir else None)  # explicit, else $MAKD_DATA_DIR

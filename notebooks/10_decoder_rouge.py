@@ -38,7 +38,7 @@ decoder_teacher: str = "smollm2-135m-instruct"  # causal-LM teacher: embedded na
 data_dir: str | None = None  # folder with instruct/selfinst-252.jsonl (None: $MAKD_DATA_DIR, else the embedded chatterbot test split)
 train_set: str = "chatterbot"  # training prompts/responses: chatterbot (embedded proxy) or dolly (hub or data_dir)
 eval_set: str = "auto"  # selfinst, vicuna, dolly, chatterbot, or auto (selfinst when data_dir has it, else chatterbot)
-methods: list[str] = ["sft", "kd", "seqkd", "makd"]  # methods to train (makd.lm.METHODS)
+methods: list[str] = ["sft", "kd", "seqkd", "makd"]  # methods to train (makd.experiments.decoder.METHODS)
 layer_ratio: float = 0.5  # student size: fraction of the teacher's matrix parameters kept
 max_train: int = 96  # training examples
 max_eval: int = 16  # evaluation prompts
@@ -59,14 +59,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from makd import factorize as fz
-from makd import lm
-from makd.data import load_instructions
-from makd.generate import GenerationSettings, evaluate_rouge
-from makd.models import load_model
-from makd.notebook import show, start, write_metrics
-from makd.paths import data_dir as find_data_dir
-from makd.plotting import savefig
+from makd.core import factorize as fz
+from makd.experiments import decoder as lm
+from makd.tasks.data import load_instructions
+from makd.tasks.generate import GenerationSettings, evaluate_rouge
+from makd.assets.models import load_model
+from makd.notebook.helpers import show, start, write_metrics
+from makd.assets.paths import data_dir as find_data_dir
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 bad = sorted(set(methods) - set(lm.METHODS))
@@ -124,7 +124,7 @@ show(pd.DataFrame([settings.as_dict()]))
 references = [r["output"] for r in test]
 reference_kind = "human"
 if ev.reference_kind == "none":
-    from makd.generate import generate
+    from makd.tasks.generate import generate
     references = generate(teacher, tok, prompts, GenerationSettings.greedy(**common))["texts"]
     reference_kind = "teacher answers (not comparable with the paper)"
 results = {"teacher": evaluate_rouge(teacher, tok, prompts, references, settings)}

@@ -40,9 +40,10 @@ keep: float = 0.95  # budget verdict: lowest layer ratio keeping this fraction o
 # %%
 import pandas as pd
 
-from makd import published, stats
-from makd.notebook import read_metrics, resolve_path, show, start, write_metrics
-from makd.plotting import savefig
+from makd.experiments import published
+from makd.experiments import stats
+from makd.notebook.helpers import read_metrics, resolve_path, show, start, write_metrics
+from makd.notebook.plotting import savefig
 
 run_dir, device = start(run_dir, seed, device)
 roots = [resolve_path(r) for r in results_dirs]
@@ -77,7 +78,7 @@ summary.assign(score=[stats.mean_pm_std(m, s) for m, s in zip(summary["mean"], s
 # %% [markdown]
 # ## Paper vs ours
 #
-# The published numbers live in `makd/published.py`, each with its source. **Budget assumption:**
+# The published numbers live in `makd/experiments/published.py`, each with its source. **Budget assumption:**
 
 # %%
 print(published.BUDGET_ASSUMPTION)

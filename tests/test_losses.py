@@ -1,4 +1,4 @@
-"""makd.losses: golden values (hand-computed by tests/fixtures/make_losses_golden.py), invariances, gradients."""
+"""makd.core.losses: golden values (hand-computed by tests/fixtures/make_losses_golden.py), invariances, gradients."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from makd import losses as L
+from makd.core import losses as L
 
 FIX = json.loads((Path(__file__).parent / "fixtures" / "losses_golden.json").read_text())
 G, I = FIX["golden"], FIX["inputs"]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from makd.metrics import exact_match, glue_metrics, normalize_answer, rouge_l, squad_metrics, token_f1
+from makd.tasks.metrics import exact_match, glue_metrics, normalize_answer, rouge_l, squad_metrics, token_f1
 
 
 def test_accuracy_from_ids_and_logits():

@@ -1,4 +1,4 @@
-"""makd.models and makd.onnx_bert: name resolution, hub errors, tiny presets, vocab checks, real assets."""
+"""makd.assets.models and makd.assets.onnx_bert: name resolution, hub errors, tiny presets, vocab checks, real assets."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,9 @@ import pytest
 import torch
 import transformers as tf
 
-from makd import assets, models, onnx_bert
+from makd.assets import fetch as assets
+from makd.assets import models
+from makd.assets import onnx_bert
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +114,10 @@ def test_tiny_tokenizers_have_special_tokens_and_chat_template(tiny_cache):
 
 
 def test_new_heads_log_one_info_line_and_no_warnings(tiny_cache, caplog, capsys):
-    with caplog.at_level(logging.INFO, logger="makd.models"), warnings.catch_warnings():
+    with caplog.at_level(logging.INFO, logger="makd.assets.models"), warnings.catch_warnings():
         warnings.simplefilter("error")
         model, _ = models.load_model("tiny-bert", head="cls", num_labels=1)
-    lines = [r for r in caplog.records if r.name == "makd.models"]
+    lines = [r for r in caplog.records if r.name == "makd.assets.models"]
     assert len(lines) == 1 and "newly initialised" in lines[0].getMessage()
     assert "classifier.weight" in lines[0].getMessage() and lines[0].levelno == logging.INFO
     captured = capsys.readouterr()

@@ -15,8 +15,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from makd.notebook import GITHUB, NOTEBOOKS_DIR, parameters_cell, read_notebook
-from makd.profiles import PROFILES, REQUIRED, parse_parameters, profile_overrides, validate
+from makd.notebook.helpers import GITHUB, NOTEBOOKS_DIR, parameters_cell, read_notebook
+from makd.notebook.profiles import PROFILES, REQUIRED, parse_parameters, profile_overrides, validate
 
 SOURCES = sorted(p for p in NOTEBOOKS_DIR.glob("*.py") if re.match(r"^\d\d_", p.stem))
 ids = [p.stem for p in SOURCES]
@@ -119,7 +119,7 @@ def test_sync_tool_reports_nothing_stale():
 
 
 def test_sync_writes_output_free_ipynb_and_is_idempotent(tmp_path):
-    from makd.notebook import sync_notebooks
+    from makd.notebook.helpers import sync_notebooks
     src = Path(__file__).parent / "fixtures" / "notebooks" / "01_fixture.py"
     (tmp_path / src.name).write_text(src.read_text())
     assert sync_notebooks(tmp_path) == [tmp_path / "01_fixture.ipynb"]

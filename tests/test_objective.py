@@ -1,4 +1,4 @@
-"""makd.objective: presets, per-aspect terms, weights, errors, teacher forcing, gradients, compatibility."""
+"""makd.core.objective: presets, per-aspect terms, weights, errors, teacher forcing, gradients, compatibility."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import tiny_batch, tiny_model
-from makd.capture import capture
-from makd.losses import NonFiniteLossError
-from makd.objective import ASPECTS, PRESETS, MaKDObjective, check_compatible
+from makd.core.capture import capture
+from makd.core.losses import NonFiniteLossError
+from makd.core.objective import ASPECTS, PRESETS, MaKDObjective, check_compatible
 
 N = 4
 DISTIL = ("mha", "ffn", "attn", "hidn", "vr", "kd")      # terms that vanish when student == teacher

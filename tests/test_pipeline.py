@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from makd import pipeline
-from makd.io import load_student
-from makd.losses import NonFiniteLossError
-from makd.trainer import StopAtStep
+from makd.experiments import distill as pipeline
+from makd.core.checkpoint import load_student
+from makd.core.losses import NonFiniteLossError
+from makd.core.trainer import StopAtStep
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CACHE = os.environ.get("MAKD_CACHE_DIR")
@@ -115,7 +115,7 @@ def test_bad_input_fails_before_training_with_one_clear_message(tmp_path, kw, ex
     if kw.get("data_dir") == "{empty}":
         kw = {**kw, "data_dir": str(tmp_path)}
     if kw.get("teacher") == "{three-label teacher}":                # a checkpoint whose head does not fit sst2
-        from makd.models import load_model
+        from makd.assets.models import load_model
         model, tok = load_model("tiny-bert", head="cls", num_labels=3)
         model.save_pretrained(tmp_path / "t3")
         tok.save_pretrained(tmp_path / "t3")
@@ -138,7 +138,7 @@ def test_vocabulary_mismatch_is_refused(tmp_path, monkeypatch):
         monkeypatch.setenv("MAKD_CACHE_DIR", REAL_CACHE)
     else:
         monkeypatch.delenv("MAKD_CACHE_DIR")
-    from makd.assets import is_cached
+    from makd.assets.fetch import is_cached
     if not is_cached("minilm-l3-onnx"):
         pytest.skip("the embedded minilm-l3 asset is not in the cache (python -m makd fetch-assets)")
     with pytest.raises((SystemExit, ValueError), match="vocabular|token"):
@@ -146,7 +146,7 @@ def test_vocabulary_mismatch_is_refused(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_the_term_and_keeps_the_checkpoints(tmp_path, monkeypatch):
-    from makd import losses
+    from makd.core import losses
     real = losses.hidden_mse
     calls = {"n": 0}
 
@@ -189,9 +189,9 @@ def test_teacher_head_follows_the_teacher_seed_not_the_callers_rng(tmp_path):
     # A checkpoint without a task head (like the embedded MiniLM): the head is new. Its init used to come from
     # whatever state torch's RNG was in (which grid cell triggered the fine-tuning), so a re-trained teacher
     # could differ from the cached one; now it follows the teacher seed only.
-    from makd.data import load_task
-    from makd.models import load_model
-    from makd.teacher import finetune_teacher
+    from makd.tasks.data import load_task
+    from makd.assets.models import load_model
+    from makd.tasks.teacher import finetune_teacher
 
     model, tok = load_model("tiny-bert")                            # base model: no classification head
     model.save_pretrained(tmp_path / "base")

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from makd.data import load_squad
-from makd.metrics import squad_metrics
-from makd.qa import postprocess_predictions, prepare_eval_features, prepare_train_features
+from makd.tasks.data import load_squad
+from makd.tasks.metrics import squad_metrics
+from makd.tasks.qa import postprocess_predictions, prepare_eval_features, prepare_train_features
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,4 +1,4 @@
-"""The notebook runner (`python -m makd.reproduce`), profiles, parameter checking and figures.
+"""The notebook runner (`python -m makd reproduce`), profiles, parameter checking and figures.
 
 Execution tests use the two fixture notebooks in tests/fixtures/notebooks (about 1 s per kernel run);
 `test_smoke_profile_all_notebooks` runs the smoke profile over every real notebook (slow).
@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 import nbformat
 import pytest
 
-from makd import reproduce as rp
-from makd.notebook import NOTEBOOKS_DIR, read_metrics, write_metrics
-from makd.paths import REPO_ROOT
-from makd.plotting import savefig
-from makd.profiles import Param, parse_parameters, profile_overrides, validate
+from makd.notebook import runner as rp
+from makd.notebook.helpers import NOTEBOOKS_DIR, read_metrics, write_metrics
+from makd.assets.paths import REPO_ROOT
+from makd.notebook.plotting import savefig
+from makd.notebook.profiles import Param, parse_parameters, profile_overrides, validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -217,7 +217,7 @@ def test_publish_copies_run_figures(tmp_path):
     ax.plot([0, 1])
     savefig(fig, "line", tmp_path / "run", formats=("png",))
     plt.close(fig)
-    from makd.plotting import publish
+    from makd.notebook.plotting import publish
     assert publish(tmp_path / "run", tmp_path / "figures") == [tmp_path / "figures" / "line.png"]
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from makd import squad as sq
-from makd.data import TaskDataUnavailableError, load_squad
-from makd.teacher import TeacherAtChanceError
+from makd.experiments import squad as sq
+from makd.tasks.data import TaskDataUnavailableError, load_squad
+from makd.tasks.teacher import TeacherAtChanceError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = dict(data_dir=str(FIXTURES), split_articles=[1, 1], teacher="tiny-bert", max_length=128, stride=32,
@@ -52,7 +52,7 @@ def test_v1_end_to_end_distils_evaluates_and_states_the_split(tmp_path):
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
-    from makd.trainer import StopAtStep
+    from makd.core.trainer import StopAtStep
 
     def args(**kw):
         a = sq.build_parser().parse_args([])
@@ -92,7 +92,7 @@ def test_predict_logits_puts_length_sorted_rows_back_in_feature_order():
     """A fake QA model whose start logits are its input ids: every row must come back unpadded, in place."""
     import datasets
     from transformers import AutoTokenizer
-    from makd.models import resolve
+    from makd.assets.models import resolve
 
     class Echo(torch.nn.Module):
         def __init__(self):
@@ -133,7 +133,7 @@ def test_errors_before_training(tmp_path, capsys):
         sq.distill_squad(**TINY | {"split_articles": [2, 1]}, out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="encoder"):                       # a decoder teacher
         sq.check_qa_teacher_model("tiny-gpt2")
-    from makd.models import load_model
+    from makd.assets.models import load_model
     cls, tok = load_model("tiny-bert", head="cls", num_labels=2)
     cls.save_pretrained(tmp_path / "cls")
     tok.save_pretrained(tmp_path / "cls")
@@ -166,7 +166,7 @@ def test_help_names_the_command_and_its_options(capsys):
 
 
 def test_squad_builds_its_objective_from_the_shared_options_including_mse():
-    from makd.pipeline import objective_from
+    from makd.experiments.distill import objective_from
 
     args = sq.build_parser().parse_args(["--mse", "relative", "--objective", "hierarchical"])
     assert objective_from(args, 2).mse == "relative"

@@ -1,4 +1,4 @@
-"""makd.stats on fixed numbers (hand-computed expectations) and on the stored-results fixtures."""
+"""makd.experiments.stats on fixed numbers (hand-computed expectations) and on the stored-results fixtures."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from makd import stats
+from makd.experiments import stats
 
 GRID = Path(__file__).resolve().parent / "fixtures" / "results" / "grid"
 
@@ -100,7 +100,7 @@ def test_collect_reads_grid_and_plain_result_folders():
 
 
 def test_a_winner_needs_both_the_bootstrap_interval_and_the_t_test():
-    from makd.stats import _direction
+    from makd.experiments.stats import _direction
     # the grid's activation-aware cell: CI [+0.5, +1.7] points excludes 0 but p = 0.093 over 3 seeds
     assert _direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.093}) == "no clear difference"
     assert _direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.01}) == "higher"

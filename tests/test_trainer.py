@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from makd.factorize import factorize
-from makd.objective import MaKDObjective
-from makd.teacher import training_args
-from makd.trainer import DistillTrainer, loss_history
+from makd.core.factorize import factorize
+from makd.core.objective import MaKDObjective
+from makd.tasks.teacher import training_args
+from makd.core.trainer import DistillTrainer, loss_history
 
 from conftest import tiny_batch, tiny_model
 

@@ -4,7 +4,7 @@
     python tools/sync_notebooks.py            # write the stale .ipynb
     python tools/sync_notebooks.py --check    # exit 1 listing the stale .ipynb, write nothing (for CI/hooks)
 
-Same as `python -m makd.reproduce --sync`. Edit the .py, never the .ipynb by hand.
+Same as `python -m makd reproduce --sync`. Edit the .py, never the .ipynb by hand.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from makd.notebook import NOTEBOOKS_DIR, sync_notebooks  # noqa: E402
+from makd.notebook.helpers import NOTEBOOKS_DIR, sync_notebooks  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Inside a notebook (they talk to each other only through files in ``run_dir``)::
 
-    from makd.notebook import resolve_path, set_seed, pick_device, write_metrics, read_metrics, show
+    from makd.notebook.helpers import resolve_path, set_seed, pick_device, write_metrics, read_metrics, show
     run_dir = resolve_path(run_dir)                 # relative paths are relative to the repository root
     write_metrics(run_dir, "04_matrix_distillation", {"loss": 0.12})   # run_dir/metrics/<name>.json
 
@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT, in_source_checkout
+from makd.assets.paths import REPO_ROOT, resolve_path  # noqa: F401  (notebooks import it from here)
 
 GITHUB = "makd-project/makd"  # change for a fork (badges and the Colab install line use it)
 BRANCH = "main"
@@ -27,14 +27,6 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
 # ---------------------------------------------------------------- inside notebooks
-def resolve_path(path: str | os.PathLike) -> Path:
-    """Absolute paths stay; relative ones are taken from the repository root (cwd outside a checkout)."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    return (REPO_ROOT if in_source_checkout() else Path.cwd()) / p
-
-
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (when installed)."""
     random.seed(seed)
@@ -52,7 +44,7 @@ def set_seed(seed: int) -> None:
 
 def start(run_dir: str | os.PathLike, seed: int, device: str = "auto") -> tuple[Path, str]:
     """The first lines of every notebook: (absolute run_dir, device); seeds everything and sets the plot style."""
-    from .plotting import use_style
+    from makd.notebook.plotting import use_style
 
     set_seed(seed)
     use_style()

@@ -57,7 +57,7 @@ def savefig(fig, name: str, run_dir: str | os.PathLike, *, formats: tuple[str, .
     unknown = set(formats) - {"png", "pdf", "svg"}
     if unknown or not formats:
         raise ValueError(f"formats {formats!r}: choose from 'png', 'pdf', 'svg'")
-    from .notebook import resolve_path
+    from makd.assets.paths import resolve_path
     folder = resolve_path(run_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None},

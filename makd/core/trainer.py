@@ -1,7 +1,7 @@
 """The distillation trainer: transformers' ``Trainer`` with the MaKD objective as its loss.
 
 The model being trained is the student; a frozen teacher runs beside it. Each step captures what the
-objective needs from both (``makd.capture``), computes the weighted aspect terms (``makd.objective``),
+objective needs from both (``makd.core.capture``), computes the weighted aspect terms (``makd.core.objective``),
 and logs every term — to the progress bar, to TensorBoard and to ``trainer_state.json`` — as
 ``loss_<term>`` averaged over the logging window. Checkpointing, resuming, evaluation, gradient
 accumulation and multi-process training (``torchrun`` / ``accelerate launch``: DDP, FSDP, DeepSpeed) are
@@ -17,7 +17,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from .capture import capture
+from makd.core.capture import capture
 
 
 class TermsOnProgressBar(TrainerCallback):
@@ -54,7 +54,7 @@ class DistillTrainer(Trainer):
     """``Trainer`` whose training loss is ``objective(student, teacher)``.
 
     Args (besides the Trainer's own): ``teacher`` — the frozen teacher (moved to the training device, eval
-    mode, no grad); ``objective`` — a :class:`makd.objective.MaKDObjective`. With
+    mode, no grad); ``objective`` — a :class:`makd.core.objective.MaKDObjective`. With
     ``objective.needs_teacher == False`` (plain fine-tuning) the teacher may be ``None``.
     Evaluation runs the student alone (its own task loss and predictions).
     """
@@ -63,7 +63,7 @@ class DistillTrainer(Trainer):
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
         if objective is None:
-            raise ValueError("DistillTrainer needs an objective (makd.objective.MaKDObjective)")
+            raise ValueError("DistillTrainer needs an objective (makd.core.objective.MaKDObjective)")
         if getattr(objective, "needs_teacher", True) and teacher is None:
             raise ValueError(f"objective {getattr(objective, 'preset', '')!r} needs a teacher; pass teacher=...")
         self.objective = objective.to(self.args.device)

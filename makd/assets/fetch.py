@@ -27,8 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import cache_dir
-from .runrecord import sha256_file
+from makd.assets.paths import cache_dir
+from makd.assets.files import sha256_file
 
 
 class AssetUnavailableError(RuntimeError):

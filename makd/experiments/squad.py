@@ -1,11 +1,11 @@
 """`python -m makd squad`: extractive QA (SQuAD v1.1 / v2.0) — teacher fine-tuning → factorisation →
 distillation → EM/F1 → metrics.json.
 
-The QA counterpart of :mod:`makd.pipeline`. The teacher gets a QA head (start/end logits per token),
+The QA counterpart of :mod:`makd.experiments.distill`. The teacher gets a QA head (start/end logits per token),
 is fine-tuned on the train questions (cached under ``cache_dir()/teachers/<key>/``), factorised into a
-low-rank student and distilled with :class:`makd.objective.MaKDObjective` (the model aspect is
+low-rank student and distilled with :class:`makd.core.objective.MaKDObjective` (the model aspect is
 ``(pred(start) + pred(end)) / 2``, each ``alpha · t² · KL + (1 − alpha) · CE``). Predictions are the best
-span over the sliding windows (:mod:`makd.qa`); v2.0 answers "" when ``null − best_span > null_threshold``.
+span over the sliding windows (:mod:`makd.tasks.qa`); v2.0 answers "" when ``null − best_span > null_threshold``.
 Offline there is no SQuAD train set: the official dev set is split by article (v1.1: 38 articles to train,
 10 held out; v2.0: 28 / 7) and every result says so in ``notes``.
 """
@@ -26,21 +26,22 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding, Trainer
 
-from . import factorize as fz
-from .data import SquadData, _subsample, load_squad
-from .losses import NonFiniteLossError
-from .metrics import squad_metrics
-from .models import ENCODER_TYPES, load_model, resolve
-from .objective import check_compatible
-from .paths import cache_dir
-from .pipeline import build_parser as glue_parser
-from .pipeline import objective_from, student_size
-from .qa import postprocess_predictions, prepare_eval_features, prepare_train_features
-from .runrecord import make_record, sha256_folder, write_json
-from .teacher import TeacherAtChanceError, TeacherResult, training_args
-from .trainer import DistillTrainer, loss_history
+from makd.core import factorize as fz
+from makd.tasks.data import SquadData, _subsample, load_squad
+from makd.core.losses import NonFiniteLossError
+from makd.tasks.metrics import squad_metrics
+from makd.assets.models import ENCODER_TYPES, load_model, resolve
+from makd.core.objective import check_compatible
+from makd.assets.paths import cache_dir
+from makd.experiments.distill import build_parser as glue_parser
+from makd.experiments.distill import objective_from, student_size
+from makd.tasks.qa import postprocess_predictions, prepare_eval_features, prepare_train_features
+from makd.assets.files import sha256_folder, write_json
+from makd.experiments.runrecord import make_record
+from makd.tasks.teacher import TeacherAtChanceError, TeacherResult, training_args
+from makd.core.trainer import DistillTrainer, loss_history
 
-log = logging.getLogger("makd.squad")
+log = logging.getLogger("makd.experiments.squad")
 
 DEFAULT_SPLIT = {"1.1": (38, 10), "2.0": (28, 7)}   # (train articles, held-out articles) of the dev set
 DEFAULT_QA_SETTINGS = {"epochs": 2.0, "lr": 5e-5, "batch_size": 16, "max_length": 384, "stride": 128,
@@ -358,7 +359,7 @@ def run(args, callbacks: list | None = None) -> dict[str, Any]:
                                    teacher_hash=teacher.checkpoint_sha256, started=started)
     if trainer is None or trainer.is_world_process_zero():
         if student is not None and args.save_student:
-            from .io import save_student
+            from makd.core.checkpoint import save_student
             save_student(student, out / "student", tok)
         write_json(out / "metrics.json", result)
         log.info("wrote %s", out / "metrics.json")

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def in_source_checkout() -> bool:
@@ -41,6 +43,29 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
             "or unset MAKD_DATA_DIR"
         )
     return path
+
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """Absolute paths stay; relative ones are taken from the repository root (cwd outside a checkout)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return (REPO_ROOT if in_source_checkout() else Path.cwd()) / p
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: Any, name: str) -> Any:
+    """Replace ``${VAR}`` in string values; an unset variable is a ValueError saying what to do."""
+    if not isinstance(value, str):
+        return value
+    for var in _ENV.findall(value):
+        if var not in os.environ:
+            raise ValueError(f"parameter {name!r} = {value!r} needs the environment variable ${var}: "
+                             f"set it (e.g. export {var}=/path/to/folder) or pass -p {name} VALUE")
+    return _ENV.sub(lambda m: os.environ[m.group(1)], value)
 
 
 _HUB_CHECKED: bool | None = None

@@ -1,10 +1,10 @@
-"""`python -m makd.reproduce`: execute the notebooks headless, in order, with a profile.
+"""`python -m makd reproduce`: execute the notebooks headless, in order, with a profile.
 
-    python -m makd.reproduce --profile smoke                 # seconds per notebook, tiny random models
-    python -m makd.reproduce --profile demo --from 05        # embedded real assets, from notebook 05 on
-    python -m makd.reproduce --profile full --only 08 09 -p data_dir ../shared/data
-    python -m makd.reproduce --list                          # notebooks, titles, each profile's parameters
-    python -m makd.reproduce --sync                          # regenerate notebooks/*.ipynb from the .py
+    python -m makd reproduce --profile smoke                 # seconds per notebook, tiny random models
+    python -m makd reproduce --profile demo --from 05        # embedded real assets, from notebook 05 on
+    python -m makd reproduce --profile full --only 08 09 -p data_dir ../shared/data
+    python -m makd reproduce --list                          # notebooks, titles, each profile's parameters
+    python -m makd reproduce --sync                          # regenerate notebooks/*.ipynb from the .py
 
 Every run writes under ``run_dir`` (default ``runs/<profile>/``): executed notebooks in ``notebooks/``,
 each notebook's ``metrics/<notebook>.json`` and ``figures/``, and ``manifest.json`` (parameters hash,
@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import notebook as nbk
-from .paths import REPO_ROOT
-from .profiles import PROFILES, expand_env, parse_parameters, profile_overrides, validate
+from makd.notebook import helpers as nbk
+from makd.assets.paths import REPO_ROOT
+from makd.assets.paths import expand_env
+from makd.notebook.profiles import PROFILES, parse_parameters, profile_overrides, validate
 
 STEM = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
 PATH_PARAMS = re.compile(r"(^|_)(dir|path|file)$")
@@ -190,7 +191,7 @@ def run(profile: str = "demo", *, only: list[str] | None = None, start: str | No
         py = job["input"].with_suffix(".py")
         if job["input"].suffix == ".ipynb" and py.is_file() and \
                 [c.source for c in nbk.read_notebook(py).cells] != [c.source for c in job["nb"].cells]:
-            log(f"warning: {job['input'].name} differs from {py.name}: run `python -m makd.reproduce --sync`")
+            log(f"warning: {job['input'].name} differs from {py.name}: run `python -m makd reproduce --sync`")
     kernel = resolve_kernel(kernel)
     manifest_path = run_dir / "manifest.json"
     manifest = _load_manifest(manifest_path)
@@ -216,7 +217,7 @@ def run(profile: str = "demo", *, only: list[str] | None = None, start: str | No
         log(f"[{i}/{len(jobs)}] {stem:<30} ok     {manifest['notebooks'][stem]['runtime_s']:7.1f}s")
     log(summary(manifest, [j["stem"] for j in jobs], skipped))
     if publish_figures:
-        from .plotting import publish
+        from makd.notebook.plotting import publish
         copied = publish(run_dir, REPO_ROOT / "figures")
         log(f"published {len(copied)} figure file(s) to {REPO_ROOT / 'figures'}")
     return manifest
@@ -252,7 +253,7 @@ def list_notebooks(notebooks: str | Path | None = None, profiles: dict | None = 
 
 def build_parser() -> argparse.ArgumentParser:
     head, tail = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m makd.reproduce", description=head, epilog=tail,
+    p = argparse.ArgumentParser(prog="python -m makd reproduce", description=head, epilog=tail,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="demo", help=f"one of {', '.join(PROFILES)} (default demo)")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (numbers or stems)")
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             params={k: parse_value(v) for k, v in args.parameter}, notebooks=args.notebooks,
             publish_figures=args.publish_figures, log=lambda s: print(s, flush=True))
     except (ValueError, TypeError, FileNotFoundError, NotebookError) as err:
-        print(f"makd.reproduce: error: {err}", file=sys.stderr)
+        print(f"makd.notebook.runner: error: {err}", file=sys.stderr)
         return 1
     return 0
 

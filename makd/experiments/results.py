@@ -2,7 +2,7 @@
 
 ``collect("results")`` gives one row per run (task, proxy flag, data source, objective, metric, teacher and
 student scores, parameter counts, steps, wall time and the exact command); ``markdown(df)`` renders the
-README table with a teacher row per task. ``python -m makd.results [FOLDER]`` prints it. Numbers are read,
+README table with a teacher row per task. ``python -m makd results [FOLDER]`` prints it. Numbers are read,
 never typed: the README's tables are this command's output.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROW_NAMES = {"none": "SVD student, no training", "finetune": "SVD student + fine
 def collect(root: str | Path = "results") -> pd.DataFrame:
     """One row per pipeline ``metrics.json`` under ``root`` (files without a task/objective are skipped)."""
     rows, root = [], Path(root)
-    # a grid (07_ablations) is summarised over seeds by makd.stats, not listed run by run here
+    # a grid (07_ablations) is summarised over seeds by makd.experiments.stats, not listed run by run here
     grids = [g.parent for g in root.rglob("grid_run.json") if g.parent != root]
     for path in sorted(root.rglob("metrics.json")):
         if any(g in path.parents for g in grids):
@@ -140,7 +140,7 @@ def decoder_markdown(df: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m makd.results", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m makd results", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", default="results", help="folder searched for metrics.json (default results)")
     p.add_argument("--csv", help="also write the rows as CSV here")
     args = p.parse_args(argv)

@@ -6,41 +6,17 @@ wall time.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import platform
 import subprocess
 import time
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT
+from makd.assets.paths import REPO_ROOT
 
 LIBRARIES = ("makd", "torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors",
              "numpy", "scikit-learn", "rouge-score")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_folder(path: str | os.PathLike, pattern: str = "*.safetensors") -> str:
-    """One hash over the weight files of a checkpoint folder (sorted by name)."""
-    h = hashlib.sha256()
-    files = sorted(Path(path).glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"no {pattern} files in {path}")
-    for f in files:
-        h.update(f.name.encode())
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
 
 
 def git_commit() -> dict[str, Any]:
@@ -90,30 +66,3 @@ def make_record(config: dict[str, Any], *, seed: int, data_files: dict[str, str]
         record["wall_time_s"] = round(time.time() - started, 2)
     record.update(extra)
     return record
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        try:
-            return _clean(value.item())
-        except (ValueError, RuntimeError):
-            return str(value)
-    return value
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (non-finite floats become null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path

@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding
 
-from . import factorize as fz
-from .losses import NonFiniteLossError
-from .objective import PRESETS, MaKDObjective, check_compatible
-from .io import save_student
-from .runrecord import make_record, write_json
-from .teacher import check_teacher, finetune_teacher, metrics_fn, training_args
-from .trainer import DistillTrainer, loss_history
+from makd.core import factorize as fz
+from makd.core.losses import NonFiniteLossError
+from makd.core.objective import PRESETS, MaKDObjective, check_compatible
+from makd.core.checkpoint import save_student
+from makd.assets.files import write_json
+from makd.experiments.runrecord import make_record
+from makd.tasks.teacher import check_teacher, finetune_teacher, metrics_fn, training_args
+from makd.core.trainer import DistillTrainer, loss_history
 
 log = logging.getLogger("makd.distill")
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--retrain-teacher", action="store_true", help="ignore the cached teacher")
     p.add_argument("--no-save-student", dest="save_student", action="store_false",
                    help="do not save the trained student to OUT/student (saved by default; load with "
-                   "makd.io.load_student)")
+                   "makd.core.checkpoint.load_student)")
     p.add_argument("--out", default=None, help="run folder (default runs/distill/TASK-OBJECTIVE-rRATIO-sSEED)")
     return p
 
@@ -137,10 +138,10 @@ def default_out(args, size: dict[str, Any]) -> Path:
 
 def dense_student(spec: str, teacher, tokenizer, num_labels: int):
     """A dense student: ``layers:K`` copies K evenly spaced teacher layers (DistilBERT-style initialisation);
-    anything else is loaded with :func:`makd.models.load_model` (its task head is new) and must share the
+    anything else is loaded with :func:`makd.assets.models.load_model` (its task head is new) and must share the
     teacher's tokenizer."""
-    from .families import copy_layers, evenly_spaced, get_layers
-    from .models import load_model, vocab_check
+    from makd.core.families import copy_layers, evenly_spaced, get_layers
+    from makd.assets.models import load_model, vocab_check
 
     if spec.startswith("layers:"):
         n = len(get_layers(teacher))
@@ -169,7 +170,7 @@ def objective_from(args, n_layers: int) -> MaKDObjective:
 
 def preflight(args, size: dict[str, Any], task) -> None:
     """Check the student size and the objective against the (not yet fine-tuned) teacher before any long work."""
-    from .models import load_model
+    from makd.assets.models import load_model
 
     model, tok = load_model(args.teacher, head="cls", num_labels=1 if task.is_regression else task.num_labels)
     n_layers = model.config.num_hidden_layers
@@ -188,7 +189,7 @@ def preflight(args, size: dict[str, Any], task) -> None:
                              f"{args.objective!r} compares layers 1:1; use --objective model-only (logit KD) "
                              "or finetune")
     else:                                                   # a pretrained dense student: same tokenizer?
-        from .models import vocab_check
+        from makd.assets.models import vocab_check
         student, student_tok = load_model(args.student, head="cls", num_labels=model.config.num_labels)
         try:
             vocab_check(tok, student_tok, model, student)
@@ -203,8 +204,8 @@ def preflight(args, size: dict[str, Any], task) -> None:
 
 def run(args, callbacks: list | None = None) -> dict[str, Any]:
     """Run one distillation described by ``args`` (the parsed command line); ``callbacks``: extra Trainer
-    callbacks (e.g. :class:`makd.trainer.StopAtStep` to simulate an interruption)."""
-    from .data import load_task, tokenize_task
+    callbacks (e.g. :class:`makd.core.trainer.StopAtStep` to simulate an interruption)."""
+    from makd.tasks.data import load_task, tokenize_task
 
     started = time.time()
     size = student_size(args)

@@ -1,4 +1,4 @@
-"""Statistics over training seeds for grids written by :mod:`makd.grid`: tables, paired tests, bootstrap.
+"""Statistics over training seeds for grids written by :mod:`makd.experiments.grid`: tables, paired tests, bootstrap.
 
 ``collect(root)`` reads ``root/<task>/<cell>/s<seed>/{metrics,cell}.json`` into one row per run;
 ``summarize`` gives mean ± std per (task, cell); ``paired`` compares two cells on the seeds both ran;
@@ -67,7 +67,7 @@ def collect(root: str | Path) -> pd.DataFrame:
 
 def _plain_label(d: dict[str, Any], cfg: dict[str, Any]) -> str:
     """A readable name for a run not made by the grid, from its objective and student."""
-    from .results import ROW_NAMES
+    from makd.experiments.results import ROW_NAMES
 
     name = ROW_NAMES.get(d.get("objective"), f"SVD student + {d.get('objective')}")
     student = cfg.get("student", "svd")
@@ -124,7 +124,7 @@ def setting_of(config: dict[str, Any] | None) -> str:
 def mean_pm_std(mean: float, std: float, scale: float | None = None, digits: int = 1) -> str:
     """'81.2 ± 0.4' (scaled by ``scale``; default ×100 for fractions |mean| ≤ 1, ×1 for scores already on
     0–100 such as SQuAD F1; '± –' when the std is undefined, n = 1)."""
-    from .published import points_scale
+    from makd.experiments.published import points_scale
 
     scale = points_scale(mean) if scale is None else scale
     sd = "–" if std is None or np.isnan(std) else f"{scale * std:.{digits}f}"
@@ -546,7 +546,7 @@ def readme_block(text: str, markers: tuple[str, str] = README_MARKERS) -> str:
 
 def points_of(x: float) -> float:
     """A fraction on 0–1 as points (×100); a score already on 0–100 unchanged (as :func:`mean_pm_std`)."""
-    from .published import points_scale
+    from makd.experiments.published import points_scale
 
     return points_scale(x) * x
 

@@ -1,6 +1,6 @@
 """Decoder distillation: SFT, KD, SeqKD and MaKD for causal LMs, evaluated by Rouge-L.
 
-Every method runs through the same :class:`makd.trainer.DistillTrainer` and :class:`makd.objective.MaKDObjective`
+Every method runs through the same :class:`makd.core.trainer.DistillTrainer` and :class:`makd.core.objective.MaKDObjective`
 (``causal_lm=True``; loss only on response tokens, labels −100 on the prompt):
 
 * ``sft``   — the student fine-tuned on the gold responses, no teacher (preset ``finetune``);
@@ -12,7 +12,7 @@ Every method runs through the same :class:`makd.trainer.DistillTrainer` and :cla
 Students: the factorised teacher at a stated layer ratio / budget (``svd``) or a dense copy of K teacher
 layers (``layers:K``, DistilBERT-style). One prompt template per run (the tokenizer's chat template when it
 has one, else MiniLLM's Alpaca-style template) is recorded in every result, with the frozen generation
-settings (:mod:`makd.generate`). ``python -m makd decoder --help``.
+settings (:mod:`makd.tasks.generate`). ``python -m makd decoder --help``.
 """
 from __future__ import annotations
 
@@ -31,13 +31,14 @@ from typing import Any
 import datasets
 import torch
 
-from . import factorize as fz
-from .families import copy_layers, evenly_spaced, num_layers
-from .generate import GenerationSettings, evaluate_rouge, generate
-from .models import load_model, vocab_check
-from .objective import MaKDObjective
-from .paths import cache_dir
-from .runrecord import make_record, write_json
+from makd.core import factorize as fz
+from makd.core.families import copy_layers, evenly_spaced, num_layers
+from makd.tasks.generate import GenerationSettings, evaluate_rouge, generate
+from makd.assets.models import load_model, vocab_check
+from makd.core.objective import MaKDObjective
+from makd.assets.paths import cache_dir
+from makd.assets.files import write_json
+from makd.experiments.runrecord import make_record
 
 log = logging.getLogger("makd.decoder")
 METHODS = ("sft", "kd", "seqkd", "makd")
@@ -182,8 +183,8 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
                   quiet: bool = False, mse: str = DEFAULT_MSE) -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}."""
-    from .teacher import training_args
-    from .trainer import DistillTrainer, loss_history
+    from makd.tasks.teacher import training_args
+    from makd.core.trainer import DistillTrainer, loss_history
 
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
@@ -260,7 +261,7 @@ def settings_from(args) -> GenerationSettings:
 
 
 def run(args) -> dict[str, Any]:
-    from .data import load_instructions
+    from makd.tasks.data import load_instructions
 
     started = time.time()
     settings = settings_from(args)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import ast
 import io
-import os
-import re
 import tokenize
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +54,6 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 REQUIRED = ("seed", "device", "run_dir")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
@@ -174,17 +171,6 @@ def profile_overrides(profile: str, stem: str, declared: dict[str, Param],
         for name, value in table.get(key, {}).items():
             out[name] = (value, f"profile {profile} ({key})")
     return out
-
-
-def expand_env(value: Any, name: str) -> Any:
-    """Replace ``${VAR}`` in string values; an unset variable is a ValueError saying what to do."""
-    if not isinstance(value, str):
-        return value
-    for var in _ENV.findall(value):
-        if var not in os.environ:
-            raise ValueError(f"parameter {name!r} = {value!r} needs the environment variable ${var}: "
-                             f"set it (e.g. export {var}=/path/to/folder) or pass -p {name} VALUE")
-    return _ENV.sub(lambda m: os.environ[m.group(1)], value)
 
 
 def validate(stem: str, declared: dict[str, Param], values: dict[str, tuple[Any, str]]) -> dict[str, Any]:

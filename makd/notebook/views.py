@@ -1,6 +1,6 @@
 """Per-layer tables for the teaching notebooks: spectra, truncation bounds and teacher-vs-student errors.
 
-Pure helpers on what :mod:`makd.factorize` and :mod:`makd.capture` produce (notebooks ``01``–``06``):
+Pure helpers on what :mod:`makd.core.factorize` and :mod:`makd.core.capture` produce (notebooks ``01``–``06``):
 
 * :func:`spectra`, :func:`eckart_young_error` — singular values of every MHA/FFN matrix, and the best
   possible relative error of a rank-r truncation, ‖W − W_r‖_F / ‖W‖_F = sqrt(Σ_{i>r} σ_i² / Σ_i σ_i²);
@@ -12,9 +12,9 @@ Pure helpers on what :mod:`makd.factorize` and :mod:`makd.capture` produce (note
 * :func:`history_frame` — the trainer's ``loss_<term>`` log entries as a step × term table;
 * :func:`task_teacher`, :func:`eval_batch`, :func:`distill_steps` — the shared set-up of the encoder
   notebooks: a task-tuned cached teacher, a fixed held-out batch, and a few steps of
-  :class:`makd.trainer.DistillTrainer` (no training loop of its own).
+  :class:`makd.core.trainer.DistillTrainer` (no training loop of its own).
 
-Every number is computed by :mod:`makd.losses`; these functions only slice and tabulate.
+Every number is computed by :mod:`makd.core.losses`; these functions only slice and tabulate.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from . import families, losses
-from .capture import Captured
-from .factorize import count_parameters, dense_weight
+from makd.core import families
+from makd.core import losses
+from makd.core.capture import Captured
+from makd.core.factorize import count_parameters, dense_weight
 
 
 # ------------------------------------------------------------------------------------------ spectra
@@ -87,7 +88,7 @@ def module_output_errors(teacher: Captured, student: Captured, mask=None, teache
     teacher forced: y_s = student matrix(x_t)  vs  y_t                         (this matrix's error only)
     ``teacher`` must be captured with ``CaptureSpec(inputs=True)`` for teacher forcing, ``student`` with it
     too (its ``apply`` functions). Outputs (B, T, D_role), mask (B, T). Columns: layer, role, group
-    (MHA/FFN), mse (= :func:`makd.losses.masked_mse`), rel_error.
+    (MHA/FFN), mse (= :func:`makd.core.losses.masked_mse`), rel_error.
     """
     rows = []
     with torch.no_grad():
@@ -105,7 +106,7 @@ def module_output_errors(teacher: Captured, student: Captured, mask=None, teache
 
 
 def attention_kl_table(teacher: Captured, student: Captured, mask=None) -> pd.DataFrame:
-    """(layer × head) table of KL(teacher ‖ student) attention probabilities (:func:`makd.losses.attention_kl`
+    """(layer × head) table of KL(teacher ‖ student) attention probabilities (:func:`makd.core.losses.attention_kl`
     on one head at a time). The row mean equals the layer's L_attn (heads averaged). Probabilities (B, H, T, T)."""
     table = {}
     with torch.no_grad():
@@ -120,7 +121,7 @@ def attention_kl_table(teacher: Captured, student: Captured, mask=None) -> pd.Da
 
 def hidden_mse_table(teacher: Captured, student: Captured, mask=None) -> pd.DataFrame:
     """Per hidden-state index (0 = embedding output, i + 1 = output of layer i): MSE
-    (:func:`makd.losses.hidden_mse`) and relative error ‖h_s − h_t‖ / ‖h_t‖ over valid tokens."""
+    (:func:`makd.core.losses.hidden_mse`) and relative error ‖h_s − h_t‖ / ‖h_t‖ over valid tokens."""
     rows = []
     with torch.no_grad():
         for i, h_t in sorted(teacher.hidden.items()):
@@ -140,7 +141,7 @@ def softened(logits: Tensor, temperatures) -> pd.DataFrame:
 
 def kd_gradient_norms(student_logits: Tensor, teacher_logits: Tensor, temperatures) -> pd.DataFrame:
     """Per temperature t: KL_t = KL(softmax(z_t/t) ‖ softmax(z_s/t)), the gradient norm ‖∂KL_t/∂z_s‖ and
-    ‖∂(t²·KL_t)/∂z_s‖ (= :func:`makd.losses.logit_kd`). The raw gradient shrinks like 1/t² for large t;
+    ‖∂(t²·KL_t)/∂z_s‖ (= :func:`makd.core.losses.logit_kd`). The raw gradient shrinks like 1/t² for large t;
     the t² factor keeps the soft-target term on the scale of the hard-label loss (Hinton et al., 2015).
     Logits (B, C)."""
     rows = []
@@ -155,7 +156,7 @@ def kd_gradient_norms(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
 
 def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    """The trainer's log entries (``makd.trainer.loss_history``) as a table indexed by step, one column per
+    """The trainer's log entries (``makd.core.trainer.loss_history``) as a table indexed by step, one column per
     ``loss_<term>`` (prefix removed) plus ``loss`` (the weighted total)."""
     rows = [{"step": e["step"], "loss": e["loss"],
              **{k.removeprefix("loss_"): v for k, v in e.items() if k.startswith("loss_")}}
@@ -170,12 +171,12 @@ def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
 def task_teacher(teacher: str, task: str, *, data_dir: str | None = None, seed: int = 0, epochs: float = 1.0,
                  max_train: int | None = None, max_dev: int | None = None, max_length: int = 64,
                  lr: float = 5e-5):
-    """(teacher result, task data): ``task`` loaded with :func:`makd.data.load_task` and the teacher fine-tuned
-    on it by :func:`makd.teacher.finetune_teacher` (cached by teacher, task, seed and these settings, the
+    """(teacher result, task data): ``task`` loaded with :func:`makd.tasks.data.load_task` and the teacher fine-tuned
+    on it by :func:`makd.tasks.teacher.finetune_teacher` (cached by teacher, task, seed and these settings, the
     same cache ``python -m makd distill`` uses with ``--teacher-epochs/--teacher-lr/--teacher-max-train/
     --max-length``)."""
-    from .data import load_task
-    from .teacher import finetune_teacher
+    from makd.tasks.data import load_task
+    from makd.tasks.teacher import finetune_teacher
 
     data = load_task(task, data_dir=data_dir, max_dev=max_dev, seed=seed)
     result = finetune_teacher(teacher, data, seed=seed, disable_tqdm=True,
@@ -187,8 +188,8 @@ def task_teacher(teacher: str, task: str, *, data_dir: str | None = None, seed: 
 class Bench:
     """What the aspect notebooks (02-05) work on: the fine-tuned teacher, its task, a held-out batch and the
     untrained SVD student."""
-    tuned: Any                      # makd.teacher result (.model, .tokenizer, .metrics)
-    data: Any                       # makd.data task
+    tuned: Any                      # makd.tasks.teacher result (.model, .tokenizer, .metrics)
+    data: Any                       # makd.tasks.data task
     model: nn.Module                # the teacher, on the device
     tokenizer: Any
     batch: dict[str, Tensor]        # eval_batch(...) on the device: input_ids, attention_mask, labels (B, T)
@@ -204,7 +205,7 @@ def bench(teacher: str, task: str, *, layer_ratio: float, device: str = "cpu", e
           max_length: int = 64, data_dir: str | None = None, seed: int = 0, epochs: float = 1.0,
           max_train: int | None = None) -> Bench:
     """:func:`task_teacher` + :func:`eval_batch` + the SVD student at ``layer_ratio``, all on ``device``."""
-    from .factorize import factorize
+    from makd.core.factorize import factorize
 
     tuned, data = task_teacher(teacher, task, data_dir=data_dir, seed=seed, epochs=epochs, max_train=max_train,
                                max_length=max_length)
@@ -217,7 +218,7 @@ def eval_batch(task, tokenizer, n: int = 32, max_length: int = 64) -> dict[str, 
     """The first ``n`` dev examples of ``task`` as one padded batch (input_ids, attention_mask, labels...)."""
     from transformers import DataCollatorWithPadding
 
-    from .data import tokenize_task
+    from makd.tasks.data import tokenize_task
 
     _, dev = tokenize_task(task, tokenizer, max_length=max_length)
     rows = [dev[i] for i in range(min(n, len(dev)))]                            # list of dicts
@@ -227,14 +228,14 @@ def eval_batch(task, tokenizer, n: int = 32, max_length: int = 64) -> dict[str, 
 def distill_steps(student: nn.Module, teacher: nn.Module, objective: nn.Module, train, tokenizer, out_dir,
                   *, max_steps: int, lr: float = 1e-4, batch_size: int = 16, seed: int = 0,
                   logging_steps: int | None = None) -> list[dict[str, float]]:
-    """Train ``student`` in place for ``max_steps`` steps of :class:`makd.trainer.DistillTrainer` with
-    ``objective``; return its loss history (:func:`makd.trainer.loss_history`: one entry per logging window
+    """Train ``student`` in place for ``max_steps`` steps of :class:`makd.core.trainer.DistillTrainer` with
+    ``objective``; return its loss history (:func:`makd.core.trainer.loss_history`: one entry per logging window
     with ``loss`` and every ``loss_<term>``). ``train``: a tokenized dataset with ``labels``."""
     from transformers import DataCollatorWithPadding
     from transformers.trainer_callback import PrinterCallback
 
-    from .teacher import training_args
-    from .trainer import DistillTrainer, loss_history
+    from makd.tasks.teacher import training_args
+    from makd.core.trainer import DistillTrainer, loss_history
 
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -251,9 +252,9 @@ def distill_steps(student: nn.Module, teacher: nn.Module, objective: nn.Module, 
 
 
 def local_glue_tasks(data_dir: str | os.PathLike) -> list[str]:
-    """GLUE tasks (in :data:`makd.data.GLUE_TASKS` order) whose train AND dev files are in ``data_dir``
+    """GLUE tasks (in :data:`makd.tasks.data.GLUE_TASKS` order) whose train AND dev files are in ``data_dir``
     (``<data_dir>/glue/<Folder>/`` or ``<data_dir>/<Folder>/``): what can be distilled and evaluated offline."""
-    from .data import GLUE_SPECS, GLUE_TASKS
+    from makd.tasks.data import GLUE_SPECS, GLUE_TASKS
 
     root = Path(data_dir).expanduser()
     if not root.is_dir():

@@ -15,7 +15,7 @@ hub id (``bert-base-uncased``)    loaded with ``from_pretrained`` (needs the Hug
 ================================  ==================================================================
 
 Embedded models are built once into ``cache_dir()/models/<name>/`` from the assets of
-:mod:`makd.assets` (see ``data/README.md``); later loads read that folder.
+:mod:`makd.assets.fetch` (see ``data/README.md``); later loads read that folder.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from . import assets
-from .paths import cache_dir, hub_reachable
+from makd.assets import fetch as assets
+from makd.assets.paths import cache_dir, hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _offline_names() -> str:
 # ------------------------------------------------------------------------------------------- builders
 def _build_minilm_l3(out: Path) -> dict:
     from transformers import AutoTokenizer
-    from . import onnx_bert
+    from makd.assets import onnx_bert
     onnx_path = assets.fetch("minilm-l3-onnx")
     teacher = assets.fetch("minilm-l6")
     bert = onnx_bert.to_bert_model(onnx_path)

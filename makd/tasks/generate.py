@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .metrics import rouge_l
+from makd.tasks.metrics import rouge_l
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ A grid is a YAML/JSON file (see ``grids/``)::
       - {name: no-matrix, group: ablation, options: {weights: {mha: 0, ffn: 0}}}
       - {name: svd-at-l3, group: baseline, options: {objective: model-only, budget: {budget_of: "layers:3"}}}
 
-Every cell × seed × task runs :func:`makd.pipeline.distill` into ``OUT/<task>/<cell>/s<seed>/`` with
+Every cell × seed × task runs :func:`makd.experiments.distill.distill` into ``OUT/<task>/<cell>/s<seed>/`` with
 options = shared ∪ task_options[task] ∪ cell.options (later wins; a cell's size key — ``layer_ratio``,
 ``budget``, ``rank`` — replaces the shared one; a dense ``student`` drops them). ``{budget_of: SPEC}``
 is the exact total parameter count of the dense student SPEC (``layers:K`` or a model name such as
@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .runrecord import write_json
+from makd.assets.files import write_json
 
-log = logging.getLogger("makd.grid")
+log = logging.getLogger("makd.experiments.grid")
 
 SIZE_KEYS = ("layer_ratio", "budget", "rank")
 # options that change where/how a run is reported, never its result: left out of the config hash
@@ -75,7 +75,7 @@ def load_grid(path: str | Path) -> dict[str, Any]:
 
 def validate_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, Any]:
     """Check the grid's structure and option names (against the pipeline's) before any run starts."""
-    from .pipeline import build_parser
+    from makd.experiments.distill import build_parser
 
     if not isinstance(grid, dict):
         raise ValueError(f"{where}: a grid is a mapping with tasks, seeds, shared, cells")
@@ -138,18 +138,18 @@ def cell_options(grid: dict[str, Any], cell: dict[str, Any], task: str, seed: in
 
 def budget_of(student: str, teacher: str = "minilm-l6", num_labels: int = 2) -> int:
     """Exact total parameter count of the dense student ``student`` (``layers:K`` or a model name) with a
-    ``num_labels`` classification head, built as :mod:`makd.pipeline` builds it (the fine-tuned teacher
+    ``num_labels`` classification head, built as :mod:`makd.experiments.distill` builds it (the fine-tuned teacher
     has the same shapes as the pretrained one, so the count does not need the fine-tuning)."""
-    from .factorize import count_parameters
-    from .models import load_model
-    from .pipeline import dense_student
+    from makd.core.factorize import count_parameters
+    from makd.assets.models import load_model
+    from makd.experiments.distill import dense_student
 
     model, tok = load_model(teacher, head="cls", num_labels=num_labels)
     return count_parameters(dense_student(student, model, tok, num_labels))
 
 
 def _num_labels(task: str, data_dir: str | None) -> int:
-    from .data import load_task
+    from makd.tasks.data import load_task
     t = load_task(task, data_dir=data_dir, max_dev=8, seed=0)
     return 1 if t.is_regression else t.num_labels
 
@@ -157,7 +157,7 @@ def _num_labels(task: str, data_dir: str | None) -> int:
 def resolve_options(opts: dict[str, Any], cache: dict | None = None) -> dict[str, Any]:
     """Replace ``budget: {budget_of: SPEC}`` by the dense student's exact count (memoised in ``cache``) and
     ``${VAR}`` in string options by the environment variable (an unset one is an error saying what to set)."""
-    from .profiles import expand_env
+    from makd.assets.paths import expand_env
 
     try:
         opts = coerce_types({k: expand_env(v, k) for k, v in opts.items()})
@@ -179,7 +179,7 @@ def resolve_options(opts: dict[str, Any], cache: dict | None = None) -> dict[str
 def coerce_types(opts: dict[str, Any]) -> dict[str, Any]:
     """Give each option the type the pipeline's parser gives it (``epochs: 1`` in YAML -> 1.0), so a grid
     cell and the same command line produce the same run config (and the same cached-teacher key)."""
-    from .pipeline import build_parser
+    from makd.experiments.distill import build_parser
 
     types = {a.dest: a.type for a in build_parser()._actions if a.type in (float, int)}
     return {k: types[k](v) if k in types and isinstance(v, (int, float)) and not isinstance(v, bool) else v
@@ -235,17 +235,17 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
              run_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or skip / resume) every cell; returns {"runs": [...], "cpu_s", "wall_s", counts}.
 
-    ``run_fn(**options)`` defaults to :func:`makd.pipeline.distill` (tests pass a wrapper to interrupt
+    ``run_fn(**options)`` defaults to :func:`makd.experiments.distill.distill` (tests pass a wrapper to interrupt
     a run). A failing cell is recorded in its ``cell.json`` (status "error") and the grid goes on unless
     ``stop_on_error``. A finished cell's checkpoints (needed only to resume) are deleted unless
     ``keep_checkpoints``. The summary is also merged into ``OUT/grid_run.json``.
     """
     if not isinstance(grid, dict):
         grid = load_grid(grid)
-    from . import stats                        # the teacher-checkpoint check after each finished cell
+    from makd.experiments import stats  # the teacher-checkpoint check after each finished cell
 
     if run_fn is None:
-        from .pipeline import distill as run_fn
+        from makd.experiments.distill import distill as run_fn
     out_dir = Path(out_dir)
     jobs = plan(grid, only=only, seeds=seeds, tasks=tasks, overrides=overrides)
     budgets: dict = {}

@@ -9,7 +9,7 @@ L = Σ_a w_a Σ_{l ∈ assign(a)} L_a(l) + w_pred · L_pred, with aspects (MaKD,
 Baselines reuse the table: ``tinybert`` (MSE on pre-softmax scores + hidden states incl. embeddings),
 ``minilm`` (last-layer attention KL + value-relation KL, aspect ``vr``). The paper's exact assignment and
 weights are NOT public: every preset below, including the default ``hierarchical``, is a RECONSTRUCTED
-choice (see docs/METHOD.md). Losses: :mod:`makd.losses`; captures: :mod:`makd.capture`.
+choice (see docs/METHOD.md). Losses: :mod:`makd.core.losses`; captures: :mod:`makd.core.capture`.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import families, losses
-from .capture import Captured, CaptureSpec
+from makd.core import families
+from makd.core import losses
+from makd.core.capture import Captured, CaptureSpec
 
 ASPECTS = ("mha", "ffn", "attn", "hidn", "pred")   # matrix: mha, ffn; layer: attn, hidn; model: pred
 EXTRA_ASPECTS = ("vr",)                            # MiniLM value relation (baseline)

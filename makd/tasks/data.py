@@ -20,9 +20,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .metrics import GLUE_MAIN
-from .paths import data_dir as _data_dir, hub_reachable
-from .runrecord import sha256_file
+from makd.tasks.metrics import GLUE_MAIN
+from makd.assets.paths import data_dir as _data_dir, hub_reachable
+from makd.assets.files import sha256_file
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli-mm", "qnli", "rte")
 PROXY_TASKS = ("rt-polarity",)
@@ -82,7 +82,7 @@ class TaskData:
     notes: list[str] = field(default_factory=list)
 
     def compute_metrics(self, predictions, labels) -> dict:
-        from .metrics import glue_metrics
+        from makd.tasks.metrics import glue_metrics
         return glue_metrics(self.name, predictions, labels)
 
     def require_train(self) -> datasets.Dataset:
@@ -213,7 +213,7 @@ def read_rt_polarity(path: str | os.PathLike) -> tuple[datasets.Dataset, dataset
 
 def _fetch_asset(name: str) -> Path:
     try:
-        from . import assets
+        from makd.assets import fetch as assets
         return Path(assets.fetch(name))
     except (ImportError, OSError, RuntimeError) as e:
         raise TaskDataUnavailableError(
@@ -308,7 +308,7 @@ class SquadData:
 
     def compute_metrics(self, predictions: dict[str, str], no_answer_probs=None) -> dict:
         """EM/F1 (× 100) of ``predictions`` (id -> text) against ``dev``."""
-        from .metrics import squad_metrics
+        from makd.tasks.metrics import squad_metrics
         refs = {q: a["text"] for q, a in zip(self.dev["id"], self.dev["answers"])}
         return squad_metrics(predictions, refs, version_2=self.version_2, no_answer_probs=no_answer_probs)
 

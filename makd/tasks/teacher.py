@@ -22,9 +22,9 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
 
-from .models import load_model, resolve
-from .paths import cache_dir
-from .runrecord import sha256_folder, write_json
+from makd.assets.models import load_model, resolve
+from makd.assets.paths import cache_dir
+from makd.assets.files import sha256_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def training_args(out: Path, *, seed: int, epochs: float, lr: float, batch_size:
 def finetune_teacher(teacher: str, task, *, seed: int = 0, settings: dict[str, Any] | None = None,
                      force_retrain: bool = False, report_to: str = "none",
                      disable_tqdm: bool | None = None) -> TeacherResult:
-    """Fine-tune ``teacher`` on ``task`` (a :class:`makd.data.TaskData`) or reuse the cached result."""
-    from .data import tokenize_task
+    """Fine-tune ``teacher`` on ``task`` (a :class:`makd.tasks.data.TaskData`) or reuse the cached result."""
+    from makd.tasks.data import tokenize_task
 
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     key = cache_key(teacher, task, settings, seed)

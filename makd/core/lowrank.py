@@ -4,7 +4,7 @@ For a weight ``W`` (d_out, d_in) with SVD ``W = U Σ Vᵀ`` the rank-r factors a
 
     A = U_r Σ_r^½   (d_out, r)      B = Σ_r^½ V_rᵀ   (r, d_in)      y = (x Bᵀ) Aᵀ + b
 
-computed in float64 and cast back. Which matrices to factorise and at which ranks: :mod:`makd.factorize`.
+computed in float64 and cast back. Which matrices to factorise and at which ranks: :mod:`makd.core.factorize`.
 """
 from __future__ import annotations
 

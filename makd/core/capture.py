@@ -1,6 +1,6 @@
 """Capture what distillation compares, from ONE forward pass of a teacher or a student.
 
-Forward hooks sit on the weight matrices named by :func:`makd.families.matrix_modules` (by module *name*,
+Forward hooks sit on the weight matrices named by :func:`makd.core.families.matrix_modules` (by module *name*,
 so a dense teacher and its ``LowRankLinear`` student line up 1:1), and only on the layers/roles a
 :class:`CaptureSpec` asks for. What comes back (:class:`Captured`):
 
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from . import families
+from makd.core import families
 
 LABEL_KEYS = ("labels", "label", "start_positions", "end_positions")
 ROLES = families.MHA_ROLES + families.FFN_ROLES

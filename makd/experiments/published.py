@@ -5,7 +5,7 @@ paper's own numbers come from a benchmark aggregator, not from the PDF (the full
 Scores are on a 0–100 scale as published. ``split`` says which split the number is on (GLUE *test*
 numbers of TinyBERT are not comparable with dev numbers; they are labelled).
 
-``paper_vs_ours(ours)`` puts our recorded runs (``makd.stats.collect`` rows) beside these rows: every row
+``paper_vs_ours(ours)`` puts our recorded runs (``makd.experiments.stats.collect`` rows) beside these rows: every row
 states model, parameter budget, data and profile; proxy tasks are labelled as proxies.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def profile_of(row: dict[str, Any]) -> str:
 
 def paper_vs_ours(ours: pd.DataFrame) -> pd.DataFrame:
     """One table: for each task we ran, our rows (mean ± std over seeds, ×100) beside the published rows
-    for the task it stands for. ``ours`` is a :func:`makd.stats.summarize`-like frame with columns task,
+    for the task it stands for. ``ours`` is a :func:`makd.experiments.stats.summarize`-like frame with columns task,
     label, mean, std, n, student_params, metric, and optionally teacher, source, setting."""
     pub = published_table()
     rows = []

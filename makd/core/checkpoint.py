@@ -1,4 +1,4 @@
-"""Save and load low-rank students (made by :func:`makd.factorize.factorize`) without the teacher.
+"""Save and load low-rank students (made by :func:`makd.core.factorize.factorize`) without the teacher.
 
 A student folder holds:
 
@@ -23,8 +23,8 @@ import torch
 import transformers
 from torch import nn
 
-from . import __version__
-from .factorize import EMBED, LowRankEmbedding, LowRankLinear, _replace
+from makd import __version__
+from makd.core.factorize import EMBED, LowRankEmbedding, LowRankLinear, _replace
 
 META = "makd_factorization.json"
 WEIGHTS = "model.safetensors"
@@ -35,7 +35,7 @@ def save_student(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> P
     info = getattr(model, "makd_factorization", None)
     if info is None:
         raise ValueError("this model has no makd_factorization attribute: build it with "
-                         "makd.factorize.factorize(...) (or save a dense model with save_pretrained)")
+                         "makd.core.factorize.factorize(...) (or save a dense model with save_pretrained)")
     if not hasattr(model, "config"):
         raise ValueError(f"{type(model).__name__} has no transformers config to save")
     path = Path(path)
@@ -57,7 +57,7 @@ def read_factorization(path: str | os.PathLike) -> dict:
     missing = [f for f in ("config.json", WEIGHTS, META) if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a saved makd student (missing {', '.join(missing)}); "
-                                "create one with makd.io.save_student or `python -m makd factorize --out DIR`")
+                                "create one with makd.core.checkpoint.save_student or `python -m makd factorize --out DIR`")
     return json.loads((path / META).read_text())
 
 

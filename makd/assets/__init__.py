@@ -1,0 +1,1 @@
+"""Assets: paths, checksums, fetching the embedded models/data, model loading, ONNX conversion."""

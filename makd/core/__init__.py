@@ -1,0 +1,1 @@
+"""The method core: low-rank modules, factorisation, capture, losses, objective, trainer, checkpoints."""

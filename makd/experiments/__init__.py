@@ -1,0 +1,1 @@
+"""Experiments: distillation runs, grids, statistics, reports, published numbers, run records."""

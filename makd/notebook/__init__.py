@@ -1,0 +1,1 @@
+"""Notebook support: the papermill runner, profiles, notebook helpers, plotting, per-notebook views."""

@@ -1,0 +1,1 @@
+"""Tasks: GLUE, SQuAD, instruction data, metrics, generation, teacher fine-tuning."""
