@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
+import torch
 
+from conftest import VOCAB, tiny_model
 from makd import cli
+from makd.experiments import factorize as fcmd
 
 
 def test_usage_lists_every_command_and_unknown_commands_fail(capsys):
@@ -24,3 +28,28 @@ def test_each_command_has_a_help(name, capsys):
         cli.main([name, "--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------- CLI
+class _FakeTokenizer:
+    def __call__(self, texts, **kw):
+        ids = torch.randint(1, VOCAB, (len(texts), 12), generator=torch.Generator().manual_seed(0))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def save_pretrained(self, path):
+        pass
+
+
+def test_cli(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(fcmd, "load_model", lambda name, head="base": (tiny_model("bert", head=head), _FakeTokenizer()))
+    assert fcmd.main(["--layer-ratio", "0.5", "--weighting", "activation", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ffn_out" in out and "student_params" in out
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert abs(data["totals"]["layer_ratio"] - 0.5) < 0.005 and len(data["matrices"]) == 12
+    assert (tmp_path / "report.csv").is_file() and (tmp_path / "makd_factorization.json").is_file()
+    with pytest.raises(SystemExit, match="smallest reachable budget"):
+        fcmd.main(["--budget", "100"])
+    with pytest.raises(SystemExit):
+        fcmd.main(["--rank", "4", "--budget", "0.5"])
+    assert fcmd._number("1") == 1 and fcmd._number("1.0") == 1.0 and fcmd._number("1.5e7") == 15_000_000

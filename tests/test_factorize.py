@@ -1,7 +1,6 @@
 """The truncated-SVD student: equivalence at full rank, Eckart–Young, rank solving, errors, CLI."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -12,7 +11,6 @@ from transformers.pytorch_utils import Conv1D
 
 from conftest import VOCAB, tiny_batch, tiny_model
 from makd.core import factorize as fz
-from makd.experiments import factorize as fcmd
 from makd.core.families import UnsupportedModelError, attention_geometry
 
 
@@ -260,31 +258,6 @@ def test_custom_module_map():
     ids = torch.randint(1, VOCAB, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(student(ids).last_hidden_state, opt(ids).last_hidden_state, atol=1e-5, rtol=1e-5)
-
-
-# --------------------------------------------------------------------------------------- CLI
-class _FakeTokenizer:
-    def __call__(self, texts, **kw):
-        ids = torch.randint(1, VOCAB, (len(texts), 12), generator=torch.Generator().manual_seed(0))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    def save_pretrained(self, path):
-        pass
-
-
-def test_cli(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(fcmd, "load_model", lambda name, head="base": (tiny_model("bert", head=head), _FakeTokenizer()))
-    assert fcmd.main(["--layer-ratio", "0.5", "--weighting", "activation", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "ffn_out" in out and "student_params" in out
-    data = json.loads((tmp_path / "report.json").read_text())
-    assert abs(data["totals"]["layer_ratio"] - 0.5) < 0.005 and len(data["matrices"]) == 12
-    assert (tmp_path / "report.csv").is_file() and (tmp_path / "makd_factorization.json").is_file()
-    with pytest.raises(SystemExit, match="smallest reachable budget"):
-        fcmd.main(["--budget", "100"])
-    with pytest.raises(SystemExit):
-        fcmd.main(["--rank", "4", "--budget", "0.5"])
-    assert fcmd._number("1") == 1 and fcmd._number("1.0") == 1.0 and fcmd._number("1.5e7") == 15_000_000
 
 
 # ------------------------------------------------------------------------------- real teacher
