@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from makd.core import factorize as fz  # noqa: E402
 from makd.experiments import decoder as lm  # noqa: E402
-from makd.tasks.data import load_instructions  # noqa: E402
+from makd.tasks.instructions import load_instructions  # noqa: E402
 from makd.assets.models import load_model  # noqa: E402
 
 

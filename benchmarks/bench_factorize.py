@@ -39,8 +39,8 @@ def load_teacher(name: str, quick: bool):
 
         folder = asset_path("minilm-l6")
         if not (folder / "config.json").is_file():
-            raise SystemExit(f"error: the embedded teacher is not in {folder}: run `python -m makd fetch-assets "
-                             "minilm-l6` first, or use --quick")
+            raise FileNotFoundError(f"the embedded teacher is not in {folder}: run `python -m makd fetch-assets "
+                                    "minilm-l6` first, or use --quick")
         return tf.AutoModel.from_pretrained(folder, dtype=torch.float32).eval(), str(folder)
     model, _ = load_model(name, head="base")
     return model.eval(), name
@@ -93,8 +93,9 @@ def main(argv=None) -> int:
         student = fz.factorize(teacher, layer_ratio=ratio)
         took = time.perf_counter() - t0
         models[f"student@{ratio}"] = student
-        rows.append({"model": f"student@{ratio}", "layer_ratio": ratio,
-                     "params": fz.report_totals(student, teacher)["student_params"], "factorize_s": took})
+        totals = fz.report_totals(student, teacher)
+        rows.append({"model": f"student@{ratio}", "layer_ratio": ratio, "achieved_layer_ratio": totals["layer_ratio"],
+                     "params": totals["student_params"], "factorize_s": took})
         print(f"student layer_ratio={ratio}: {rows[-1]['params']:,} params, factorised in {took:.2f}s", flush=True)
     speed = throughput(models, args.batch, args.seq, args.runs, vocab)
     for row in rows:

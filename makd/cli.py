@@ -8,12 +8,15 @@ Commands (each has its own ``--help``):
   grid           baselines and ablations declared as data, over seeds (skips finished cells)
   stats          a grid's results as markdown: cells × tasks, MaKD vs best baseline, ablations, verdicts
   decoder        causal-LM distillation (SFT / KD / SeqKD / MaKD) and Rouge-L
-  reproduce      run the notebooks headless with a profile (same as `python -m makd reproduce`)
+  results        the README's result tables, regenerated from the committed metrics.json files
+  reproduce      run the notebooks headless with a profile (the batch entry point)
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from makd.experiments.options import parse_config   # standard library only
 
 COMMANDS = {
     "factorize": ("makd.experiments.factorize", "build a low-rank student and print the factorisation report"),
@@ -21,10 +24,17 @@ COMMANDS = {
     "distill": ("makd.experiments.distill", "teacher fine-tuning, factorisation, distillation and evaluation"),
     "squad": ("makd.experiments.squad", "extractive QA (SQuAD v1.1/v2.0): teacher fine-tuning, distillation, EM/F1"),
     "grid": ("makd.experiments.grid", "run a declared grid of baselines/ablations over seeds (skips finished cells)"),
-    "stats": ("makd.experiments.stats", "report a grid's results folder: mean ± std, paired tests, verdicts (markdown)"),
+    "stats": ("makd.experiments.report", "report a grid's results folder: mean ± std, paired tests, verdicts (markdown)"),
     "decoder": ("makd.experiments.decoder", "decoder distillation (SFT / KD / SeqKD / MaKD) and Rouge-L evaluation"),
     "results": ("makd.experiments.results", "the result tables from the metrics.json files under a folder"),
     "reproduce": ("makd.notebook.runner", "execute the notebooks headless with a profile"),
+}
+# commands whose options are a typed configuration: parsed and checked by these light modules (standard library
+# only) BEFORE the heavy command module (torch, transformers) is imported, so a wrong option fails in a blink
+CONFIGS = {
+    "distill": ("makd.experiments.config", "DistillConfig"),
+    "squad": ("makd.experiments.squad_config", "SquadConfig"),
+    "decoder": ("makd.experiments.decoder_config", "DecoderConfig"),
 }
 
 
@@ -43,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"makd: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if name in CONFIGS:
+        light, cls = CONFIGS[name]
+        config = parse_config(getattr(importlib.import_module(light), cls), rest)   # argparse error: exit 2
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest, config=config) or 0)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -39,16 +39,11 @@ d_model: int = 384  # hidden size for the storage table (MiniLM-L6: 384, BERT-ba
 d_ffn: int = 1536  # FFN size for the storage table (MiniLM-L6: 1536, BERT-base: 3072)
 
 # %%
-import ast
-import pkgutil
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-import makd
-from makd.notebook.helpers import NOTEBOOKS_DIR, read_notebook, show, start, title, write_metrics
+from makd.notebook.helpers import NOTEBOOKS_DIR, package_map, read_notebook, show, start, title, write_metrics
 from makd.notebook.plotting import savefig
 
 if hierarchy not in ("matrix_shallow", "matrix_deep", "all"):
@@ -161,17 +156,25 @@ notebook_map = pd.DataFrame(
 ).set_index("notebook")
 show(notebook_map)
 
+# %% [markdown]
+# `makd/` is laid out by role, in layers (lowest first); a module imports only from its own layer or a lower
+# one, so the method never depends on notebooks or command lines (`tests/test_architecture.py` checks it):
+#
+# - **core** — the method: low-rank modules, factorisation, capture, the losses, the objective, the trainer,
+#   checkpoints; it imports nothing else of the package;
+# - **assets** — where models and data come from (cache, pinned downloads, model loading);
+# - **tasks** — data, metrics and the fine-tuned teacher per task (GLUE, SQuAD, instruction data);
+# - **experiments** — the runs behind `python -m makd distill | squad | decoder | grid | stats | results`;
+# - **notebook** — what these notebooks stand on: the runner, profiles, helpers, plotting, views;
+# - **cli** — `python -m makd COMMAND`, the one command-line module.
+#
+# The table is read from the modules themselves (`makd.notebook.helpers.package_map`: every module, with the
+# first paragraph of its docstring), so it always matches the checkout.
+
 # %%
-def first_doc_line(path) -> str:
-    doc = ast.get_docstring(ast.parse(Path(path).read_text(encoding="utf-8"))) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
-
-
-modules = pd.DataFrame(
-    [{"module": f"makd.{m.name}", "what": first_doc_line(f"{m.module_finder.path}/{m.name}.py")}
-     for m in pkgutil.iter_modules(makd.__path__) if not m.ispkg]
-).set_index("module")
-show(modules)
+modules = package_map()  # columns: layer, module, what; rows by layer, lowest first
+with pd.option_context("display.max_colwidth", 120):
+    show(modules.set_index(["layer", "module"]))
 
 # %%
 metrics = {
@@ -184,6 +187,7 @@ metrics = {
     "break_even_rank_ffn": d_model * d_ffn / (d_model + d_ffn),
     "notebooks_present": len(present),
     "modules": len(modules),
+    "layers": int(modules.layer[modules.layer != "package"].nunique()),
     "figures": [p.name for p in figure_paths],
 }
 write_metrics(run_dir, "00_overview", metrics)

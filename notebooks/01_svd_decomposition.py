@@ -55,7 +55,7 @@ import torch
 from makd.core import factorize as fz
 from makd.notebook import views as ins
 from makd.core.capture import CaptureSpec, capture
-from makd.tasks.data import load_task
+from makd.tasks.glue import load_task
 from makd.assets.models import load_model
 from makd.notebook.helpers import show, start, write_metrics
 from makd.notebook.plotting import savefig
@@ -214,8 +214,8 @@ mask = held_out["attention_mask"]
 hid, mod = [], []
 for kind, st in students.items():
     s_cap = capture(st, held_out, cspec, grad=False)
-    hid.append(ins.hidden_mse_table(t_cap, s_cap, mask).assign(weighting=kind))
-    mod.append(ins.module_output_errors(t_cap, s_cap, mask).assign(weighting=kind))
+    hid.append(ins.hidden_mse_table(s_cap, t_cap, mask).assign(weighting=kind))
+    mod.append(ins.module_output_errors(s_cap, t_cap, mask).assign(weighting=kind))
 hid, mod = pd.concat(hid), pd.concat(mod)
 weight_err = {k: fz.report(st, model)["rel_error"].mean() for k, st in students.items()}
 show(mod.pivot_table(index="role", columns="weighting", values="rel_error"))  # module outputs, mean over layers

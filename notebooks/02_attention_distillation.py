@@ -58,7 +58,7 @@ import pandas as pd
 
 from makd.notebook import views as ins
 from makd.core.capture import CaptureSpec, capture
-from makd.tasks.data import tokenize_task
+from makd.tasks.glue import tokenize_task
 from makd.core.losses import attention_kl
 from makd.notebook.helpers import show, start, write_metrics
 from makd.core.objective import MaKDObjective
@@ -92,8 +92,8 @@ p_t, p_s = t_cap.attentions[show_layer], before_cap.attentions[show_layer]   # (
 valid = mask.bool()
 kl_rows = (p_t * (p_t.clamp_min(1e-12).log() - p_s.clamp_min(1e-12).log())).sum(-1)   # (B, H, T)
 by_hand = kl_rows[valid[:, None, :].expand_as(kl_rows)].mean()
-assert np.isclose(float(by_hand), float(attention_kl(p_t, p_s, mask)), rtol=1e-4, atol=1e-7)
-before = ins.attention_kl_table(t_cap, before_cap, mask)                   # (layer × head)
+assert np.isclose(float(by_hand), float(attention_kl(p_s, p_t, mask)), rtol=1e-4, atol=1e-7)
+before = ins.attention_kl_table(before_cap, t_cap, mask)                   # (layer × head)
 show(before.assign(mean=before.mean(axis=1)))
 
 # %% [markdown]
@@ -114,7 +114,7 @@ show(ins.history_frame(history))
 
 # %%
 after_cap = capture(student.to(device), batch, spec, grad=False)
-after = ins.attention_kl_table(t_cap, after_cap, mask)
+after = ins.attention_kl_table(after_cap, t_cap, mask)
 fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * n_layers + 2), sharey=True)
 vmax = float(max(before.values.max(), after.values.max()))
 for ax, (label, table) in zip(axes, [("before", before), (f"after {max_steps} steps", after)]):

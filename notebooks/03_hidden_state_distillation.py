@@ -56,7 +56,7 @@ import pandas as pd
 
 from makd.notebook import views as ins
 from makd.core.capture import CaptureSpec, capture
-from makd.tasks.data import tokenize_task
+from makd.tasks.glue import tokenize_task
 from makd.core.losses import hidden_mse
 from makd.notebook.helpers import show, start, write_metrics
 from makd.core.objective import MaKDObjective
@@ -86,7 +86,7 @@ h_t, h_s = t_cap.hidden[n_layers], before_cap.hidden[n_layers]             # (B,
 valid = mask.bool()
 by_hand = ((h_s - h_t) ** 2)[valid].mean()                                  # mean over valid tokens and D
 assert np.isclose(float(by_hand), float(hidden_mse(h_s, h_t, mask)), rtol=1e-5)
-before = ins.hidden_mse_table(t_cap, before_cap, mask)
+before = ins.hidden_mse_table(before_cap, t_cap, mask)
 show(before)  # the embeddings are not factorised: hidden state 0 matches exactly
 
 # %% [markdown]
@@ -106,7 +106,7 @@ show(ins.history_frame(history))
 
 # %%
 after_cap = capture(student.to(device), batch, spec, grad=False)
-after = ins.hidden_mse_table(t_cap, after_cap, mask)
+after = ins.hidden_mse_table(after_cap, t_cap, mask)
 fig, ax = plt.subplots(figsize=(6.4, 3.8))
 x = np.arange(len(before))
 ax.bar(x - 0.2, before["rel_error"], 0.4, label="before")
@@ -128,8 +128,8 @@ show(pd.DataFrame({"mse before": before["mse"].to_numpy(), "mse after": after["m
 # toward the teacher's? KL(teacher ‖ student) per layer, mean over heads, before and after.
 
 # %%
-attn = pd.DataFrame({"KL before": ins.attention_kl_table(t_cap, before_cap, mask).mean(axis=1),
-                     "KL after hidden-only training": ins.attention_kl_table(t_cap, after_cap, mask).mean(axis=1)})
+attn = pd.DataFrame({"KL before": ins.attention_kl_table(before_cap, t_cap, mask).mean(axis=1),
+                     "KL after hidden-only training": ins.attention_kl_table(after_cap, t_cap, mask).mean(axis=1)})
 show(attn)
 
 # %%

@@ -57,7 +57,7 @@ import pandas as pd
 
 from makd.notebook import views as ins
 from makd.core.capture import CaptureSpec, capture
-from makd.tasks.data import tokenize_task
+from makd.tasks.glue import tokenize_task
 from makd.core.losses import matrix_ffn_loss, matrix_mha_loss
 from makd.notebook.helpers import show, start, write_metrics
 from makd.core.objective import FFN, MHA, MaKDObjective
@@ -88,8 +88,8 @@ t_cap = capture(model, batch, spec, grad=False)
 
 def both(student_cap):
     """own-input and teacher-forced error tables of one student capture, stacked."""
-    own = ins.module_output_errors(t_cap, student_cap, mask).assign(inputs="own")
-    forced = ins.module_output_errors(t_cap, student_cap, mask, teacher_forced=True).assign(inputs="teacher")
+    own = ins.module_output_errors(student_cap, t_cap, mask).assign(inputs="own")
+    forced = ins.module_output_errors(student_cap, t_cap, mask, teacher_forced=True).assign(inputs="teacher")
     return pd.concat([own, forced], ignore_index=True)
 
 

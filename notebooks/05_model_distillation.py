@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from makd.core import factorize as fz
 from makd.notebook import views as ins
 from makd.core.capture import CaptureSpec, capture
-from makd.tasks.data import tokenize_task
+from makd.tasks.glue import tokenize_task
 from makd.core.losses import logit_kd, prediction_loss
 from makd.notebook.helpers import show, start, write_metrics
 from makd.core.objective import MaKDObjective

@@ -49,7 +49,7 @@ keep: float = 0.95  # budget verdict: lowest layer ratio keeping this fraction o
 import pandas as pd
 
 from makd.experiments import grid as makd_grid
-from makd.experiments import stats
+from makd.experiments import figures, stats, teachers, verdicts
 from makd.notebook.helpers import resolve_path, show, start, write_metrics
 from makd.notebook.plotting import savefig
 
@@ -92,10 +92,10 @@ runs = runs[runs["task"] == task]
 if runs.empty:
     raise FileNotFoundError(f"no finished runs of task {task!r} under {source}: run "
                             f"`python -m makd grid {grid} --out {source}` or set results_dir=''")
-for _task, _groups in stats.mixed_teachers(runs).items():   # cells must share ONE fine-tuned teacher
+for _task, _groups in teachers.mixed_teachers(runs).items():   # cells must share ONE fine-tuned teacher
     print(f"WARNING: {_task} mixes {len(_groups)} teacher checkpoints: {_groups} — re-run the stray teacher's cells")
-for _task, _groups in stats.retrained_teachers(runs).items():   # one teacher, re-trained on another CPU
-    print("note:", stats.retrained_note(_task, _groups))
+for _task, _groups in teachers.retrained_teachers(runs).items():   # one teacher, re-trained on another CPU
+    print("note:", teachers.retrained_note(_task, _groups))
 table = stats.summarize(runs)
 table.assign(score=[stats.mean_pm_std(m, s) for m, s in zip(table["mean"], table["std"])])[
     ["cell", "group", "label", "score", "n", "student_params", "layer_ratio", "relative"]]
@@ -116,7 +116,7 @@ show(versus[["task", "a", "best_baseline", "n", "mean_a", "mean_b", "mean_diff",
 
 # %%
 deltas = stats.ablation_deltas(runs)
-fig = stats.plot_ablation_deltas(deltas)
+fig = figures.plot_ablation_deltas(deltas)
 savefig(fig, "ablation_deltas", run_dir)
 show(deltas[["cell", "label", "n", "mean_diff", "ci_low", "ci_high", "p"]] if len(deltas) else deltas)
 
@@ -131,7 +131,7 @@ if budget_table.empty and budget_dir and resolve_path(budget_dir).is_dir():
     budget_runs = stats.collect(budget_source)
     budget_runs = budget_runs[budget_runs["task"] == task]
     budget_table = stats.summarize(budget_runs) if len(budget_runs) else budget_table
-fig = stats.plot_budget(budget_table)
+fig = figures.plot_budget(budget_table)
 savefig(fig, "accuracy_vs_layer_ratio", run_dir)
 print(f"budget sweep from: {budget_source}")
 budget_table[budget_table["group"] == "budget"][["label", "layer_ratio", "student_params", "mean", "std", "n"]]
@@ -140,9 +140,9 @@ budget_table[budget_table["group"] == "budget"][["label", "layer_ratio", "studen
 # ## Verdict (generated from the numbers above)
 
 # %%
-answers = stats.verdicts(runs, keep=keep)
+answers = verdicts.verdicts(runs, keep=keep)
 if budget_source != source:  # the budget question is answered from the budget sweep's own folder
-    answers["budget"] = stats.verdicts(budget_runs, keep=keep)["budget"]
+    answers["budget"] = verdicts.verdicts(budget_runs, keep=keep)["budget"]
 questions = {"baseline": "Does MaKD beat the best baseline at the same budget?",
              "aspects": "Does each aspect help?", "hierarchy": "Which hierarchy works?",
              "initialisation": "Plain or activation-aware SVD initialisation?", "budget": "How low can the budget go?"}

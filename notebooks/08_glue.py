@@ -61,7 +61,7 @@ import pandas as pd
 
 from makd.notebook import views as ins
 from makd.experiments import distill as pipeline
-from makd.tasks.data import GLUE_TASKS, PROXY_TASKS
+from makd.tasks.glue import GLUE_TASKS, PROXY_TASKS
 from makd.notebook.helpers import show, start, write_metrics
 from makd.core.objective import PRESETS
 from makd.notebook.plotting import savefig

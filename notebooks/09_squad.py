@@ -87,8 +87,11 @@ show({"data": str(folder) if folder else ("hub" if available else "none: skipped
 # The pretrained encoder gets a QA head (a start and an end logit per token) and is fine-tuned on the train
 # questions: windows of `max_length` tokens, `stride` tokens of overlap, the gold span's token positions as
 # targets. Offline there is no SQuAD train set, so the official dev set is **split by article** (no
-# paragraph in both parts); the notes say so in every result, and the scores are not comparable to
-# official dev numbers. The fine-tuned teacher is cached: re-running reuses it.
+# paragraph in both parts) with scikit-learn's `GroupShuffleSplit` over the article titles — split
+# `article-gss-v1` (`makd.tasks.squad_data`), whose name, seed and held-out titles are in the notes of every
+# result and in the teacher's cache key. The rows committed under `results/squad-v1.1/` used the earlier split
+# `article-perm-v0` (other held-out articles), so a re-run does not reproduce them. The scores are not
+# comparable to official dev numbers. The fine-tuned teacher is cached: re-running reuses it.
 
 # %%
 if available:

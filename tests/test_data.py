@@ -12,8 +12,11 @@ from pathlib import Path
 import datasets
 import pytest
 
-from makd.tasks import data
-from makd.tasks.data import TaskDataUnavailableError, load_instructions, load_squad, load_task, tokenize_task
+from makd.tasks import glue, instructions, squad_data
+from makd.tasks.data import TaskDataUnavailableError
+from makd.tasks.glue import load_task, tokenize_task
+from makd.tasks.instructions import load_instructions
+from makd.tasks.squad_data import load_squad
 from makd.assets.paths import REPO_ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -46,7 +49,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("task", data.GLUE_TASKS)
+@pytest.mark.parametrize("task", glue.GLUE_TASKS)
 def test_glue_fixture_parsing_and_label_order(task, offline):
     t = load_task(task, data_dir=FIXTURES)
     dev_labels, train_labels, first = EXPECTED[task]
@@ -55,7 +58,7 @@ def test_glue_fixture_parsing_and_label_order(task, offline):
     assert t.dev["idx"] == list(range(len(dev_labels)))
     assert (t.train["label"] if t.train is not None else None) == (None if train_labels is None else pytest.approx(train_labels))
     assert t.is_regression == (task == "stsb") and t.num_labels == (1 if task == "stsb" else 3 if "mnli" in task else 2)
-    assert t.source == f"local:{FIXTURES / 'glue' / data.GLUE_SPECS[task][0]}" and not t.is_proxy
+    assert t.source == f"local:{FIXTURES / 'glue' / glue.GLUE_SPECS[task][0]}" and not t.is_proxy
     for path, digest in t.files.items():
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
     assert t.metric in t.compute_metrics(dev_labels, dev_labels)
@@ -147,7 +150,7 @@ def test_real_glue_counts(task, offline):
     if task in DEV_LABELS:
         assert dict(collections.Counter(t.dev["label"])) == DEV_LABELS[task]
     for name, digest in SHA.items():
-        if name.split("/")[0] == data.GLUE_SPECS[task][0]:
+        if name.split("/")[0] == glue.GLUE_SPECS[task][0]:
             assert t.files[str(REAL / "glue" / name)] == digest
 
 
@@ -156,13 +159,18 @@ def test_real_squad_split_by_article(offline):
     v1 = load_squad("1.1", data_dir=REAL, split_dev_by_article=(38, 10))
     assert len(v1.train) + len(v1.dev) == 10570 and len(set(v1.train["title"])) == 38
     assert not set(v1.train["title"]) & set(v1.dev["title"]) and "NOT comparable" in v1.notes[0]
-    _, again, _ = data.split_by_article(datasets.concatenate_datasets([v1.dev, v1.train]), 38, 10)
+    _, again, _ = squad_data.split_by_article(datasets.concatenate_datasets([v1.dev, v1.train]), 38, 10)
     assert sorted(again["id"]) == sorted(v1.dev["id"])  # the same articles whatever the row order
+    # split article-gss-v1, seed 0 (the committed results/squad-v1.1 rows used article-perm-v0: other articles)
+    assert v1.split["name"] == "article-gss-v1" and v1.split["held_out_titles"] == [
+        "Black_Death", "Computational_complexity_theory", "Doctor_Who", "Martin_Luther", "Normans", "Oxygen",
+        "Pharmacy", "Private_school", "Sky_(United_Kingdom)", "Super_Bowl_50"]
+    assert (v1.split["train_questions"], v1.split["held_out_questions"]) == (7948, 2622)
     v2 = load_squad("2.0", data_dir=REAL, dev_only=True)
     assert len(v2.dev) == 11873 and sum(not a["text"] for a in v2.dev["answers"]) == 5945
     assert len(set(v2.dev["title"])) == 35 and v2.train is None
     with pytest.raises(ValueError, match="35 articles"):
-        data.split_by_article(v2.dev, 30, 10)
+        squad_data.split_by_article(v2.dev, 30, 10)
 
 
 @needs_real
@@ -172,7 +180,7 @@ def test_real_instruction_sets(offline):
     assert all(si.test["instruction"]) and all(si.test["output"]) and si.test["id"][0] == "user_oriented_task_0"
     vi = load_instructions("vicuna", data_dir=REAL, limit=5)
     assert len(vi.test) == 5 and vi.test["output"] == [""] * 5 and set(vi.test["reference_kind"]) == {"none"}
-    assert set(si.test.column_names) == set(data.INSTRUCTION_FIELDS)
+    assert set(si.test.column_names) == set(instructions.INSTRUCTION_FIELDS)
 
 
 # ---------------------------------------------------------------- SQuAD and instruction fixtures
@@ -185,6 +193,8 @@ def test_squad_fixture_flattening(offline):
     raw = json.loads((FIXTURES / "squad" / "dev-v1.1.json").read_text())
     n = sum(len(p["qas"]) for a in raw["data"] for p in a["paragraphs"])
     assert len(s.train) + len(s.dev) == n and set(s.train["title"]) != set(s.dev["title"])
+    assert s.split["name"] == squad_data.SQUAD_SPLIT and s.split["held_out_titles"] == sorted(set(s.dev["title"]))
+    assert s.notes[0] == s.split["note"]
     row = s.train[0]
     for start, text in zip(row["answers"]["answer_start"], row["answers"]["text"]):
         assert row["context"][start:start + len(text)] == text
@@ -194,14 +204,32 @@ def test_squad_fixture_flattening(offline):
     assert v2.version_2 and [len(a["text"]) == 0 for a in v2.dev["answers"]] == [False, False, True, True]
 
 
+def test_split_by_article_is_one_group_shuffle_split_draw():
+    from sklearn.model_selection import GroupShuffleSplit
+    titles = [f"article-{i % 9}" for i in range(40)]                     # 9 articles, interleaved rows
+    ds = datasets.Dataset.from_dict({"id": [str(i) for i in range(40)], "title": titles})
+    train, dev, record = squad_data.split_by_article(ds, 6, 2, seed=3)
+    tr, te = next(GroupShuffleSplit(n_splits=1, train_size=6, test_size=2, random_state=3).split(titles, groups=titles))
+    assert train["id"] == [str(i) for i in sorted(tr)] and dev["id"] == [str(i) for i in sorted(te)]  # file order
+    assert record["name"] == squad_data.SQUAD_SPLIT and record["held_out_titles"] == sorted(set(dev["title"]))
+    assert len(record["held_out_titles"]) == 2 and not set(train["title"]) & set(dev["title"])
+    assert squad_data.SQUAD_SPLIT in record["note"] and all(t in record["note"] for t in record["held_out_titles"])
+    shuffled = ds.select(list(range(39, -1, -1)))                         # row order does not matter
+    assert sorted(squad_data.split_by_article(shuffled, 6, 2, seed=3)[1]["id"]) == sorted(dev["id"])
+    assert squad_data.split_by_article(ds, 6, 2, seed=4)[2]["held_out_titles"] != record["held_out_titles"] or \
+        squad_data.split_by_article(ds, 6, 2, seed=5)[2]["held_out_titles"] != record["held_out_titles"]
+    with pytest.raises(ValueError, match="9 articles"):
+        squad_data.split_by_article(ds, 8, 2)
+
+
 def test_dolly_local_filter_and_split(tmp_path, monkeypatch, offline):
     rows = [{"instruction": f"Q{i}", "context": "", "response": f"answer {i}", "category": "open_qa"} for i in range(20)]
     rows += [{"instruction": "empty", "context": "", "response": "  ", "category": "x"},
              {"instruction": "long", "context": "w " * 300, "response": "r", "category": "x"}]
     (tmp_path / "dolly").mkdir()
     (tmp_path / "dolly" / "databricks-dolly-15k.jsonl").write_text("\n".join(map(json.dumps, rows)))
-    monkeypatch.setattr(data, "DOLLY_DEV", 3)
-    monkeypatch.setattr(data, "DOLLY_TEST", 2)
+    monkeypatch.setattr(instructions, "DOLLY_DEV", 3)
+    monkeypatch.setattr(instructions, "DOLLY_TEST", 2)
     d = load_instructions("dolly", data_dir=tmp_path)
     assert (len(d.train), len(d.dev), len(d.test)) == (15, 3, 2) and "2 dropped" in d.notes[0]
     assert not set(d.train["id"]) & set(d.test["id"]) and d.test["id"] == load_instructions("dolly", data_dir=tmp_path).test["id"]
@@ -228,8 +256,8 @@ def test_chatterbot_proxy(tmp_path, monkeypatch):
     (tmp_path / "english" / "ai.yml").write_text(CHATTER)
     for i in range(6):
         (tmp_path / "english" / f"t{i}.yml").write_text(f"conversations:\n- - q{i}\n  - a{i}\n- - q{i}\n  - b{i}\n")
-    monkeypatch.setattr(data, "_fetch_asset", lambda name: tmp_path)
-    rows = data.read_chatterbot(tmp_path)
+    monkeypatch.setattr(instructions, "fetch_asset", lambda name: tmp_path)
+    rows = instructions.read_chatterbot(tmp_path)
     assert len(rows) == 2 + 3 + 12 and rows[2]["instruction"] == "Hello" and rows[3]["instruction"] == "Hi"
     d = load_instructions("chatterbot")
     assert d.is_proxy and "proxy for Dolly" in d.notes[0] and "embedded:" in d.source
@@ -251,12 +279,12 @@ def test_rt_polarity_parsing(tmp_path):
     path = tmp_path / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "wt", newline="") as fh:
         csv.writer(fh).writerows(RT_CSV)
-    train, dev, notes = data.read_rt_polarity(path)
+    train, dev, notes = glue.read_rt_polarity(path)
     texts = list(train["sentence"]) + list(dev["sentence"])
     assert sorted(texts) == sorted(["An absorbing documentary."] + [f"snippet {i}" for i in range(10)])
     assert (len(train), len(dev)) == (9, 2)  # 80/20 of 11
     assert "proxy for SST-2, not SST-2" in notes[0] and "1 texts with conflicting labels" in notes[0]
-    assert data.read_rt_polarity(path)[1]["sentence"] == dev["sentence"]  # fixed split
+    assert glue.read_rt_polarity(path)[1]["sentence"] == dev["sentence"]  # fixed split
     lab = dict(zip(texts, list(train["label"]) + list(dev["label"])))
     assert lab["An absorbing documentary."] == 1 and lab["snippet 0"] == 0
 

@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 from conftest import VOCAB, tiny_batch, tiny_model
 from makd.core import factorize as fz
-from makd.core.families import UnsupportedModelError, attention_geometry
+from makd.core.families import UnsupportedModelError, attention_geometry, copy_layers
 
 
 def _outputs(model, batch):
@@ -94,6 +94,15 @@ def test_teacher_unchanged_and_truncation_changes_outputs(family):
     assert not torch.allclose(_outputs(student, batch)[0], _outputs(teacher, batch)[0], atol=1e-4)
     assert student.makd_factorization["family"] == family
     assert set(student.makd_factorization["ranks"].values()) == {4}
+
+
+def test_students_train_every_parameter_even_from_a_frozen_teacher(family):
+    """DistillTrainer freezes its teacher: a student made from it afterwards (the decoder command makes one per
+    method from the same teacher) must not inherit frozen embeddings, norms and heads."""
+    teacher = tiny_model(family).requires_grad_(False)
+    for student in (fz.factorize(teacher, layer_ratio=0.5), copy_layers(teacher, [1])):
+        assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())        # the teacher itself stays as it was
 
 
 def test_eckart_young_per_matrix(family):

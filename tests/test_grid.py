@@ -9,6 +9,9 @@ from transformers import TrainerCallback
 
 from makd.experiments import grid as G
 from makd.experiments import distill as pipeline
+from makd.experiments import students
+from makd.experiments.config import DistillConfig
+from makd.experiments.options import config_from_kwargs
 from makd.experiments import stats
 from makd.core.factorize import count_parameters
 
@@ -77,10 +80,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
     g["seeds"], g["cells"] = [0], g["cells"][:1]
 
     def crashing(**options):
-        args = pipeline.build_parser().parse_args([])
-        for k, v in options.items():
-            setattr(args, k, v)
-        return pipeline.run(args, callbacks=[_Crash(2)])
+        return pipeline.run(config_from_kwargs(DistillConfig, **options), callbacks=[_Crash(2)])
 
     first = G.run_grid(g, out, run_fn=crashing, echo=lambda s: None)
     folder = out / "sst2" / "makd" / "s0"
@@ -97,7 +97,7 @@ def test_budget_of_is_the_dense_students_exact_count_and_options_merge():
     from makd.assets.models import load_model
 
     teacher, tok = load_model("tiny-bert", head="cls", num_labels=2)
-    dense = pipeline.dense_student("layers:1", teacher, tok, 2)
+    dense = students.dense_student("layers:1", teacher, tok, 2)
     assert G.budget_of("layers:1", "tiny-bert", 2) == count_parameters(dense) < count_parameters(teacher)
     g = _grid()
     g["cells"][0]["options"]["budget"] = {"budget_of": "layers:1"}
@@ -127,6 +127,27 @@ def test_grid_files_validate_and_errors_are_clear(tmp_path, capsys):
     assert G.main([str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"weighting": "asvd"}, "cell 'a' (sst2): weighting must be one of 'none', 'activation', got 'asvd'"),
+    ({"epochs": "one"}, "cell 'a' (sst2): epochs must be a number"),
+    ({"weights": {"mhaa": 0}}, "cell 'a' (sst2): weights: unknown aspect(s) ['mhaa']"),
+    ({"budget": {"budget_of": "layers:3", "x": 1}}, "cell 'a' (sst2): budget"),
+    ({"lerning_rate": 1}, "unknown pipeline option(s) ['lerning_rate']"),
+])
+def test_a_wrong_option_in_a_grid_file_names_the_cell_before_any_cell_runs(tmp_path, options, message):
+    text = json.dumps({"tasks": ["sst2"], "shared": {"teacher": "tiny-bert"},
+                       "cells": [{"name": "ok"}, {"name": "a", "options": options}]})
+    (tmp_path / "g.json").write_text(text)
+    with pytest.raises(ValueError) as err:
+        G.run_grid(tmp_path / "g.json", tmp_path / "out", run_fn=_no_run, echo=lambda s: None)
+    assert message in str(err.value) and str(tmp_path / "g.json") in str(err.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"cell 'makd' \(sst2, seed 0\) with --set .*alpha must be <= 1.0"):
+        G.plan(_grid(), overrides={"alpha": 3})
+    with pytest.raises(ValueError, match="use KEY=VALUE"):
+        G._parse_set(["alpha"])
+
+
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     g = _grid()
     g["seeds"] = [0]
@@ -135,7 +156,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     res = G.run_grid(g, tmp_path, echo=lambda s: None)
     info = json.loads((tmp_path / "sst2" / "bad" / "s0" / "cell.json").read_text())
     assert res["counts"]["error"] == 1 and info["status"] == "error" and "model-only" in info["error"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="compares layers 1:1"):
         G.run_grid(g, tmp_path, stop_on_error=True, echo=lambda s: None)
 
 

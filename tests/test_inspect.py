@@ -68,20 +68,21 @@ def _captures(rank=8):
 
 def test_tables_are_zero_for_an_exact_student():
     t, s, mask = _captures(rank=32)                          # full rank: the student IS the teacher
-    assert ins.attention_kl_table(t, s, mask).abs().to_numpy().max() < 1e-5
-    assert ins.hidden_mse_table(t, s, mask)["mse"].max() < 1e-10
-    assert ins.module_output_errors(t, s, mask)["rel_error"].max() < 1e-4
-    assert ins.module_output_errors(t, s, mask, teacher_forced=True)["rel_error"].max() < 1e-4
+    assert ins.attention_kl_table(s, t, mask).abs().to_numpy().max() < 1e-5
+    assert ins.hidden_mse_table(s, t, mask)["mse"].max() < 1e-10
+    assert ins.module_output_errors(s, t, mask)["rel_error"].max() < 1e-4
+    assert ins.module_output_errors(s, t, mask, teacher_forced=True)["rel_error"].max() < 1e-4
 
 
 def test_attention_and_hidden_tables_agree_with_makd_losses():
     t, s, mask = _captures()
-    kl = ins.attention_kl_table(t, s, mask)
+    kl = ins.attention_kl_table(s, t, mask)
     assert kl.shape == (2, 4) and list(kl.columns) == ["h0", "h1", "h2", "h3"] and (kl.to_numpy() > 0).all()
     for layer in (0, 1):  # mean over heads == the layer's L_attn (every head has the same valid queries)
-        assert kl.loc[layer].mean() == pytest.approx(float(losses.attention_kl(t.attentions[layer], s.attentions[layer],
+        assert kl.loc[layer].mean() == pytest.approx(float(losses.attention_kl(s.attentions[layer], t.attentions[layer],
                                                                                 mask)), rel=1e-5)
-    hid = ins.hidden_mse_table(t, s, mask)
+    assert not np.allclose(ins.attention_kl_table(t, s, mask).to_numpy(), kl.to_numpy(), rtol=1e-3)  # order matters
+    hid = ins.hidden_mse_table(s, t, mask)
     assert hid["after"].tolist() == ["embeddings", "layer 0", "layer 1"] and hid["mse"].iloc[0] == 0.0
     assert hid["mse"].iloc[2] == pytest.approx(float(losses.hidden_mse(s.hidden[2], t.hidden[2], mask)), rel=1e-6)
     h_s, h_t = s.hidden[2], t.hidden[2]
@@ -92,8 +93,8 @@ def test_attention_and_hidden_tables_agree_with_makd_losses():
 
 def test_module_output_errors_own_vs_teacher_forced():
     t, s, mask = _captures(rank=4)
-    own = ins.module_output_errors(t, s, mask).set_index(["layer", "role"])
-    forced = ins.module_output_errors(t, s, mask, teacher_forced=True).set_index(["layer", "role"])
+    own = ins.module_output_errors(s, t, mask).set_index(["layer", "role"])
+    forced = ins.module_output_errors(s, t, mask, teacher_forced=True).set_index(["layer", "role"])
     assert len(own) == 12 and set(own["group"]) == {"MHA", "FFN"}
     # layer 0's Q/K/V see the (unfactorised) embedding output: same input either way
     for role in ("q", "k", "v"):
@@ -149,7 +150,7 @@ def test_local_glue_tasks(tmp_path):
 
 
 def test_task_teacher_eval_batch_and_distill_steps(tmp_path):
-    from makd.tasks.data import tokenize_task
+    from makd.tasks.glue import tokenize_task
     from makd.core.objective import MaKDObjective
 
     result, data = ins.task_teacher("tiny-bert", "sst2", data_dir=str(FIXTURES / "glue"), max_length=32)

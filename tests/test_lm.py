@@ -1,13 +1,21 @@
-"""Decoder distillation on tiny random GPT-2 / Llama models: each method trains, masks and errors."""
+"""Decoder distillation on tiny random GPT-2 / Llama models: each method trains, masks and errors; the shared
+comparison (command and notebook 10), its configuration and the SeqKD decoding rule."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from makd.experiments import decoder as lm
-from makd.tasks.generate import GenerationSettings, encode_prompts, evaluate_rouge, generate
 from makd.assets.models import load_model
+from makd.experiments import decoder
+from makd.experiments import decoder_config
+from makd.experiments import decoder_methods as lm
+from makd.experiments.decoder_config import DecoderConfig
+from makd.tasks import instructions
+from makd.tasks.generate import GenerationSettings, encode_prompts, evaluate_rouge, generate
+from makd.tasks.prompts import prompt_text, sft_features
 
 ROWS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"number {i} is here"} for i in range(12)]
 
@@ -25,9 +33,9 @@ def teacher(request):
 
 def test_prompt_tokens_carry_no_loss(teacher):
     model, tok = teacher
-    data, cuts = lm.sft_features(ROWS[:2], tok, max_length=64)
+    data, cuts = sft_features(ROWS[:2], tok, max_length=64)
     for row, src in zip(data, ROWS[:2]):
-        n_prompt = len(tok(lm.prompt_text(tok, src["instruction"]), add_special_tokens=False)["input_ids"])
+        n_prompt = len(tok(prompt_text(tok, src["instruction"]), add_special_tokens=False)["input_ids"])
         assert all(x == -100 for x in row["labels"][:n_prompt])
         assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:] and row["labels"][-1] == tok.eos_token_id
     assert cuts == {"prompt_truncated": 0, "response_truncated": 0, "empty_response_dropped": 0}
@@ -36,7 +44,7 @@ def test_prompt_tokens_carry_no_loss(teacher):
 def test_truncation_and_empty_responses_are_counted(teacher):
     _, tok = teacher
     rows = ROWS[:3] + [{"instruction": "x", "input": "", "output": "  "}]
-    data, cuts = lm.sft_features(rows, tok, max_length=12, max_prompt_tokens=6)
+    data, cuts = sft_features(rows, tok, max_length=12, max_prompt_tokens=6)
     assert cuts["empty_response_dropped"] == 1 and cuts["prompt_truncated"] == 3 and len(data) == 3
     assert all(len(r["input_ids"]) <= 12 for r in data)
     ids, cut = encode_prompts(tok, ["a b c d e f g h i j k"], max_prompt_tokens=4)
@@ -108,7 +116,78 @@ def test_padded_vocabulary_is_refused(teacher):
 def test_makd_uses_the_relative_mse_unless_told_otherwise():
     assert lm.objective_for("makd", 2).mse == "relative"
     assert lm.objective_for("makd", 2, mse="plain").mse == "plain"
-    args = lm.build_parser().parse_args([])
-    assert args.mse == "relative"
+    assert decoder_config.parse([]).mse == "relative"
     with pytest.raises(SystemExit):
-        lm.build_parser().parse_args(["--mse", "cosine"])
+        decoder_config.parse(["--mse", "cosine"])
+
+
+# ---------------------------------------------------------------- configuration, SeqKD decoding, the comparison
+def test_the_light_names_equal_the_heavy_modules_lists():
+    assert decoder_config.METHODS == lm.METHODS and decoder_config.INSTRUCTION_SETS == instructions.INSTRUCTION_SETS
+    code = "import sys, makd.experiments.decoder_config; assert 'torch' not in sys.modules, 'heavy import'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_bad_option_is_one_clear_error_before_any_model(capsys):
+    with pytest.raises(SystemExit) as info:
+        decoder_config.parse(["--methods", "sft", "bogus"])
+    assert info.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    cfg = decoder_config.parse(["--methods", "kd", "makd", "--seeds", "1", "2", "--decoding", "sample"])
+    assert cfg.methods == ("kd", "makd") and cfg.seeds == (1, 2) and cfg.size() == {"layer_ratio": 0.5}
+    for kw, match in [({"methods": ["distil"]}, "methods: unknown 'distil'"), ({"methods": []}, "at least one"),
+                      ({"methods": ["kd", "kd"]}, "twice"), ({"student": "layers:x"}, "layers:K"),
+                      ({"seeds": [-1]}, "seeds must be >= 0"), ({"decoding": "beam"}, "greedy"),
+                      ({"layer_ratio": 0.5, "rank": 4}, "only one of")]:
+        with pytest.raises(ValueError, match=match):
+            DecoderConfig(**kw)
+    with pytest.raises(TypeError, match="unknown option"):
+        decoder.compare(methodz=["kd"])
+
+
+def test_seqkd_targets_decode_like_the_evaluation_with_its_first_seed():
+    sample = GenerationSettings(do_sample=True, seeds=(1, 2), max_new_tokens=7, max_prompt_tokens=40, batch_size=3)
+    assert lm.seqkd_decoding(sample) == GenerationSettings(do_sample=True, seeds=(1,), max_new_tokens=7,
+                                                           max_prompt_tokens=40, batch_size=3)
+    greedy = GenerationSettings.greedy(max_prompt_tokens=256, max_new_tokens=32, batch_size=8)
+    # the committed results/decoder/seqkd run's targets: greedy, 32 new tokens (same cache key as before)
+    assert lm.seqkd_decoding(greedy) == greedy and not greedy.do_sample
+
+
+def _tiny_config(tmp_path, **kw):
+    return DecoderConfig(teacher="tiny-llama", max_train=8, max_eval=2, max_steps=2, batch_size=4, max_length=48,
+                         max_new_tokens=3, logging_steps=1, quiet=True, out=str(tmp_path / "run"), **kw)
+
+
+def test_compare_methods_gives_seqkd_the_evaluation_setting(tmp_path, monkeypatch):
+    model, tok = load_model("tiny-llama", head="lm")
+    cfg = _tiny_config(tmp_path, methods=["seqkd"], decoding="sample", seeds=[3, 4])
+    seen = []
+    monkeypatch.setattr(decoder, "train_student", lambda *a, **k: seen.append(k["seqkd_settings"]) or {"history": []})
+    data = decoder.DecoderData(ROWS[:4], ["Say hi."], ["hi"], "human", "x", "x", "x")
+    res = decoder.compare_methods(cfg, model, tok, data)
+    assert [(s.do_sample, s.seeds) for s in seen] == [(True, (3,))]
+    assert res["seqkd"]["eval"]["generation"]["seeds"] == [3, 4]
+
+
+def test_the_command_and_the_notebook_share_one_comparison(tmp_path, monkeypatch):
+    fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
+    monkeypatch.setattr(decoder, "load_instructions", lambda *a, **k: fake)
+    cfg = _tiny_config(tmp_path, methods=["sft", "makd"], eval_set="chatterbot")
+    seen = []
+    model, tok = load_model("tiny-llama", head="lm")
+    data = decoder.load_data(cfg, model, tok)
+    assert len(data.rows) == 8 and len(data.prompts) == 2 and data.reference_kind == "human"
+    res = decoder.compare_methods(cfg, model, tok, data, on_result=lambda name, r: seen.append(name))
+    assert seen == ["teacher", "sft", "makd"] and set(res) == {"teacher", decoder.UNTRAINED, "sft", "makd"}
+    assert res["sft"]["train"]["steps"] == 2 and res["makd"]["params"] == res[decoder.UNTRAINED]["params"]
+    assert res["makd"]["params"] < res["teacher"]["params"] and res["teacher"]["response_ce"] > 0
+    out = decoder.run(cfg, command="test")
+    saved = json.loads((tmp_path / "run" / "makd" / "metrics.json").read_text())
+    assert set(out) == {"teacher", "sft", "makd"} and saved["eval"]["rougeL"] == out["makd"]["rougeL"]
+    assert saved["seqkd_generation"] == saved["generation"] and saved["record"]["config"]["methods"] == ["sft", "makd"]
+    assert json.loads((tmp_path / "run" / "speed.json").read_text())["models"].keys() == {"teacher", "sft", "makd"}
+
+
+def _records(rows):
+    return instructions._records([{"id": str(i), "reference_kind": "human", "category": "", **r}
+                                  for i, r in enumerate(rows)])

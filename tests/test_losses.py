@@ -48,9 +48,19 @@ def test_golden_matrix_and_hidden():
     close(L.hidden_mse(x("hid_s"), x("hid_t"), MASK, proj=proj), G["hidden_mse_proj"])
 
 
+def test_every_loss_takes_the_student_first():
+    """One argument order everywhere, (student, teacher, ...): KL is asymmetric, a swapped call is a silent bug."""
+    import inspect
+    funcs = [getattr(L, n) for n in L.__all__ if n not in ("NonFiniteLossError", "check_finite")]
+    assert len(funcs) == 11
+    for fn in funcs:
+        first, second = list(inspect.signature(fn).parameters)[:2]
+        assert "student" in first and "teacher" in second, (fn.__name__, first, second)
+
+
 def test_golden_attention():
-    close(L.attention_kl(x("p_t"), x("p_s"), MASK), G["attention_kl"])
-    close(L.minilm_attention_kl(x("p_t"), x("p_s"), MASK), G["attention_kl"])
+    close(L.attention_kl(x("p_s"), x("p_t"), MASK), G["attention_kl"])
+    close(L.minilm_attention_kl(x("p_s"), x("p_t"), MASK), G["attention_kl"])
     close(L.tinybert_attention_mse(x("sc_s"), x("sc_t"), MASK), G["tinybert_attention_mse"])
     close(L.minilm_value_relation_kl(x("v_s"), x("v_t"), 2, mask=MASK), G["minilm_value_relation_kl"])
 
@@ -88,7 +98,7 @@ def all_losses(d):
         "mha": L.matrix_mha_loss({"q": d["h_s"], "o": d["h_s"]}, {"q": d["h_t"], "o": d["h_t"]}, m),
         "ffn": L.matrix_ffn_loss({"ffn_in": d["h_s"]}, {"ffn_in": d["h_t"]}, m),
         "hidden": L.hidden_mse(d["h_s"], d["h_t"], m),
-        "attention_kl": L.attention_kl(probs(d["a_t"], m), probs(d["a_s"], m), m),
+        "attention_kl": L.attention_kl(probs(d["a_s"], m), probs(d["a_t"], m), m),
         "tinybert": L.tinybert_attention_mse(d["a_s"], d["a_t"], m),
         "minilm_vr": L.minilm_value_relation_kl(d["h_s"], d["h_t"], 2, mask=m),
         "logit_kd": L.logit_kd(d["z_s"], d["z_t"], 2.0, mask=m),
@@ -139,12 +149,12 @@ def test_garbage_attention_at_padded_keys_is_ignored():
     d = make_inputs()
     m = d["mask"]
     pt, ps = probs(d["a_t"], m), probs(d["a_s"], m)
-    base = L.attention_kl(pt, ps, m)
+    base = L.attention_kl(ps, pt, m)
     pt2, ps2 = pt.clone(), ps.clone()
     pt2[1, :, 3, :] = 0.25                                            # padded query row (still a distribution)
     ps2[1, :, :3, 3] = 0.0                                            # padded key column
     pt2[1, :, :3, 3] = 0.3
-    assert float(L.attention_kl(pt2, ps2, m)) == pytest.approx(float(base), rel=1e-12)
+    assert float(L.attention_kl(ps2, pt2, m)) == pytest.approx(float(base), rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ KL identities
@@ -161,8 +171,10 @@ def test_kl_matches_torch_kl_div():
     # attention KL: per (b, h, q) row sum of kl_div, mean over rows (no mask)
     pt, ps = probs(d["a_t"]), probs(d["a_s"])
     ref = F.kl_div(ps.log(), pt, reduction="sum") / (2 * 2 * 4)
-    assert float(L.attention_kl(pt, ps)) == pytest.approx(float(ref), rel=1e-10)
-    assert float(L.attention_kl(pt, ps)) >= 0
+    assert float(L.attention_kl(ps, pt)) == pytest.approx(float(ref), rel=1e-10)
+    assert float(L.attention_kl(ps, pt)) >= 0
+    swapped = F.kl_div(pt.log(), ps, reduction="sum") / (2 * 2 * 4)        # KL(student ‖ teacher): the other order
+    assert abs(float(swapped) - float(ref)) > 1e-4 and float(L.attention_kl(pt, ps)) == pytest.approx(float(swapped))
 
 
 def test_temperature_scaling():
@@ -180,13 +192,13 @@ def test_temperature_scaling():
 def test_attention_kl_rejects_scores():
     d = make_inputs()
     with pytest.raises(ValueError, match="probabilities"):
-        L.attention_kl(d["a_t"], d["a_s"], d["mask"])
+        L.attention_kl(d["a_s"], d["a_t"], d["mask"])
     with pytest.raises(ValueError, match="probabilities"):
-        L.attention_kl(probs(d["a_t"]), d["a_s"])
+        L.attention_kl(d["a_s"], probs(d["a_t"]))
     with pytest.raises(ValueError, match="probabilities"):            # positive but unnormalised
-        L.attention_kl(d["a_t"].exp(), probs(d["a_s"]))
+        L.attention_kl(probs(d["a_s"]), d["a_t"].exp())
     with pytest.raises(ValueError, match="probabilities"):            # logits of a wrong softmax axis
-        L.attention_kl(probs(d["a_t"]).transpose(-1, -2), probs(d["a_s"]))
+        L.attention_kl(probs(d["a_s"]), probs(d["a_t"]).transpose(-1, -2))
 
 
 def test_gradients_flow_to_student_only():
@@ -194,7 +206,7 @@ def test_gradients_flow_to_student_only():
     m = d["mask"]
     cases = {
         "masked_mse": lambda s, t: L.masked_mse(s, t, m),
-        "attention_kl": lambda s, t: L.attention_kl(probs(t, m), probs(s, m), m),
+        "attention_kl": lambda s, t: L.attention_kl(probs(s, m), probs(t, m), m),
         "tinybert": lambda s, t: L.tinybert_attention_mse(s, t, m),
         "logit_kd": lambda s, t: L.logit_kd(s, t, 2.0, m),
         "causal": lambda s, t: L.causal_lm_kd(s, t, torch.where(m.bool(), d["y"], -100))[0],
@@ -298,9 +310,9 @@ def test_real_attentions_from_tiny_models(family):
     m = batch["attention_mask"]
     pt, ps = t_out.attentions[-1], s_out.attentions[-1]                  # (B, H, T, T)
     assert float(L.attention_kl(pt, pt, m)) == pytest.approx(0.0, abs=1e-6)
-    kl = L.attention_kl(pt, ps, m)
+    kl = L.attention_kl(ps, pt, m)
     assert float(kl) > 0
-    assert float(L.attention_kl(pt.bfloat16(), ps.bfloat16(), m)) == pytest.approx(float(kl), rel=0.1, abs=1e-3)
+    assert float(L.attention_kl(ps.bfloat16(), pt.bfloat16(), m)) == pytest.approx(float(kl), rel=0.1, abs=1e-3)
     assert float(L.hidden_mse(s_out.hidden_states[-1], t_out.hidden_states[-1], m)) > 0
 
 

@@ -1,4 +1,4 @@
-"""makd.assets.models and makd.assets.onnx_bert: name resolution, hub errors, tiny presets, vocab checks, real assets."""
+"""makd.assets.models, .builders and .onnx_bert: name resolution, hub errors, tiny presets, vocab checks, real assets."""
 from __future__ import annotations
 
 import io
@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers as tf
 
+from makd.assets import builders
 from makd.assets import fetch as assets
 from makd.assets import models
 from makd.assets import onnx_bert
@@ -95,7 +96,7 @@ def test_tiny_presets_are_deterministic_and_leave_the_global_rng_alone(tiny_cach
     assert torch.equal(torch.get_rng_state(), state)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
-    t1, t2 = models.tiny_tokenizer("decoder"), models.tiny_tokenizer("decoder")
+    t1, t2 = builders.tiny_tokenizer("decoder"), builders.tiny_tokenizer("decoder")
     assert t1.get_vocab() == t2.get_vocab()
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from makd.notebook.helpers import GITHUB, NOTEBOOKS_DIR, parameters_cell, read_notebook
+import makd
+from makd.notebook.helpers import (GITHUB, LAYERS, NOTEBOOKS_DIR, package_map, parameters_cell, read_notebook,
+                                   sync_notebooks)
 from makd.notebook.profiles import PROFILES, REQUIRED, parse_parameters, profile_overrides, validate
 
 SOURCES = sorted(p for p in NOTEBOOKS_DIR.glob("*.py") if re.match(r"^\d\d_", p.stem))
@@ -119,7 +121,6 @@ def test_sync_tool_reports_nothing_stale():
 
 
 def test_sync_writes_output_free_ipynb_and_is_idempotent(tmp_path):
-    from makd.notebook.helpers import sync_notebooks
     src = Path(__file__).parent / "fixtures" / "notebooks" / "01_fixture.py"
     (tmp_path / src.name).write_text(src.read_text())
     assert sync_notebooks(tmp_path) == [tmp_path / "01_fixture.ipynb"]
@@ -128,3 +129,47 @@ def test_sync_writes_output_free_ipynb_and_is_idempotent(tmp_path):
     assert [c.metadata.get("tags") for c in nb.cells if c.metadata.get("tags")] == [["parameters"]]
     (tmp_path / src.name).write_text(src.read_text().replace("scale: float = 1.0", "scale: float = 2.0"))
     assert sync_notebooks(tmp_path, check=True) == [tmp_path / "01_fixture.ipynb"]
+
+
+def test_package_map_lists_every_module_by_layer():
+    table = package_map()
+    root = Path(makd.__path__[0])
+    expected = set()
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        expected.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert list(table.columns) == ["layer", "module", "what"]
+    assert sorted(table.module) == sorted(expected), "every module of makd, subpackages included, exactly once"
+    empty = table[table.what.str.strip() == ""].module.tolist()
+    assert not empty, f"modules without a docstring: {empty}"
+    layer = dict(zip(table.module, table.layer))
+    assert (layer["makd"], layer["makd.core.losses"], layer["makd.notebook.runner"], layer["makd.cli"]) == \
+        ("package", "core", "notebook", "cli")
+    order = [name for name in ("package",) + LAYERS if name in set(table.layer)]
+    assert list(dict.fromkeys(table.layer)) == order, "rows go by layer, lowest first"
+    doc = makd.__doc__
+    positions = [doc.index(f"\n{name} —") for name in order[1:]]
+    assert positions == sorted(positions), "the layers in the order of makd/__init__.py's map"
+
+
+def test_package_map_reads_any_package_recursively(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "core" / "deep").mkdir(parents=True)
+    (pkg / "odd").mkdir()
+    (pkg / "__init__.py").write_text('"""The package."""\n')
+    (pkg / "cli.py").write_text('"""Command line."""\n')
+    (pkg / "core" / "__init__.py").write_text('"""Core layer."""\n')
+    (pkg / "core" / "deep" / "__init__.py").write_text("")
+    (pkg / "core" / "deep" / "m.py").write_text('"""First line\n  goes on here.\n\nDetails."""\nx = 1\n')
+    (pkg / "odd" / "z.py").write_text("x = 1\n")
+    table = package_map(pkg)
+    assert table.values.tolist() == [
+        ["package", "pkg", "The package."],
+        ["core", "pkg.core", "Core layer."],
+        ["core", "pkg.core.deep", ""],
+        ["core", "pkg.core.deep.m", "First line goes on here."],
+        ["cli", "pkg.cli", "Command line."],
+        ["odd", "pkg.odd.z", ""],
+    ]
+    with pytest.raises(ValueError, match="not a Python package"):
+        package_map(tmp_path / "pkg" / "odd")

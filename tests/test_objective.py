@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from conftest import tiny_batch, tiny_model
 from makd.core.capture import capture
 from makd.core.losses import NonFiniteLossError
-from makd.core.objective import ASPECTS, PRESETS, MaKDObjective, check_compatible
+from makd.core.objective import ASPECTS, LOSSES, PRESET_TABLE, PRESETS, MaKDObjective, check_compatible
 
 N = 4
 DISTIL = ("mha", "ffn", "attn", "hidn", "vr", "kd")      # terms that vanish when student == teacher
@@ -71,6 +73,43 @@ def test_preset_terms_zero_for_copy_positive_after_perturbing(preset, family):
     w = obj.weights
     expect = sum(w[a] * terms2[a] for a in w)
     torch.testing.assert_close(total2.detach(), expect)
+
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "objective_golden.json").read_text())["values"]
+GOLDEN_CASES = {f"bert/{p}": ("bert", p, {}) for p in PRESETS} | {
+    "gpt2/hierarchical": ("gpt2", "hierarchical", {"causal_lm": True}),
+    "gpt2/minilm": ("gpt2", "minilm", {"causal_lm": True}),
+    "gpt2/finetune": ("gpt2", "finetune", {"causal_lm": True}),
+    "llama/all-relative-forced-verbose": ("llama", "all", {"causal_lm": True, "mse": "relative",
+                                                           "teacher_forcing": True, "verbose_terms": True}),
+    "bert/hierarchical-weighted": ("bert", "hierarchical", {"weights": {"attn": 2.0, "mha": 0.5}, "verbose_terms": True,
+                                                            "split": 1, "temperature": 3.0, "alpha": 0.3}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
+def test_total_and_terms_match_the_values_pinned_before_presets_became_data(case):
+    """Pinned with the objective of 069f912 (preset special cases in code): the data-driven one must agree."""
+    family, preset, kw = GOLDEN_CASES[case]
+    teacher, student, batch = setup(family)
+    perturb(student)
+    total, terms = run(MaKDObjective(N, preset, **kw), student, teacher, batch)
+    got = {"total": float(total.detach()), **{k: float(v) for k, v in terms.items()}}
+    assert list(got) == list(GOLDEN[case])                  # same terms, logged in the same order
+    for name, value in GOLDEN[case].items():
+        assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-8), (case, name)
+
+
+def test_presets_are_data_resolved_through_the_loss_registry():
+    assert set(PRESETS) == set(PRESET_TABLE) == set(GOLDEN_CASES[c][1] for c in GOLDEN_CASES)
+    for name, preset in PRESET_TABLE.items():
+        obj = MaKDObjective(6, name)
+        assert set(obj.weights) == set(preset.layers) and obj.needs_teacher == preset.teacher
+        for aspect, loss in obj.aspect_losses.items():
+            assert loss is LOSSES[preset.losses.get(aspect, aspect)], (name, aspect)
+    assert MaKDObjective(6, "tinybert").aspect_losses["attn"] is LOSSES["attn_scores"]
+    # an aspect added to a preset by assignment uses its own registered loss
+    assert MaKDObjective(6, "hierarchical", assignment={"vr": [5]}).aspect_losses["vr"] is LOSSES["vr"]
 
 
 def test_hierarchical_assignment_and_spec():
@@ -137,6 +176,22 @@ def test_non_finite_raises_with_term_and_step():
         student.bert.encoder.layer[0].attention.self.query.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"'mha/L0'.*at step 7"):
         run(MaKDObjective(N), student, teacher, batch, step=7)
+
+
+def test_only_the_total_is_checked_until_it_is_not_finite(monkeypatch):
+    """One isfinite on the total per step; the per-term diagnosis runs only after it fails."""
+    from makd.core import losses
+    teacher, student, batch = setup("bert")
+    perturb(student)
+    seen = []
+    real = losses.check_finite
+    monkeypatch.setattr(losses, "check_finite", lambda name, v, step=None: (seen.append(name), real(name, v, step)))
+    run(MaKDObjective(N, "all"), student, teacher, batch, step=3)
+    assert seen == []
+    monkeypatch.setattr(losses, "hidden_mse", lambda *a, **k: torch.tensor(float("inf")))
+    with pytest.raises(NonFiniteLossError, match=r"'hidn/L-1'.*at step 3") as err:
+        run(MaKDObjective(N, "all"), student, teacher, batch, step=3)
+    assert seen[-1] == "hidn/L-1" and "mha/L0" in seen and isinstance(err.value, FloatingPointError)
 
 
 def test_gradients_reach_only_the_student(family):

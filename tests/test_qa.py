@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from makd.tasks.data import load_squad
+from makd.tasks.squad_data import load_squad
 from makd.tasks.metrics import squad_metrics
 from makd.tasks.qa import postprocess_predictions, prepare_eval_features, prepare_train_features
 

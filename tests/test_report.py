@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from makd.experiments import published
-from makd.experiments import stats
+from makd.experiments import figures, published, stats, tables, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "results"
@@ -55,7 +54,7 @@ def test_the_table_is_regenerated_from_the_stored_json(tmp_path):
     assert plain["model"] == "SVD student + MaKD (hierarchical)" and plain["seeds"] == "1" and pd.isna(plain["± std"])
     pub = table[table["who"] == "published"]
     assert set(pub["score"]) == {92.7, 91.3, 92.6} and (pub["metric"] == "accuracy").all()
-    md = published.to_markdown(table)
+    md = tables.markdown_table(table)
     assert md.count("\n") == len(table) + 1 and "| ours | MaKD (hierarchical, reconstructed) | 17.39M" in md
     # a changed number in the JSON changes the table: nothing is cached or typed in
     path = copy / "grid" / "rt-polarity" / "makd" / "s0" / "metrics.json"
@@ -68,16 +67,16 @@ def test_the_table_is_regenerated_from_the_stored_json(tmp_path):
 
 def test_verdicts_and_figures_come_from_the_numbers(tmp_path):
     runs = stats.collect(FIX / "grid")
-    answers = stats.verdicts(runs)
+    answers = verdicts.verdicts(runs)
     assert "SVD + logit KD" in answers["baseline"][0] and "+2.3 points" in answers["baseline"][0]
     assert "the aspect helps" in answers["aspects"][0]
     assert answers["hierarchy"][0].startswith("rt-polarity: best assignment is inverted hierarchy")
     assert answers["initialisation"][0].startswith("not answered")
     assert "MaKD: keeps ≥ 95% of the teacher's score down to layer ratio 0.5" in answers["budget"][0]
     assert "at none of the ratios tried" in answers["budget"][1]
-    fig = stats.plot_budget(stats.summarize(runs))
+    fig = figures.plot_budget(stats.summarize(runs))
     assert len(fig.axes[0].lines) >= 3                   # two methods + the teacher line
-    fig2 = stats.plot_ablation_deltas(stats.ablation_deltas(runs))
+    fig2 = figures.plot_ablation_deltas(stats.ablation_deltas(runs))
     assert len(fig2.axes[0].patches) == 2                # no-layer, inverted
 
 
@@ -103,3 +102,14 @@ def test_each_fine_tuned_teacher_gets_its_own_row_with_its_origin():
     table = published.paper_vs_ours(ours)
     teachers = table[table["model"].str.startswith("teacher")]
     assert list(zip(teachers["score"], teachers["source"])) == [(85.0, "results/grid-glue"), (88.0, "results/glue")]
+
+
+def test_the_one_table_writer_keeps_cells_as_text_unpadded():
+    frame = pd.DataFrame({"task": ["rte", "a|b"], "diff": ["+1.0", "-0.0"], "n": [3, 12], "± std": [None, float("nan")],
+                          "seeds": ["", "[0, 1]"], "score": [26.9, 100.0]})
+    assert tables.markdown_table(frame).splitlines() == [
+        "| task | diff | n | ± std | seeds | score |",
+        "|---|---|---|---|---|---|",
+        "| rte | +1.0 | 3 | – |  | 26.9 |",                      # no number parsing, no padding, missing as '–'
+        "| a\\|b | -0.0 | 12 | – | [0, 1] | 100.0 |"]             # '|' in a cell escaped
+    assert tables.markdown_table(frame.iloc[:0]) == "| task | diff | n | ± std | seeds | score |\n|---|---|---|---|---|---|"

@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import nbformat
 import pytest
 
+from makd.assets.paths import REPO_ROOT
 from makd.notebook import runner as rp
 from makd.notebook.helpers import NOTEBOOKS_DIR, read_metrics, write_metrics
-from makd.assets.paths import REPO_ROOT
-from makd.notebook.plotting import savefig
+from makd.notebook.plotting import publish, savefig
 from makd.notebook.profiles import Param, parse_parameters, profile_overrides, validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -107,6 +109,36 @@ def test_only_and_from_selection():
         rp.select(stems, ["07"], None)
     with pytest.raises(ValueError, match="leaves no notebook"):
         rp.select(stems, ["00"], "02")
+
+
+def makd_cli(*argv: str) -> subprocess.CompletedProcess:
+    """``python -m makd ARGV...`` in a fresh interpreter, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "makd", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_reproduce_help_names_the_entry_point():
+    out = makd_cli("reproduce", "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m makd reproduce")
+    assert "python -m makd reproduce --profile smoke" in out.stdout and "--publish-figures" in out.stdout
+    assert "makd.reproduce" not in out.stdout and "makd.notebook.runner" not in out.stdout, "the old entry point"
+
+
+def test_cli_reproduce_list_and_errors(nbs):
+    out = makd_cli("reproduce", "--list", "--notebooks", str(nbs))
+    assert out.returncode == 0, out.stderr
+    assert "01_fixture  Fixture notebook for the runner tests" in out.stdout and "02_second" in out.stdout
+    assert "scale: float = 1.0  # the metric is 2 * scale" in out.stdout and "profile smoke" in out.stdout
+    bad = makd_cli("reproduce", "--profile", "nope", "--notebooks", str(nbs), "--out", str(nbs / "run"))
+    assert bad.returncode == 1 and "python -m makd reproduce: error: unknown profile 'nope'" in bad.stderr
+    assert not (nbs / "run").exists()
+
+
+def test_the_runner_imports_no_plotting_or_model_library():
+    code = "import sys, makd.notebook.runner; print(sorted({'matplotlib', 'pandas', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_list_shows_titles_parameters_and_profiles(nbs, capsys):
@@ -217,7 +249,6 @@ def test_publish_copies_run_figures(tmp_path):
     ax.plot([0, 1])
     savefig(fig, "line", tmp_path / "run", formats=("png",))
     plt.close(fig)
-    from makd.notebook.plotting import publish
     assert publish(tmp_path / "run", tmp_path / "figures") == [tmp_path / "figures" / "line.png"]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from makd.experiments.results import collect, markdown
+from makd.experiments.results import collect, collect_decoder, decoder_markdown, markdown
 
 
 def _run(folder, objective, score, proxy=True):
@@ -50,7 +50,6 @@ def test_squad_scores_are_already_points(tmp_path):
 
 
 def test_decoder_table(tmp_path):
-    from makd.experiments.results import collect_decoder, decoder_markdown
     gen = {"do_sample": False, "seeds": [0], "max_new_tokens": 48}
     for method, score, steps in (("teacher", 30.0, None), ("makd", 21.5, 16), ("sft", 18.25, 16)):
         d = tmp_path / "dec" / method

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from makd.experiments import squad as sq
-from makd.tasks.data import TaskDataUnavailableError, load_squad
+from makd.experiments import squad_teacher as st
+from makd.experiments.options import config_from_kwargs, parse_config
+from makd.experiments.squad_config import SquadConfig
+from makd.tasks.data import TaskDataUnavailableError
+from makd.tasks.squad_data import load_squad
 from makd.tasks.teacher import TeacherAtChanceError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -55,11 +58,8 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     from makd.core.trainer import StopAtStep
 
     def args(**kw):
-        a = sq.build_parser().parse_args([])
-        for k, v in {**TINY, "out": str(tmp_path / "run"), "objective": "model-only", "max_steps": 4,
-                     "save_steps": 2, **kw}.items():
-            setattr(a, k, v)
-        return a
+        return config_from_kwargs(SquadConfig, **{**TINY, "out": str(tmp_path / "run"), "objective": "model-only",
+                                                  "max_steps": 4, "save_steps": 2, **kw})
 
     first = sq.run(args(), callbacks=[StopAtStep(2)])                     # "interrupted" after step 2
     assert first["train"]["steps"] == 2 and (tmp_path / "run" / "checkpoints" / "checkpoint-2").is_dir()
@@ -89,9 +89,11 @@ def test_v2_reports_hasans_noans_and_the_best_null_threshold(tmp_path):
 
 
 def test_predict_logits_puts_length_sorted_rows_back_in_feature_order():
-    """A fake QA model whose start logits are its input ids: every row must come back unpadded, in place."""
+    """A fake QA model whose start logits are its input ids: every row must come back unpadded, in place
+    (Trainer.predict pads rows across batches; they are cut back to each feature's own length)."""
     import datasets
     from transformers import AutoTokenizer
+    from transformers.modeling_outputs import QuestionAnsweringModelOutput
     from makd.assets.models import resolve
 
     class Echo(torch.nn.Module):
@@ -101,12 +103,14 @@ def test_predict_logits_puts_length_sorted_rows_back_in_feature_order():
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             x = input_ids.float() + self.w
-            return SimpleNamespace(start_logits=x, end_logits=-x)
+            return QuestionAnsweringModelOutput(start_logits=x, end_logits=-x)
 
     tok = AutoTokenizer.from_pretrained(resolve("tiny-bert"))
     rows = [[2, 5, 6, 3], [2, 7, 3], [2, 8, 9, 10, 11, 3], [2, 12, 3]]
     feats = datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
-    start, end = sq.predict_logits(Echo(), tok, feats, batch_size=2)
+    echo = Echo().train()
+    start, end = st.predict_logits(echo, tok, feats, batch_size=2)
+    assert echo.training                                    # the caller's mode is restored
     for r, s, e in zip(rows, start, end):
         np.testing.assert_array_equal(s, np.asarray(r, dtype=np.float32))
         np.testing.assert_array_equal(e, -np.asarray(r, dtype=np.float32))
@@ -115,15 +119,15 @@ def test_predict_logits_puts_length_sorted_rows_back_in_feature_order():
 def test_chance_level_is_the_empty_answer_score():
     v1 = load_squad("1.1", data_dir=FIXTURES, dev_only=True)
     v2 = load_squad("2.0", data_dir=FIXTURES, dev_only=True)
-    assert sq.qa_chance_level(v1) == 0.0
+    assert st.qa_chance_level(v1) == 0.0
     share = np.mean([len(a["text"]) == 0 for a in v2.dev["answers"]])
-    assert 0 < share < 1 and sq.qa_chance_level(v2) == pytest.approx(100 * share)
+    assert 0 < share < 1 and st.qa_chance_level(v2) == pytest.approx(100 * share)
     with pytest.raises(TeacherAtChanceError, match="--force-teacher"):
-        sq.check_qa_teacher({"exact_match": 1.0, "f1": 25.0}, v1)
-    sq.check_qa_teacher({"exact_match": 1.0, "f1": 25.0}, v1, force=True)
-    sq.check_qa_teacher({"exact_match": 30.0, "f1": 40.0}, v1)
+        st.check_qa_teacher({"exact_match": 1.0, "f1": 25.0}, v1)
+    st.check_qa_teacher({"exact_match": 1.0, "f1": 25.0}, v1, force=True)
+    st.check_qa_teacher({"exact_match": 30.0, "f1": 40.0}, v1)
     with pytest.raises(TeacherAtChanceError):  # v2: always answering "" already scores the NoAns share
-        sq.check_qa_teacher({"exact_match": 100 * share + 1, "f1": 100 * share + 1}, v2)
+        st.check_qa_teacher({"exact_match": 100 * share + 1, "f1": 100 * share + 1}, v2)
 
 
 def test_errors_before_training(tmp_path, capsys):
@@ -132,18 +136,20 @@ def test_errors_before_training(tmp_path, capsys):
     with pytest.raises(ValueError, match="split_dev_by_article"):         # more articles than the file has
         sq.distill_squad(**TINY | {"split_articles": [2, 1]}, out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="encoder"):                       # a decoder teacher
-        sq.check_qa_teacher_model("tiny-gpt2")
+        st.check_qa_teacher_model("tiny-gpt2")
     from makd.assets.models import load_model
     cls, tok = load_model("tiny-bert", head="cls", num_labels=2)
     cls.save_pretrained(tmp_path / "cls")
     tok.save_pretrained(tmp_path / "cls")
     with pytest.raises(ValueError, match="SequenceClassification head"):  # a classification teacher
         sq.distill_squad(**TINY | {"teacher": str(tmp_path / "cls")}, out=str(tmp_path / "x"))
-    with pytest.raises(SystemExit, match="positions"):                     # windows longer than the model
+    with pytest.raises(ValueError, match="positions"):                     # windows longer than the model
         sq.distill_squad(**TINY | {"max_length": 512}, out=str(tmp_path / "x"))
-    with pytest.raises(SystemExit, match="stride"):
+    with pytest.raises(ValueError, match="stride"):
         sq.distill_squad(**TINY | {"stride": 128}, out=str(tmp_path / "x"))
-    with pytest.raises(SystemExit, match="only one of"):
+    with pytest.raises(ValueError, match="device must be one of"):
+        sq.distill_squad(**TINY | {"device": "gpu"}, out=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="only one of"):
         sq.distill_squad(**TINY | {"layer_ratio": 0.5, "rank": 4}, out=str(tmp_path / "x"))
     with pytest.raises(TypeError, match="unknown option"):
         sq.distill_squad(task="sst2")
@@ -166,8 +172,28 @@ def test_help_names_the_command_and_its_options(capsys):
 
 
 def test_squad_builds_its_objective_from_the_shared_options_including_mse():
-    from makd.experiments.distill import objective_from
+    from makd.experiments.students import objective_from
 
-    args = sq.build_parser().parse_args(["--mse", "relative", "--objective", "hierarchical"])
+    args = parse_config(SquadConfig, ["--mse", "relative", "--objective", "hierarchical"])
     assert objective_from(args, 2).mse == "relative"
-    assert objective_from(sq.build_parser().parse_args([]), 2).mse == "plain"
+    assert objective_from(parse_config(SquadConfig, []), 2).mse == "plain"
+
+
+def test_glue_and_squad_teachers_share_one_cached_fine_tuning(tmp_path, monkeypatch):
+    """Both paths go through tasks.teacher.finetune_cached; the QA spec keys the article split and keeps its
+    unseeded head (the cached SQuAD teachers predate head seeding)."""
+    from makd.tasks import teacher as T
+
+    calls = []
+    real = T.finetune_cached
+
+    def spy(teacher, spec, **kw):
+        calls.append(spec)
+        return real(teacher, spec, **kw)
+
+    monkeypatch.setattr(st, "finetune_cached", spy)
+    res = sq.distill_squad(**TINY, out=str(tmp_path / "t"), teacher_only=True)
+    (spec,) = calls
+    assert spec.head == "qa" and spec.task == "squad-v1.1" and not spec.seed_head and spec.eval_key
+    assert spec.key_extra == {"split": res["notes"][:1]} and Path(res["teacher"]["path"]).name.startswith(
+        "tiny-bert-squad1.1-s0-")

@@ -1,4 +1,4 @@
-"""makd.experiments.stats on fixed numbers (hand-computed expectations) and on the stored-results fixtures."""
+"""makd.experiments.{stats,verdicts,teachers,report,figures} on fixed numbers (hand-computed expectations) and on the stored-results fixtures."""
 from __future__ import annotations
 
 import math
@@ -8,18 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from makd.experiments import stats
+from makd import cli
+from makd.experiments import figures, report, stats, teachers, verdicts
 
 GRID = Path(__file__).resolve().parent / "fixtures" / "results" / "grid"
 
 
-def test_mean_std_uses_the_sample_std():
-    m, s, n = stats.mean_std([1.0, 2.0, 3.0, 4.0])
-    assert (m, n) == (2.5, 4) and s == pytest.approx(math.sqrt(5 / 3))
-    m, s, n = stats.mean_std([0.7])
-    assert m == 0.7 and math.isnan(s) and n == 1
-    with pytest.raises(ValueError):
-        stats.mean_std([])
+def test_summarize_uses_the_sample_std_and_nan_for_one_seed():
+    df = _frame({"a": ("method", [1.0, 2.0, 3.0, 4.0]), "b": ("baseline", [0.7])})
+    summ = stats.summarize(df).set_index("cell")
+    assert (summ.loc["a", "mean"], summ.loc["a", "n"]) == (2.5, 4) and summ.loc["a", "seeds"] == [0, 1, 2, 3]
+    assert summ.loc["a", "std"] == pytest.approx(math.sqrt(5 / 3))
+    assert summ.loc["b", "mean"] == 0.7 and math.isnan(summ.loc["b", "std"]) and summ.loc["b", "n"] == 1
+    assert list(stats.summarize(df.iloc[:0]).columns) == ["task", "cell", *stats.SUMMARY_COLUMNS]
 
 
 def test_paired_t_matches_the_closed_form():
@@ -41,8 +42,8 @@ def test_paired_sign_and_untestable_cases():
     same = stats.paired([0.7, 0.8], [0.6, 0.7])          # identical differences: no variance, no t
     assert math.isnan(same["t"]) and math.isnan(same["p"]) and same["ci_low"] == pytest.approx(0.1)
     assert same["ci_high"] == pytest.approx(0.1)
-    assert "untestable" in stats.significance(same["p"])
-    assert stats.significance(0.01).startswith("significant") and stats.significance(0.2).startswith("not")
+    assert "untestable" in verdicts.significance(same["p"])
+    assert verdicts.significance(0.01).startswith("significant") and verdicts.significance(0.2).startswith("not")
     with pytest.raises(ValueError):
         stats.paired([1, 2], [1, 2, 3])
 
@@ -100,17 +101,16 @@ def test_collect_reads_grid_and_plain_result_folders():
 
 
 def test_a_winner_needs_both_the_bootstrap_interval_and_the_t_test():
-    from makd.experiments.stats import _direction
     # the grid's activation-aware cell: CI [+0.5, +1.7] points excludes 0 but p = 0.093 over 3 seeds
-    assert _direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.093}) == "no clear difference"
-    assert _direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.01}) == "higher"
-    assert _direction({"ci_low": -0.02, "ci_high": -0.01, "p": 0.02}) == "lower"
-    assert _direction({"ci_low": -0.01, "ci_high": 0.02, "p": 0.01}) == "no clear difference"
-    assert _direction({"ci_low": 0.01, "ci_high": 0.01, "p": float("nan")}) == "higher"   # identical diffs
+    assert verdicts.direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.093}) == "no clear difference"
+    assert verdicts.direction({"ci_low": 0.005, "ci_high": 0.017, "p": 0.01}) == "higher"
+    assert verdicts.direction({"ci_low": -0.02, "ci_high": -0.01, "p": 0.02}) == "lower"
+    assert verdicts.direction({"ci_low": -0.01, "ci_high": 0.02, "p": 0.01}) == "no clear difference"
+    assert verdicts.direction({"ci_low": 0.01, "ci_high": 0.01, "p": float("nan")}) == "higher"   # identical diffs
     # one seed: the interval is a point and p undefined -> no direction is claimed
-    assert _direction({"n": 1, "ci_low": 0.007, "ci_high": 0.007, "p": float("nan")}) == "untestable"
+    assert verdicts.direction({"n": 1, "ci_low": 0.007, "ci_high": 0.007, "p": float("nan")}) == "untestable"
     one = _frame({"makd": ("method", [0.80]), "kd": ("baseline", [0.79]), "no-layer": ("ablation", [0.70])})
-    answers = stats.verdicts(one)
+    answers = verdicts.verdicts(one)
     assert "untestable" in answers["baseline"][0] and "higher" not in answers["baseline"][0]
     assert answers["aspects"][0].endswith("one seed: needs more seeds to tell.")
 
@@ -135,7 +135,7 @@ def test_budget_figure_has_one_panel_per_task_with_its_own_teacher_line():
              "teacher_score": ts, "metric": m}
             for t, ts, m in [("rt", 0.78, "accuracy"), ("cola", 0.40, "matthews")] for lab in ("MaKD", "KD")
             for r in (0.1, 0.5)]
-    fig = stats.plot_budget(pd.DataFrame(rows))
+    fig = figures.plot_budget(pd.DataFrame(rows))
     assert [ax.get_title() for ax in fig.axes] == ["rt", "cola"]
     assert [ax.lines[-1].get_ydata()[0] for ax in fig.axes] == pytest.approx([78.0, 40.0])   # dashed teacher line
     assert fig.axes[1].get_ylabel() == "dev matthews (×100)"
@@ -150,7 +150,7 @@ def test_grid_table_orders_groups_and_marks_missing_cells():
         _frame({"makd": ("method", [0.30]), "kd": ("baseline", [0.20])}).assign(task="cola", metric="mcc",
                                                                               teacher_score=0.4)],
         ignore_index=True)
-    table = stats.grid_table(df)
+    table = report.grid_table(df)
     assert list(table.columns) == ["group", "cell", "label", "cola (mcc)", "t (accuracy)"]
     assert list(table["cell"]) == ["makd", "kd", "no-layer", "teacher"]
     row = table.set_index("cell")
@@ -160,30 +160,33 @@ def test_grid_table_orders_groups_and_marks_missing_cells():
 
 
 def test_report_markdown_and_cli_on_the_fixture_grid(tmp_path, capsys):
-    text = stats.report_markdown(stats.collect(GRID))
+    text = report.report_markdown(stats.collect(GRID))
     assert text.startswith("## Cells × tasks") and "| makd | MaKD (hierarchical, reconstructed) |" in text
     assert "## makd vs the best baseline per task" in text and "## Verdicts" in text
     assert "30 runs (rt-polarity 30)" in text
     out = tmp_path / "REPORT.md"
-    assert stats.main([str(GRID), "--out", str(out), "--csv", str(tmp_path / "runs.csv")]) == 0
+    assert report.main([str(GRID), "--out", str(out), "--csv", str(tmp_path / "runs.csv")]) == 0
     assert out.read_text().strip() == text.strip() == capsys.readouterr().out.strip()
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 30
+    assert cli.main(["stats", str(GRID), "--out", str(tmp_path / "via-cli.md")]) == 0     # python -m makd stats
+    assert (tmp_path / "via-cli.md").read_text() == out.read_text()
     for argv, msg in [([str(tmp_path / "none")], "no folder"), ([str(GRID), "--tasks", "rte"], "no finished run"),
                       ([str(GRID), "--method", "nope"], "cell 'nope'")]:
         with pytest.raises(SystemExit):
-            stats.main(argv)
+            report.main(argv)
         assert msg in capsys.readouterr().err
 
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
-@pytest.mark.parametrize("report", sorted(RESULTS.glob("*/REPORT.md")), ids=lambda p: p.parent.name)
-def test_committed_grid_reports_match_their_results(report):
-    # each committed REPORT.md is `python -m makd stats <folder> --out <folder>/REPORT.md` of the committed runs
-    assert report.read_text().strip() == stats.report_markdown(stats.collect(report.parent)).strip(), (
-        f"{report} is stale: regenerate it with python -m makd stats {report.parent.relative_to(RESULTS.parent)} "
-        f"--out {report.relative_to(RESULTS.parent)}")
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*/REPORT.md")), ids=lambda p: p.parent.name)
+def test_committed_grid_reports_match_their_results(path):
+    # each committed REPORT.md is `python -m makd stats <folder> --out <folder>/REPORT.md` of the committed runs,
+    # byte for byte (--out writes the report and one newline)
+    assert path.read_text() == report.report_markdown(stats.collect(path.parent)) + "\n", (
+        f"{path} is stale: regenerate it with python -m makd stats {path.parent.relative_to(RESULTS.parent)} "
+        f"--out {path.relative_to(RESULTS.parent)}")
 
 
 def test_budget_comparisons_pit_the_method_against_the_best_other_label_per_ratio():
@@ -200,18 +203,18 @@ def test_budget_comparisons_pit_the_method_against_the_best_other_label_per_rati
     assert res["mean_diff"].iloc[0] == pytest.approx(0.5 - 0.69)
     assert res["t"].iloc[1] == pytest.approx(math.sqrt(7))
     assert stats.budget_comparisons(df, "nobody").empty
-    text = stats.report_markdown(df)
+    text = report.report_markdown(df)
     assert "## Budget sweep: MaKD vs the best other method at each ratio" in text and "| t | 0.5 | KD | 3 | +2.3 |" in text
 
 
 def test_report_warns_when_a_task_mixes_teacher_checkpoints():
     df = _frame({"makd": ("method", [0.80, 0.82, 0.84]), "kd": ("baseline", [0.78, 0.81, 0.80])})
     df["teacher_sha"] = "a" * 64
-    assert stats.mixed_teachers(df) == {}
+    assert teachers.mixed_teachers(df) == {}
     df.loc[(df.cell == "kd") & (df.seed == 2), "teacher_sha"] = "b" * 64
-    assert stats.mixed_teachers(df) == {"t": {"a" * 12: ["kd/s0", "kd/s1", "makd/s0", "makd/s1", "makd/s2"],
+    assert teachers.mixed_teachers(df) == {"t": {"a" * 12: ["kd/s0", "kd/s1", "makd/s0", "makd/s1", "makd/s2"],
                                               "b" * 12: ["kd/s2"]}}
-    assert stats.report_markdown(df).startswith("> **Warning — t mixes 2 teacher checkpoints**")
+    assert report.report_markdown(df).startswith("> **Warning — t mixes 2 teacher checkpoints**")
     assert "teacher_sha" in stats.collect(GRID).columns
 
 
@@ -222,8 +225,8 @@ def test_a_teacher_retrained_on_another_cpu_is_one_teacher_up_to_rounding():
     df = df.assign(teacher_sha="a" * 64, teacher_key="minilm-l6-t-s0-123", teacher_loss=0.8207715749740601)
     stray = (df.cell == "kd") & (df.seed == 2)
     df.loc[stray, "teacher_sha"], df.loc[stray, "teacher_loss"] = "b" * 64, 0.8207714557647705
-    assert stats.mixed_teachers(df) == {} and list(stats.retrained_teachers(df)) == ["t"]
-    text = stats.report_markdown(df)
+    assert teachers.mixed_teachers(df) == {} and list(teachers.retrained_teachers(df)) == ["t"]
+    text = report.report_markdown(df)
     assert text.startswith("> Note — t: 2 teacher checkpoints that differ bitwise but are one teacher re-trained")
     assert "bbbbbbbbbbbb: 1 runs, dev loss 0.8207715" in text and "dev loss within 1.2e-07" in text
     for change in ({"teacher_loss": 0.8208715}, {"teacher_key": "minilm-l6-t-s1-456"}, {"teacher_score": 0.91},
@@ -232,7 +235,7 @@ def test_a_teacher_retrained_on_another_cpu_is_one_teacher_up_to_rounding():
         for col, val in change.items():
             other[col] = other[col].astype(object)
             other.loc[stray, col] = val
-        assert list(stats.mixed_teachers(other)) == ["t"] and stats.retrained_teachers(other) == {}, change
+        assert list(teachers.mixed_teachers(other)) == ["t"] and teachers.retrained_teachers(other) == {}, change
 
 
 def test_across_tasks_pools_signs_over_task_seed_pairs():
@@ -244,7 +247,7 @@ def test_across_tasks_pools_signs_over_task_seed_pairs():
     # 5 wins, 1 tie (dropped): two-sided exact sign test p = 2 · (1/2)^5
     assert (r["tasks"], r["pairs"], r["wins"], r["losses"], r["ties"]) == (["t", "u"], 6, 5, 0, 1)
     assert r["p"] == pytest.approx(2 * 0.5 ** 5)
-    assert "| activation vs makd | t, u | 6 | 5 | 0 | 1 | 0.0625 |" in stats.report_markdown(df)
+    assert "| activation vs makd | t, u | 6 | 5 | 0 | 1 | 0.0625 |" in report.report_markdown(df)
     assert math.isnan(stats.across_tasks(df, "makd", "nope")["p"])
 
 
@@ -254,7 +257,7 @@ def test_readme_table_spells_out_tasks_metrics_and_the_teacher():
             task="mrpc", metric="f1"),
         _frame({"makd": ("method", [0.30])}).assign(task="cola", metric="matthews_correlation", teacher_score=0.4)],
         ignore_index=True).assign(teacher="minilm-l6")
-    lines = stats.readme_table(df).splitlines()
+    lines = report.readme_table(df).splitlines()
     assert lines[0] == "| group | cell | CoLA (MCC) | MRPC (F1) |"
     assert lines[2].startswith("| method | ") and "| 30.0 ± – (1) | 82.0 ± 2.0 (3) |" in lines[2]
     assert lines[3].endswith("| – | 79.7 ± 1.5 (3) |")                      # kd has no CoLA run
@@ -262,24 +265,24 @@ def test_readme_table_spells_out_tasks_metrics_and_the_teacher():
 
 
 def test_readme_option_rewrites_only_the_marked_block(tmp_path, capsys):
-    start, end = stats.README_MARKERS
+    start, end = report.README_MARKERS
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nintro\n\n{start}\n\n| old | table |\n\n{end}\n\nafter\n")
-    assert stats.main([str(GRID), "--readme", str(readme)]) == 0
+    assert report.main([str(GRID), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# title\n\nintro\n\n") and text.endswith(f"{end}\n\nafter\n") and "| old |" not in text
-    assert stats.readme_block(text) == stats.readme_table(stats.collect(GRID))
-    assert stats.readme_table(stats.collect(GRID)).startswith("| group | cell | rt-polarity (acc.) |")
+    assert report.readme_block(text) == report.readme_table(stats.collect(GRID))
+    assert report.readme_table(stats.collect(GRID)).startswith("| group | cell | rt-polarity (acc.) |")
     capsys.readouterr()
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit):
-        stats.main([str(GRID), "--readme", str(readme)])
+        report.main([str(GRID), "--readme", str(readme)])
     assert "put the lines" in capsys.readouterr().err and readme.read_text() == "no markers\n"   # file untouched
 
 
 def test_committed_readme_grid_table_matches_the_glue_grid():
     # the README's cells × tasks table is `python -m makd stats results/grid-glue --readme README.md`
     text = (RESULTS.parent / "README.md").read_text()
-    assert stats.readme_block(text) == stats.readme_table(stats.collect(RESULTS / "grid-glue")), (
+    assert report.readme_block(text) == report.readme_table(stats.collect(RESULTS / "grid-glue")), (
         "README.md's GLUE table is stale: regenerate it with "
         "python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md --readme README.md")

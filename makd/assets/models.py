@@ -15,42 +15,26 @@ hub id (``bert-base-uncased``)    loaded with ``from_pretrained`` (needs the Hug
 ================================  ==================================================================
 
 Embedded models are built once into ``cache_dir()/models/<name>/`` from the assets of
-:mod:`makd.assets.fetch` (see ``data/README.md``); later loads read that folder.
+:mod:`makd.assets.fetch` by :mod:`makd.assets.builders` (see ``data/README.md``); later loads read that
+folder.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from makd.assets import fetch as assets
-from makd.assets.paths import cache_dir, hub_reachable
+from makd.assets.builders import BUILDERS, EMBEDDED, TINY, materialise, quiet
+from makd.assets.paths import hub_reachable
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = {
-    "minilm-l6": "all-MiniLM-L6-v2, BERT 6 layers x 384, 12 heads, 22.7M params (asset minilm-l6)",
-    "minilm-l3": "paraphrase-MiniLM-L3-v2, BERT 3 layers x 384, 17.2M params, converted from ONNX "
-                 "(asset minilm-l3-onnx), tokenizer of minilm-l6 (same vocabulary)",
-    "smollm2-135m-instruct": "SmolLM2-135M-Instruct, Llama 30 layers x 576, 9/3 heads, dequantised from "
-                             "GGUF Q4_1 to float32 (asset smollm2-135m-instruct-gguf)",
-}
-TINY = {
-    "tiny-bert": "RANDOM BERT, hidden 32, 2 layers, 4 heads, WordPiece ~500 (smoke tests only)",
-    "tiny-gpt2": "RANDOM GPT-2, hidden 32, 2 layers, 4 heads, byte-level BPE ~500 (smoke tests only)",
-    "tiny-llama": ("RANDOM Llama, hidden 32, 2 layers, 4 heads / 2 KV heads, byte-level BPE ~500 "
-                   "(smoke tests only)"),
-}
 HEADS = ("base", "cls", "qa", "lm")
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
-_RECIPE = 2   # bump when a builder changes: cached folders with another recipe are rebuilt
 
 
 class ModelUnavailableError(OSError):
@@ -61,165 +45,6 @@ def _offline_names() -> str:
     return ", ".join(EMBEDDED) + " (real); " + ", ".join(TINY) + " (random, smoke tests)"
 
 
-# ------------------------------------------------------------------------------------------- builders
-def _build_minilm_l3(out: Path) -> dict:
-    from transformers import AutoTokenizer
-    from makd.assets import onnx_bert
-    onnx_path = assets.fetch("minilm-l3-onnx")
-    teacher = assets.fetch("minilm-l6")
-    bert = onnx_bert.to_bert_model(onnx_path)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy2(teacher / f, out / f)
-    tok = AutoTokenizer.from_pretrained(out)
-    batch = tok(["A man is playing a guitar on stage.", "Low-rank students imitate their teacher."],
-                padding=True, return_tensors="pt")
-    diff = onnx_bert.max_abs_diff(bert, onnx_path, batch["input_ids"], batch["attention_mask"])
-    if diff > 1e-4:
-        raise RuntimeError(f"minilm-l3 conversion differs from the ONNX reference by {diff:.2e} (> 1e-4)")
-    bert.config.architectures = ["BertModel"]
-    bert.save_pretrained(out)
-    return {"source_sha256": assets.asset_sha256("minilm-l3-onnx"), "max_abs_diff_vs_onnx_reference": diff}
-
-
-def _build_smollm2(out: Path) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    gguf = assets.fetch("smollm2-135m-instruct-gguf")
-    log.info("dequantising %s to float32 (once, ~20 s)", gguf.name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if not tok.chat_template or "<|im_start|>" not in tok.apply_chat_template(
-            [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True):
-        raise RuntimeError(f"the tokenizer read from {gguf.name} has no usable chat template")
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = gguf_model.config
-    # the weights are dequantised: the GGUF quantization_config must not follow them (transformers would
-    # treat the saved float32 model as quantised and refuse to train it)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    # save_pretrained of the GGUF-loaded model fails: copy its weights into a plain model and save that
-    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-    if [k for k in missing if k != "lm_head.weight"] or unexpected:
-        raise RuntimeError(f"GGUF weights do not fit the config: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    model.generation_config = gguf_model.generation_config
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return {"source_sha256": assets.asset_sha256("smollm2-135m-instruct-gguf"), "dtype": "float32"}
-
-
-_TINY_TEXT = """\
-The teacher is a large language model and the student is a small one. Knowledge distillation trains the
-student to imitate the teacher: its outputs, its attention maps and its hidden states. A weight matrix can
-be written as the product of three matrices with the singular value decomposition; keeping the largest
-singular values gives a low-rank approximation with fewer parameters. The film was a delight from start to
-finish, with sharp dialogue and a moving score. The plot is thin and the jokes fall flat, but the actors do
-their best. What is the capital of France? Paris is the capital and the largest city of France. How many
-days are there in a week? There are seven days in a week. Please write a short poem about the sea. The
-river flows to the sea, the wind moves over the hills, and the birds sing in the morning light. She opened
-the window, looked at the garden and smiled. Numbers such as 1, 2, 3, 10, 42 and 2026 appear in text too.
-Questions, answers, reviews, stories and instructions: each sentence helps the tokenizer learn common words.
-"""
-
-
-def tiny_tokenizer(kind: str):
-    """A real, deterministic tokenizer trained on a built-in English text (vocabulary ~500).
-
-    kind ``"bert"``: uncased WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK] and ``[CLS] A [SEP] B [SEP]``;
-    kind ``"decoder"``: byte-level BPE with <|endoftext|> (bos) <|im_end|> (eos) <|pad|> <|im_start|> and a
-    ChatML-style chat template (the format of SmolLM2-Instruct).
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-    lines = _TINY_TEXT.splitlines()
-    if kind == "bert":
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        alphabet = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
-        trainer = trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials, initial_alphabet=alphabet,
-                                            show_progress=False)
-        tk.train_from_iterator(lines, trainer)
-        cls_id, sep_id = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
-        tk.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-        tk.decoder = decoders.WordPiece()
-        return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                       model_max_length=128,
-                                       model_input_names=["input_ids", "token_type_ids", "attention_mask"])
-    if kind != "decoder":
-        raise ValueError(f"kind must be 'bert' or 'decoder', got {kind!r}")
-    specials = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(lines, trainer)
-    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<|pad|>", additional_special_tokens=["<|im_start|>"],
-                                   model_max_length=128, chat_template=template,
-                                   model_input_names=["input_ids", "attention_mask"])
-
-
-def _build_tiny(name: str, out: Path) -> dict:
-    import transformers as tf
-    kind = name.split("-", 1)[1]
-    tok = tiny_tokenizer("bert" if kind == "bert" else "decoder")
-    ids = {k: tok.convert_tokens_to_ids(getattr(tok, f"{k}_token")) for k in ("bos", "eos", "pad")
-           if getattr(tok, f"{k}_token", None)}
-    n = len(tok)
-    if kind == "bert":
-        cfg = tf.BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=37, max_position_embeddings=128, pad_token_id=ids["pad"])
-        cls = tf.AutoModel
-    elif kind == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                            bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
-        cls = tf.AutoModelForCausalLM
-    else:
-        cfg = tf.LlamaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
-                             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
-                             tie_word_embeddings=True)
-        cls = tf.AutoModelForCausalLM
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = cls.from_config(cfg)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return {"random": True, "seed": 0}
-
-
-_BUILDERS = {"minilm-l3": _build_minilm_l3, "smollm2-135m-instruct": _build_smollm2,
-             **{k: (lambda out, k=k: _build_tiny(k, out)) for k in TINY}}
-
-
-def _materialise(name: str) -> Path:
-    """Build ``cache_dir()/models/<name>`` once (into a temporary folder, then renamed)."""
-    folder = cache_dir() / "models" / name
-    marker = folder / "makd_build.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("recipe") == _RECIPE:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
-        with _quiet():
-            info = _BUILDERS[name](tmp)
-        (tmp / "makd_build.json").write_text(json.dumps({"name": name, "recipe": _RECIPE, **info}, indent=1))
-        tmp.chmod(0o755)                  # mkdtemp makes it private; the cache may be shared
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
 # ------------------------------------------------------------------------------------------- resolving
 def resolve(name_or_path: str) -> str:
     """Embedded or tiny name -> its local folder (built once); existing folder -> itself; else a hub id."""
@@ -228,8 +53,8 @@ def resolve(name_or_path: str) -> str:
     name = str(name_or_path)
     if name == "minilm-l6":
         return str(assets.fetch("minilm-l6"))
-    if name in _BUILDERS:
-        return str(_materialise(name))
+    if name in BUILDERS:
+        return str(materialise(name))
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -249,21 +74,6 @@ def _from_pretrained(auto, path: str, kwargs: dict, seed: int | None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return auto.from_pretrained(path, **kwargs)
-
-
-@contextmanager
-def _quiet():
-    """Silence transformers' warnings and progress bars (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _hub_error(name: str, err: Exception) -> ModelUnavailableError:
@@ -326,7 +136,7 @@ def load_model(name_or_path: str = "minilm-l6", head: str = "base", num_labels: 
     auto = {"base": tf.AutoModel, "cls": tf.AutoModelForSequenceClassification,
             "qa": tf.AutoModelForQuestionAnswering, "lm": tf.AutoModelForCausalLM}[head]
     try:
-        with _quiet():
+        with quiet():
             model, info = _from_pretrained(auto, path, kwargs, seed=0 if name_or_path in TINY else None)
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):

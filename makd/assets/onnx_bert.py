@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
+
+if TYPE_CHECKING:  # onnx (~1.5 s to import) is loaded only when a model is converted
+    import onnx
 
 PREFIX = "model.0.auto_model."   # sentence-transformers: module 0 is the transformer, .auto_model the BertModel
 HIDDEN_OUTPUT = "onnx::Shape_422"  # last hidden state (B, T, H) of the paraphrase-MiniLM-L3-v2 export
 
 
 def load(path_or_model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model
     if not os.path.isfile(path_or_model):
@@ -42,6 +45,7 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 def bert_state_dict(model: onnx.ModelProto, prefix: str = PREFIX) -> dict[str, torch.Tensor]:
     """``BertModel`` state dict from the ONNX initialisers (named 1:1, anonymous MatMul weights transposed)."""
+    from onnx import numpy_helper
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -67,6 +71,7 @@ def bert_state_dict(model: onnx.ModelProto, prefix: str = PREFIX) -> dict[str, t
 
 def _head_dim(model: onnx.ModelProto) -> int:
     """head_dim from the score scaling: ``Div(scores, sqrt(d))`` (older exports) or ``Mul(scores, d**-0.5)``."""
+    from onnx import numpy_helper
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t)
               for n in model.graph.node if n.op_type == "Constant" and n.attribute}
     consts.update({t.name: numpy_helper.to_array(t) for t in model.graph.initializer})

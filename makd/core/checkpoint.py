@@ -24,7 +24,8 @@ import transformers
 from torch import nn
 
 from makd import __version__
-from makd.core.factorize import EMBED, LowRankEmbedding, LowRankLinear, _replace
+from makd.core.budget import EMBED
+from makd.core.lowrank import LowRankEmbedding, LowRankLinear
 
 META = "makd_factorization.json"
 WEIGHTS = "model.safetensors"
@@ -84,7 +85,7 @@ def load_student(path: str | os.PathLike, *, attn_implementation: str | None = N
         role = roles.get(name, [None, None])[1]
         new = (LowRankEmbedding.empty_like(old, rank) if role == EMBED or isinstance(old, nn.Embedding)
                else LowRankLinear.empty_like(old, rank))
-        _replace(model, name, new)
+        model.set_submodule(name, new, strict=True)
     missing, unexpected = safetensors.torch.load_model(model, str(path / WEIGHTS), strict=True)
     if missing or unexpected:  # pragma: no cover - strict=True raises first
         raise ValueError(f"weights do not match: missing {missing}, unexpected {unexpected}")

@@ -190,7 +190,7 @@ def copy_layers(model: nn.Module, keep: list[int]) -> nn.Module:
     n = num_layers(model.config)
     if not keep or any(not 0 <= i < n for i in keep):
         raise ValueError(f"keep must name layers in 0..{n - 1}, got {keep}")
-    student = _copy.deepcopy(model)
+    student = _copy.deepcopy(model).requires_grad_(True)  # trainable even if the teacher was frozen
     layers = get_layers(student)
     kept = [layers[i] for i in keep]
     for i in range(len(layers) - 1, -1, -1):

@@ -5,7 +5,9 @@ objective needs from both (``makd.core.capture``), computes the weighted aspect 
 and logs every term — to the progress bar, to TensorBoard and to ``trainer_state.json`` — as
 ``loss_<term>`` averaged over the logging window. Checkpointing, resuming, evaluation, gradient
 accumulation and multi-process training (``torchrun`` / ``accelerate launch``: DDP, FSDP, DeepSpeed) are
-the Trainer's own. Walk-through: ``notebooks/06_hierarchical_training``.
+the Trainer's own. The terms stay on the device between logs (no host sync per term and step); with
+``eval_terms=True`` evaluation also reports them as ``eval_loss_<term>``. Walk-through:
+``notebooks/06_hierarchical_training``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
@@ -56,11 +58,13 @@ class DistillTrainer(Trainer):
     Args (besides the Trainer's own): ``teacher`` — the frozen teacher (moved to the training device, eval
     mode, no grad); ``objective`` — a :class:`makd.core.objective.MaKDObjective`. With
     ``objective.needs_teacher == False`` (plain fine-tuning) the teacher may be ``None``.
-    Evaluation runs the student alone (its own task loss and predictions).
+    Evaluation runs the student alone (its own task loss and predictions); ``eval_terms=True`` also runs the
+    teacher on the evaluation batches and adds the objective's terms, averaged over examples, to the metrics
+    as ``eval_loss_<term>`` (one more capture per model and batch: off by default).
     """
 
     def __init__(self, *args: Any, teacher: nn.Module | None = None, objective: nn.Module | None = None,
-                 **kwargs: Any):
+                 eval_terms: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if objective is None:
             raise ValueError("DistillTrainer needs an objective (makd.core.objective.MaKDObjective)")
@@ -73,8 +77,11 @@ class DistillTrainer(Trainer):
             teacher.requires_grad_(False)
         # The objective returns a per-batch mean: let Trainer divide by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_values: dict[str, list[Tensor]] = defaultdict(list)    # term -> its per-step values, on device
         self._term_steps = 0
+        self.eval_terms = eval_terms
+        self._eval_sums: dict[str, Tensor] = {}                             # term -> Σ value · batch size
+        self._eval_examples = 0
         self.add_callback(TermsOnProgressBar(self))
 
     def create_optimizer(self, *args: Any, **kwargs: Any):
@@ -88,25 +95,51 @@ class DistillTrainer(Trainer):
             optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
         return optimizer
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training:  # evaluation: the student on its own
-            outputs = model(**inputs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+    def _objective(self, model, inputs, grad: bool) -> tuple[Tensor, dict[str, Tensor], Any]:
         spec = self.objective.spec()
-        student = capture(model, inputs, spec, grad=True)
+        student = capture(model, inputs, spec, grad=grad)
         teacher = (capture(self.teacher, inputs, spec, grad=False)
                    if getattr(self.objective, "needs_teacher", True) else None)
         total, terms = self.objective(student, teacher, inputs, step=self.state.global_step)
+        return total, terms, student.outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:  # evaluation: the student on its own (and, with eval_terms, the objective's terms)
+            outputs = model(**inputs)
+            if self.eval_terms:
+                _, terms, _ = self._objective(model, inputs, grad=False)
+                n = len(inputs["input_ids"])
+                for name, value in terms.items():
+                    self._eval_sums[name] = self._eval_sums.get(name, 0) + value.detach() * n
+                self._eval_examples += n
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        total, terms, outputs = self._objective(model, inputs, grad=True)
         for name, value in terms.items():
-            self._term_sums[name] += float(value.detach() if torch.is_tensor(value) else value)
+            self._term_values[name].append(value.detach() if torch.is_tensor(value) else torch.tensor(float(value)))
         self._term_steps += 1
-        return (total, student.outputs) if return_outputs else total
+        return (total, outputs) if return_outputs else total
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        """The Trainer's loop, plus ``<prefix>_loss_<term>`` = Σ_batches n_b · term_b / Σ n_b with ``eval_terms``."""
+        self._eval_sums, self._eval_examples = {}, 0
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_sums:
+            names = sorted(self._eval_sums)
+            sums = torch.stack([self._eval_sums[n].float() for n in names] + [
+                torch.tensor(float(self._eval_examples), device=self._eval_sums[names[0]].device)])  # (terms + 1,)
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            totals = sums.cpu().tolist()
+            for name, value in zip(names, totals):
+                output.metrics[f"{metric_key_prefix}_loss_{name}"] = value / max(totals[-1], 1)
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_steps and "loss" in logs:
-            for name, total in self._term_sums.items():
-                logs[f"loss_{name}"] = round(total / self._term_steps, 6)
-            self._term_sums.clear()
+            for name, values in self._term_values.items():   # one host copy per term and logging window
+                logs[f"loss_{name}"] = round(sum(torch.stack(values).cpu().tolist()) / self._term_steps, 6)
+            self._term_values.clear()
             self._term_steps = 0
         super().log(logs, start_time)
 

@@ -1,335 +1,209 @@
-"""Decoder distillation: SFT, KD, SeqKD and MaKD for causal LMs, evaluated by Rouge-L.
+"""Decoder distillation: SFT, KD, SeqKD and MaKD for causal LMs, evaluated by Rouge-L (``python -m makd decoder``).
 
-Every method runs through the same :class:`makd.core.trainer.DistillTrainer` and :class:`makd.core.objective.MaKDObjective`
-(``causal_lm=True``; loss only on response tokens, labels −100 on the prompt):
+:func:`compare_methods` is the experiment, shared by the command (:func:`run`) and notebook 10: the teacher is
+scored, then for each method a fresh student (the same one: seeded, built from the same teacher) is trained
+(:mod:`makd.experiments.decoder_methods`) and scored by Rouge-L with ONE frozen generation setting, plus its
+response cross-entropy on a few training examples. SeqKD's teacher generations decode like the evaluation,
+first seed only (:func:`makd.experiments.decoder_methods.seqkd_decoding` says why).
 
-* ``sft``   — the student fine-tuned on the gold responses, no teacher (preset ``finetune``);
-* ``kd``    — token-level forward KL(teacher ‖ student) mixed with the LM loss 0.5/0.5 (MiniLLM's KD);
-* ``seqkd`` — SFT on the TEACHER's generated responses (generated once, cached on disk and reused);
-* ``makd``  — the hierarchical objective: matrix aspects on the shallow half, layer aspects on the deep
-  half (causal attention, response tokens only), and the model aspect (= KD) — a RECONSTRUCTED default.
-
-Students: the factorised teacher at a stated layer ratio / budget (``svd``) or a dense copy of K teacher
-layers (``layers:K``, DistilBERT-style). One prompt template per run (the tokenizer's chat template when it
-has one, else MiniLLM's Alpaca-style template) is recorded in every result, with the frozen generation
-settings (:mod:`makd.tasks.generate`). ``python -m makd decoder --help``.
+One prompt template per run (the tokenizer's chat template when it has one, else MiniLLM's Alpaca-style
+template) is recorded in every result, with the generation settings (:mod:`makd.tasks.generate`). The options
+are the fields of :class:`makd.experiments.decoder_config.DecoderConfig`: ``python -m makd decoder --help``.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import logging
-import os
 import shlex
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import datasets
 import torch
 
-from makd.core import factorize as fz
-from makd.core.families import copy_layers, evenly_spaced, num_layers
-from makd.tasks.generate import GenerationSettings, evaluate_rouge, generate
-from makd.assets.models import load_model, vocab_check
-from makd.core.objective import MaKDObjective
-from makd.assets.paths import cache_dir
 from makd.assets.files import write_json
+from makd.assets.models import load_model
+from makd.assets.paths import data_dir as find_data_dir
+from makd.core import factorize as fz
+from makd.core.families import num_layers
+from makd.experiments.decoder_config import DecoderConfig, parse
+from makd.experiments.decoder_methods import check_pair, make_student, seqkd_decoding, train_student
+from makd.experiments.options import config_from_kwargs
 from makd.experiments.runrecord import make_record
+from makd.experiments.students import check_size
+from makd.tasks.generate import GenerationSettings, evaluate_rouge, generate
+from makd.tasks.instructions import load_instructions
+from makd.tasks.prompts import CausalCollator, prompt_text, sft_features, template_name
 
 log = logging.getLogger("makd.decoder")
-METHODS = ("sft", "kd", "seqkd", "makd")
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-          "request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n")
+UNTRAINED = "SVD student, untrained"   # the response-CE row of the student before any training
 
 
-# ------------------------------------------------------------------------------------------- prompts
-def prompt_text(tokenizer, instruction: str, inp: str = "", template: str = "auto") -> str:
-    """The prompt string for one example: the chat template (``auto`` when the tokenizer has one) or ``alpaca``."""
-    if template not in ("auto", "chat", "alpaca"):
-        raise ValueError(f"template must be 'auto', 'chat' or 'alpaca', got {template!r}")
-    use_chat = template == "chat" or (template == "auto" and getattr(tokenizer, "chat_template", None))
-    if use_chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template='chat' but the tokenizer has no chat template; use 'alpaca'")
-        content = instruction if not inp else f"{instruction}\n\n{inp}"
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    block = f"### Input:\n{inp}\n\n" if inp else ""
-    return ALPACA.format(instruction=instruction, input_block=block)
+@dataclass
+class DecoderData:
+    """What every model of a comparison is trained and scored on."""
+    rows: list[dict]                 # training examples {instruction, input, output}
+    prompts: list[str]               # evaluation prompts, templated
+    references: list[str]            # one reference answer per prompt
+    reference_kind: str              # "human" or "teacher answers (...)": Vicuna has no references
+    eval_set: str
+    eval_source: str
+    train_set: str
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
-def template_name(tokenizer, template: str) -> str:
-    return "chat" if template == "chat" or (template == "auto" and getattr(tokenizer, "chat_template", None)) \
-        else "alpaca"
-
-
-def sft_features(rows, tokenizer, *, max_length: int = 512, max_prompt_tokens: int = 256,
-                 template: str = "auto") -> tuple[datasets.Dataset, dict[str, int]]:
-    """Tokenised (prompt + response + eos) with labels −100 on the prompt; (dataset, counts of cuts).
-
-    Prompts over ``max_prompt_tokens`` keep their last tokens, sequences over ``max_length`` lose the end of
-    the response; both are counted, never silent. Examples with an empty response are dropped (counted)."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token: a response must end with one")
-    feats, counts = [], {"prompt_truncated": 0, "response_truncated": 0, "empty_response_dropped": 0}
-    for r in rows:
-        if not (r["output"] or "").strip():
-            counts["empty_response_dropped"] += 1
-            continue
-        p = tokenizer(prompt_text(tokenizer, r["instruction"], r.get("input", ""), template),
-                      add_special_tokens=False)["input_ids"]
-        if len(p) > max_prompt_tokens:
-            p, counts["prompt_truncated"] = p[-max_prompt_tokens:], counts["prompt_truncated"] + 1
-        a = tokenizer(r["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(p) + len(a) > max_length:
-            a, counts["response_truncated"] = a[:max_length - len(p)], counts["response_truncated"] + 1
-        feats.append({"input_ids": p + a, "labels": [-100] * len(p) + a})
-    if not feats:
-        raise ValueError("no training example left (all responses empty?)")
-    return datasets.Dataset.from_list(feats), counts
-
-
-class CausalCollator:
-    """Right-pad input_ids (pad id), labels (−100) and build the attention mask."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)       # (B, T)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)          # (B, T)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)                 # (B, T)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-# ------------------------------------------------------------------------------------------ students
-def make_student(teacher, kind: str = "svd", **size: Any):
-    """``svd`` (factorised teacher; size = layer_ratio / budget / rank) or ``layers:K`` (dense copy)."""
-    if kind == "svd":
-        return fz.factorize(teacher, **(size or {"layer_ratio": 0.5}))
-    if kind.startswith("layers:"):
-        n = num_layers(teacher.config)
-        k = kind.split(":", 1)[1]
-        if not k.isdigit():
-            raise ValueError(f"student {kind!r}: use layers:K with K in 1..{n}")
-        return copy_layers(teacher, evenly_spaced(n, int(k)))
-    raise ValueError(f"unknown student kind {kind!r}: 'svd' or 'layers:K'")
-
-
-# MaKD's matrix/hidden MSE for causal LMs (our choice, not the paper's; see objective_for)
-DEFAULT_MSE = "relative"
-
-
-def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, **kw: Any) -> MaKDObjective:
-    """The objective of ``method``; MaKD's matrix/hidden MSEs are ``relative`` by default (normalised by the
-    teacher's energy: SmolLM2's hidden states reach |h| ~ 10³ and the plain MSE, ~8,000 at the first log,
-    drowned the model term — our choice, not the paper's; ``mse="plain"`` restores it)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if method in ("sft", "seqkd"):
-        return MaKDObjective(n_layers, "finetune", causal_lm=True)
-    if method == "kd":
-        return MaKDObjective(n_layers, "model-only", causal_lm=True, lm_weight=0.5, **kw)
-    return MaKDObjective(n_layers, "hierarchical", causal_lm=True, lm_weight=0.5, response_only_layers=True,
-                         mse=mse, **kw)
-
-
-def check_pair(teacher, teacher_tok, student, student_tok) -> int:
-    """Same tokenizer and the same (padded) vocabulary rows, else one ValueError saying what to do."""
-    n = vocab_check(teacher_tok, student_tok, teacher, student)
-    t_out, s_out = teacher.get_output_embeddings(), student.get_output_embeddings()
-    if t_out is not None and s_out is not None and t_out.weight.shape[0] != s_out.weight.shape[0]:
-        raise ValueError(f"output vocabularies differ (teacher {t_out.weight.shape[0]} rows, student "
-                         f"{s_out.weight.shape[0]}): resize with model.resize_token_embeddings(n)")
-    return n
-
-
-# ----------------------------------------------------------------------------------------- SeqKD data
-def teacher_responses(teacher, tokenizer, rows, settings: GenerationSettings, *, template: str = "auto",
-                      cache: Path | None = None) -> list[dict]:
-    """``rows`` with ``output`` replaced by the teacher's generation; cached by teacher, prompts and settings.
-    At least one new token per prompt (an empty response would leave the example without a training token)."""
-    settings = replace(settings, min_new_tokens=max(1, settings.min_new_tokens))
-    prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), template) for r in rows]
-    key = hashlib.sha256(json.dumps({"teacher": getattr(teacher.config, "_name_or_path", ""),
-                                     "params": sum(p.numel() for p in teacher.parameters()),
-                                     "prompts": prompts, "settings": settings.as_dict()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    path = (cache or cache_dir() / "seqkd") / f"{key}.json"
-    if path.is_file():
-        log.info("SeqKD: reusing %d cached teacher generations %s", len(rows), path)
-        texts = json.loads(path.read_text())["texts"]
-    else:
-        texts = generate(teacher, tokenizer, prompts, settings, seed=settings.seeds[0])["texts"]
-        write_json(path, {"texts": texts, "settings": settings.as_dict()})
-    return [{**r, "output": t} for r, t in zip(rows, texts)]
-
-
-# ------------------------------------------------------------------------------------------ training
-def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, seed: int = 0,
-                  epochs: float = 1.0, max_steps: int = -1, lr: float = 5e-5, batch_size: int = 8,
-                  max_length: int = 512, max_prompt_tokens: int = 256, template: str = "auto",
-                  seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
-                  save_steps: int = 200, resume: bool = False, report_to: str = "none",
-                  quiet: bool = False, mse: str = DEFAULT_MSE) -> dict[str, Any]:
-    """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}."""
-    from makd.tasks.teacher import training_args
-    from makd.core.trainer import DistillTrainer, loss_history
-
-    if method == "seqkd":
-        rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
-            max_new_tokens=64), template=template)
-    data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
-                              template=template)
-    objective = objective_for(method, num_layers(student.config), mse=mse)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
-    args = training_args(out / "checkpoints", seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                         max_steps=max_steps, report_to=report_to, logging_steps=logging_steps,
-                         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
-                         remove_unused_columns=False, disable_tqdm=quiet or None, warmup_steps=0.05)
-    trainer = DistillTrainer(model=student, args=args, teacher=teacher if objective.needs_teacher else None,
-                             objective=objective, train_dataset=data,
-                             data_collator=CausalCollator(tokenizer.pad_token_id))
-    resume_from = resume and any((out / "checkpoints").glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
-    student.eval()
-    return {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
-            "history": loss_history(trainer), "examples": len(data), "cuts": cuts, "resumed": bool(resume_from)}
-
-
-# ------------------------------------------------------------------------------------------ the command
-EPILOG = """examples:
-  # embedded default, no network: SmolLM2-135M-Instruct teacher, chatterbot proxy train set, SelfInst-252 eval
-  python -m makd decoder --data-dir ../shared/data --methods sft kd seqkd makd --max-train 256 --max-eval 40
-  # MiniLLM's decoding protocol (sampling, top-p 1, temperature 1, 5 seeds) instead of greedy
-  python -m makd decoder ... --decoding sample
-  # the paper's setting on a GPU box with the hub: GPT-2 family
-  python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m makd decoder", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default="smollm2-135m-instruct", help="embedded name, local folder or hub id (decoder)")
-    p.add_argument("--train-set", default="chatterbot", help="chatterbot (embedded proxy) or dolly")
-    p.add_argument("--eval-set", default="selfinst", help="selfinst, vicuna (teacher answers as references), "
-                   "dolly or chatterbot")
-    p.add_argument("--data-dir", default=None, help="folder with instruct/*.jsonl (default $MAKD_DATA_DIR)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--student", default="svd", help="'svd' (factorised teacher) or 'layers:K' (dense copy)")
-    p.add_argument("--layer-ratio", type=float, default=0.5, help="size of the svd student")
-    p.add_argument("--template", default="auto", choices=("auto", "chat", "alpaca"),
-                   help="prompt template: the tokenizer's chat template when it has one (auto), or alpaca")
-    p.add_argument("--max-train", type=int, default=256, help="training examples (first N of the seeded split)")
-    p.add_argument("--max-eval", type=int, default=40, help="evaluation prompts (first N)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=256, help="training sequence length (prompt + response)")
-    p.add_argument("--decoding", default="greedy", choices=("greedy", "sample"),
-                   help="greedy (one run) or MiniLLM's sampling (top-p 1, temperature 1, --seeds)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50], help="sampling seeds")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens (MiniLLM: up to 512 total)")
-    p.add_argument("--max-prompt-tokens", type=int, default=256)
-    p.add_argument("--mse", default=DEFAULT_MSE, choices=("relative", "plain"),
-                   help="MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, our "
-                        "choice: LLM hidden states reach |h| ~ 10^3) or plain (METHOD.md's MSE)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/decoder", help="writes OUT/<method>/metrics.json, OUT/teacher/, OUT/speed.json")
-    p.add_argument("--resume", action="store_true", help="resume interrupted training from OUT/<method>/checkpoints")
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def settings_from(args) -> GenerationSettings:
-    common = dict(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens, batch_size=8)
-    if args.decoding == "greedy":
+def generation_settings(cfg: DecoderConfig) -> GenerationSettings:
+    """The one frozen generation setting of the evaluation (greedy, or sampling with the config's seeds)."""
+    common = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_new_tokens=cfg.max_new_tokens,
+                  batch_size=cfg.gen_batch_size)
+    if cfg.decoding == "greedy":
         return GenerationSettings.greedy(**common)
-    return GenerationSettings(do_sample=True, seeds=tuple(args.seeds), **common)
+    return GenerationSettings(do_sample=True, seeds=tuple(cfg.seeds), **common)
 
 
-def run(args) -> dict[str, Any]:
-    from makd.tasks.data import load_instructions
+def resolve_eval_set(eval_set: str, data_dir: str | None) -> str:
+    """``auto``: Self-Instruct when the data folder holds it, else the embedded ChatterBot test split."""
+    if eval_set != "auto":
+        return eval_set
+    root = find_data_dir(data_dir)
+    return "selfinst" if root and (Path(root) / "instruct" / "selfinst-252.jsonl").is_file() else "chatterbot"
 
-    started = time.time()
-    settings = settings_from(args)
-    out = Path(args.out)
-    teacher, tok = load_model(args.teacher, head="lm")
-    n = num_layers(teacher.config)
-    if args.student != "svd" and not (args.student.startswith("layers:") and args.student[7:].isdigit()
-                                      and 1 <= int(args.student[7:]) <= n):
-        raise SystemExit(f"error: --student {args.student}: use 'svd' or layers:K with K in 1..{n}")
-    if args.student == "svd":                           # size checks before any long work
-        try:
-            fz.plan_ranks(teacher, layer_ratio=args.layer_ratio)
-        except ValueError as err:
-            raise SystemExit(f"error: --layer-ratio {args.layer_ratio}: {err}") from None
-    train = load_instructions(args.train_set, args.data_dir, seed=args.seed).train
+
+def load_data(cfg: DecoderConfig, teacher, tokenizer) -> DecoderData:
+    """Training rows, templated evaluation prompts and their references (the teacher's greedy answers where the
+    set has none: Vicuna — never comparable with the paper's numbers)."""
+    train = load_instructions(cfg.train_set, cfg.data_dir, seed=cfg.seed).train
     if train is None:
-        raise SystemExit(f"error: {args.train_set} has no train split; use chatterbot or dolly")
-    rows = list(train.select(range(min(len(train), args.max_train))))
-    ev = load_instructions(args.eval_set, args.data_dir, seed=args.seed)
-    test = ev.test.select(range(min(len(ev.test), args.max_eval)))
-    prompts = [prompt_text(tok, r["instruction"], r.get("input", ""), args.template) for r in test]
-    results: dict[str, Any] = {}
-    reference_note = "human references"
-    references = [r["output"] for r in test]
-    t_eval = evaluate_rouge(teacher, tok, prompts, references, settings) if ev.reference_kind != "none" else None
-    if ev.reference_kind == "none":                      # Vicuna-80: no references -> the teacher's own answers
-        references = generate(teacher, tok, prompts, GenerationSettings.greedy(
-            max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens), seed=0)["texts"]
-        reference_note = "NO human references: the teacher's greedy answers are the references (not comparable with the paper)"
-        t_eval = evaluate_rouge(teacher, tok, prompts, references, settings)
-    common = {"eval_set": ev.name, "eval_source": ev.source, "reference": reference_note, "train_set": args.train_set,
-              "train_is_proxy": args.train_set == "chatterbot", "template": template_name(tok, args.template),
-              "generation": settings.as_dict(), "notes": ev.notes}
+        raise ValueError(f"{cfg.train_set} has no train split; use train_set chatterbot or dolly")
+    eval_set = resolve_eval_set(cfg.eval_set, cfg.data_dir)
+    ev = load_instructions(eval_set, cfg.data_dir, seed=cfg.seed)
+    test = ev.test.select(range(min(len(ev.test), cfg.max_eval)))
+    prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), cfg.template) for r in test]
+    references, kind = [r["output"] for r in test], "human"
+    if ev.reference_kind == "none":
+        settings = generation_settings(cfg)
+        references = generate(teacher, tokenizer, prompts, GenerationSettings.greedy(
+            max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=settings.max_new_tokens), seed=0)["texts"]
+        kind = "teacher answers (not comparable with the paper)"
+    return DecoderData(list(train.select(range(min(len(train), cfg.max_train)))), prompts, references, kind,
+                       ev.name, ev.source, cfg.train_set, dict(ev.files), list(ev.notes))
+
+
+def response_ce(model, batch: dict[str, torch.Tensor]) -> float:
+    """The model's mean cross-entropy on the response tokens of ``batch`` (labels −100 on the prompt)."""
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def ce_batch(cfg: DecoderConfig, tokenizer, rows: list[dict], device) -> dict[str, torch.Tensor]:
+    """The first ``cfg.ce_examples`` training examples, tokenised like training, as one padded batch."""
+    features, _ = sft_features(rows[:cfg.ce_examples], tokenizer, max_length=cfg.max_length,
+                               max_prompt_tokens=cfg.max_prompt_tokens, template=cfg.template)
+    batch = CausalCollator(tokenizer.pad_token_id)([features[i] for i in range(len(features))])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *,
+                    on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The teacher, then each of ``cfg.methods`` on a fresh copy of the same student, scored alike.
+
+    Returns ``{name: {"eval": evaluate_rouge(...), "params": int, "response_ce": float, "train": info}}`` for
+    ``teacher`` and each method (``train`` for methods only), plus ``UNTRAINED`` ({"response_ce", "params"}) for
+    the student before training. Students live on the teacher's device; checkpoints go to
+    ``cfg.out/<method>/``. ``on_result(name, result)`` is called as soon as a model is scored."""
+    settings = generation_settings(cfg)
+    device = next(teacher.parameters()).device
+    batch = ce_batch(cfg, tokenizer, data.rows, device)
+    results: dict[str, dict[str, Any]] = {"teacher": {
+        "eval": evaluate_rouge(teacher, tokenizer, data.prompts, data.references, settings),
+        "params": fz.count_parameters(teacher), "response_ce": response_ce(teacher, batch)}}
+    if on_result:
+        on_result("teacher", results["teacher"])
+    for method in cfg.methods:
+        torch.manual_seed(cfg.seed)
+        student = make_student(teacher, cfg.student, factorize_embeddings=cfg.factorize_embeddings,
+                               **cfg.size()) if cfg.student == "svd" else make_student(teacher, cfg.student)
+        student.to(device)
+        check_pair(teacher, tokenizer, student, tokenizer)
+        if UNTRAINED not in results:   # every method starts from this same student
+            results[UNTRAINED] = {"response_ce": response_ce(student, batch), "params": fz.count_parameters(student)}
+        info = train_student(method, teacher, student, tokenizer, data.rows, out=Path(cfg.out) / method,
+                             seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr,
+                             batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_length=cfg.max_length,
+                             max_prompt_tokens=cfg.max_prompt_tokens, template=cfg.template,
+                             seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
+                             save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to,
+                             quiet=cfg.quiet, mse=cfg.mse)
+        results[method] = {"eval": evaluate_rouge(student, tokenizer, data.prompts, data.references, settings),
+                           "params": fz.count_parameters(student), "response_ce": response_ce(student, batch),
+                           "train": info}
+        log.info("%s: Rouge-L %.2f (teacher %.2f)", method, results[method]["eval"]["rougeL"],
+                 results["teacher"]["eval"]["rougeL"])
+        if on_result:
+            on_result(method, results[method])
+    return results
+
+
+def preflight(cfg: DecoderConfig, teacher) -> None:
+    """The student kind and size fit this teacher (before any data or training)."""
+    n = num_layers(teacher.config)
+    if cfg.student.startswith("layers:") and not 1 <= int(cfg.student[7:]) <= n:
+        raise ValueError(f"student {cfg.student!r}: K must be in 1..{n} (the teacher has {n} layers)")
+    if cfg.student == "svd":
+        check_size(teacher, cfg.size(), cfg.factorize_embeddings)
+
+
+def run(cfg: DecoderConfig, command: str | None = None) -> dict[str, Any]:
+    """``python -m makd decoder``: OUT/teacher/metrics.json, OUT/<method>/metrics.json (each as soon as it is
+    scored) and OUT/speed.json; returns {name: Rouge-L evaluation}."""
+    if not isinstance(cfg, DecoderConfig):
+        raise TypeError(f"run() takes a DecoderConfig, got {type(cfg).__name__}: build it with "
+                        "config_from_kwargs(DecoderConfig, ...) or call compare(**options)")
+    started, out = time.time(), Path(cfg.out)
+    teacher, tok = load_model(cfg.teacher, head="lm")
+    preflight(cfg, teacher)
+    data = load_data(cfg, teacher, tok)
+    settings = generation_settings(cfg)
+    options = {**cfg.to_dict(), "command": command}
+    common = {"eval_set": data.eval_set, "eval_source": data.eval_source, "reference": data.reference_kind,
+              "train_set": data.train_set, "train_is_proxy": data.train_set == "chatterbot",
+              "template": template_name(tok, cfg.template), "generation": settings.as_dict(), "notes": data.notes,
+              "seqkd_generation": seqkd_decoding(settings).as_dict()}
+
     t_params = fz.count_parameters(teacher)
-    record = make_record(vars(args), seed=args.seed, data_files={**ev.files}, started=started)
-    write_json(out / "teacher" / "metrics.json", {**common, "method": "teacher", "model": args.teacher,
-                                                  "params": t_params, "eval": t_eval, "record": record})
-    speed = {"teacher": {"tokens_per_s": t_eval["tokens_per_s"], "params": t_params}}
-    for method in args.methods:
-        torch.manual_seed(args.seed)
-        student = make_student(teacher, args.student, layer_ratio=args.layer_ratio)
-        check_pair(teacher, tok, student, tok)
-        info = train_student(method, teacher, student, tok, rows, out=out / method, seed=args.seed,
-                             epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
-                             max_length=args.max_length, max_prompt_tokens=args.max_prompt_tokens,
-                             template=args.template, resume=args.resume, quiet=args.quiet, mse=args.mse,
-                             seqkd_settings=GenerationSettings.greedy(max_prompt_tokens=args.max_prompt_tokens,
-                                                                      max_new_tokens=args.max_new_tokens))
-        s_eval = evaluate_rouge(student, tok, prompts, references, settings)
-        s_params = fz.count_parameters(student)
-        results[method] = {**common, "method": method, "student": args.student, "params": s_params,
-                           "teacher_params": t_params, "eval": s_eval, "train": info,
-                           "record": make_record(vars(args), seed=args.seed, data_files={**ev.files}, started=started)}
-        write_json(out / method / "metrics.json", results[method])
-        speed[method] = {"tokens_per_s": s_eval["tokens_per_s"], "params": s_params}
-        log.info("%s: Rouge-L %.2f (teacher %.2f)", method, s_eval["rougeL"], t_eval["rougeL"])
+
+    def write(name: str, res: dict[str, Any]) -> None:   # each model's metrics.json as soon as it is scored
+        extra = ({"model": cfg.teacher} if name == "teacher" else
+                 {"student": cfg.student, "teacher_params": t_params, "train": res["train"]})
+        write_json(out / name / "metrics.json", {
+            **common, "method": name, "params": res["params"], "response_ce": res["response_ce"], "eval": res["eval"],
+            **extra, "record": make_record(options, seed=cfg.seed, data_files=data.files, started=started)})
+
+    results = compare_methods(cfg, teacher, tok, data, on_result=write)
+    scored = {k: v for k, v in results.items() if k != UNTRAINED}
     write_json(out / "speed.json", {"what": f"generation tokens/s, batch {settings.batch_size}, prompts ≤ "
                                     f"{settings.max_prompt_tokens} tokens, ≤ {settings.max_new_tokens} new tokens, "
-                                    f"{len(prompts)} {ev.name} prompts, CPU threads {torch.get_num_threads()}",
-                                    "models": speed})
-    return {"teacher": t_eval, **{m: r["eval"] for m, r in results.items()}}
+                                    f"{len(data.prompts)} {data.eval_set} prompts, CPU threads {torch.get_num_threads()}",
+                                    "models": {k: {"tokens_per_s": v["eval"]["tokens_per_s"], "params": v["params"]}
+                                               for k, v in scored.items()}})
+    return {k: v["eval"] for k, v in scored.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.command = "python -m makd decoder " + shlex.join(sys.argv[1:] if argv is None else argv)
+def compare(**options: Any) -> dict[str, Any]:
+    """Python entry point: ``compare(teacher="tiny-llama", methods=["sft", "makd"], max_steps=2, out=...)``;
+    keyword names are the fields of :class:`DecoderConfig` (an unknown name: TypeError, a wrong value: ValueError,
+    both before any model is loaded)."""
+    return run(config_from_kwargs(DecoderConfig, **options))
+
+
+def main(argv: list[str] | None = None, config: DecoderConfig | None = None) -> int:
+    """``python -m makd decoder``; ``config``: ``argv`` already parsed (by :mod:`makd.cli`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = config or parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = run(args)
+    res = run(cfg, command="python -m makd decoder " + shlex.join(argv))
     for name, ev in res.items():
         print(f"{name:8s} Rouge-L {ev['rougeL']:.2f} ± {ev['rougeL_std']:.2f}  ({ev['tokens_per_s']:.1f} tok/s)")
     return 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -42,13 +41,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from makd.assets.files import write_json
+from makd.experiments import stats, teachers  # the teacher-checkpoint check after each finished cell
+from makd.experiments.distill import distill
+from makd.experiments.grid_plan import (GROUPS, SIZE_KEYS, VOLATILE, budget_of, cell_options, check_options,  # noqa: F401
+                                        coerce_types, config_hash, load_grid, plan, resolve_options, validate_grid)
 
 log = logging.getLogger("makd.experiments.grid")
-
-SIZE_KEYS = ("layer_ratio", "budget", "rank")
-# options that change where/how a run is reported, never its result: left out of the config hash
-VOLATILE = ("out", "resume", "quiet", "report_to", "save_student", "logging_steps", "save_steps", "eval_steps")
-GROUPS = ("method", "baseline", "ablation", "budget")
 
 EPILOG = """examples:
   python -m makd grid grids/smoke.yaml --out runs/grid-smoke            # seconds: tiny-bert, fixtures
@@ -56,158 +54,6 @@ EPILOG = """examples:
   python -m makd grid grids/rt-polarity.yaml --out results/grid --only makd svd-finetune --seeds 0
   python -m makd grid grids/glue.yaml --out results/grid --tasks rte mrpc --set data_dir=../shared/data
 Re-running the same command skips finished cells and resumes interrupted ones."""
-
-
-# ------------------------------------------------------------------------------------------ grid data
-def load_grid(path: str | Path) -> dict[str, Any]:
-    """Read and validate a grid file (.yaml/.yml/.json); returns the dict with defaults filled in."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} does not exist (examples: grids/*.yaml)")
-    text = path.read_text()
-    if path.suffix == ".json":
-        grid = json.loads(text)
-    else:
-        import yaml
-        grid = yaml.safe_load(text)
-    return validate_grid(grid, where=str(path))
-
-
-def validate_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, Any]:
-    """Check the grid's structure and option names (against the pipeline's) before any run starts."""
-    from makd.experiments.distill import build_parser
-
-    if not isinstance(grid, dict):
-        raise ValueError(f"{where}: a grid is a mapping with tasks, seeds, shared, cells")
-    unknown_top = set(grid) - {"name", "description", "tasks", "seeds", "shared", "task_options", "cells"}
-    if unknown_top:
-        raise ValueError(f"{where}: unknown top-level key(s) {sorted(unknown_top)}")
-    valid = set(vars(build_parser().parse_args([])))
-    grid = {"name": Path(where).stem, "description": "", "seeds": [0], "shared": {}, "task_options": {}, **grid}
-    if not grid.get("tasks"):
-        raise ValueError(f"{where}: 'tasks' must list at least one task (e.g. [rt-polarity])")
-    if not grid["seeds"] or not all(isinstance(s, int) for s in grid["seeds"]):
-        raise ValueError(f"{where}: 'seeds' must be a list of ints, got {grid['seeds']!r}")
-    cells = grid.get("cells") or []
-    if not cells:
-        raise ValueError(f"{where}: 'cells' is empty")
-    blocks = [("shared", grid["shared"])] + [(f"task_options[{t}]", o) for t, o in grid["task_options"].items()]
-    names = set()
-    for i, cell in enumerate(cells):
-        if not isinstance(cell, dict) or "name" not in cell:
-            raise ValueError(f"{where}: cell {i} needs a 'name'")
-        bad = set(cell) - {"name", "label", "group", "options", "note"}
-        if bad:
-            raise ValueError(f"{where}: cell {cell['name']!r} has unknown key(s) {sorted(bad)} "
-                             "(pipeline options go under 'options')")
-        if cell["name"] in names or "/" in cell["name"]:
-            raise ValueError(f"{where}: cell name {cell['name']!r} is repeated or contains '/'")
-        names.add(cell["name"])
-        cell.setdefault("label", cell["name"])
-        cell.setdefault("group", "method")
-        cell.setdefault("options", {})
-        if cell["group"] not in GROUPS:
-            raise ValueError(f"{where}: cell {cell['name']!r} group {cell['group']!r}: use one of {GROUPS}")
-        blocks.append((f"cell {cell['name']!r}", cell["options"]))
-    for what, opts in blocks:
-        sizes = [k for k in SIZE_KEYS if k in opts]
-        if len(sizes) > 1:
-            raise ValueError(f"{where}: {what} gives {sizes}: give one student size per block (a cell's size "
-                             "key replaces the shared one)")
-        bad = set(opts) - valid - {"task", "seed"}
-        if bad:
-            raise ValueError(f"{where}: {what} has unknown pipeline option(s) {sorted(bad)}; valid: {sorted(valid)}")
-        if "task" in opts or "seed" in opts:
-            raise ValueError(f"{where}: {what}: give tasks and seeds at the top level, not as options")
-    return grid
-
-
-def cell_options(grid: dict[str, Any], cell: dict[str, Any], task: str, seed: int) -> dict[str, Any]:
-    """shared ∪ task_options[task] ∪ cell.options with the size-key rule (budget_of not yet resolved)."""
-    opts: dict[str, Any] = {}
-    for layer in (grid["shared"], grid["task_options"].get(task, {}), cell["options"]):
-        if any(k in layer for k in SIZE_KEYS):
-            for k in SIZE_KEYS:
-                opts.pop(k, None)
-        opts.update(json.loads(json.dumps(layer)))          # a deep copy
-    if opts.get("student", "svd") != "svd":
-        for k in SIZE_KEYS:                                 # a dense student has its own size
-            opts.pop(k, None)
-    return {**opts, "task": task, "seed": seed}
-
-
-def budget_of(student: str, teacher: str = "minilm-l6", num_labels: int = 2) -> int:
-    """Exact total parameter count of the dense student ``student`` (``layers:K`` or a model name) with a
-    ``num_labels`` classification head, built as :mod:`makd.experiments.distill` builds it (the fine-tuned teacher
-    has the same shapes as the pretrained one, so the count does not need the fine-tuning)."""
-    from makd.core.factorize import count_parameters
-    from makd.assets.models import load_model
-    from makd.experiments.distill import dense_student
-
-    model, tok = load_model(teacher, head="cls", num_labels=num_labels)
-    return count_parameters(dense_student(student, model, tok, num_labels))
-
-
-def _num_labels(task: str, data_dir: str | None) -> int:
-    from makd.tasks.data import load_task
-    t = load_task(task, data_dir=data_dir, max_dev=8, seed=0)
-    return 1 if t.is_regression else t.num_labels
-
-
-def resolve_options(opts: dict[str, Any], cache: dict | None = None) -> dict[str, Any]:
-    """Replace ``budget: {budget_of: SPEC}`` by the dense student's exact count (memoised in ``cache``) and
-    ``${VAR}`` in string options by the environment variable (an unset one is an error saying what to set)."""
-    from makd.assets.paths import expand_env
-
-    try:
-        opts = coerce_types({k: expand_env(v, k) for k, v in opts.items()})
-    except ValueError as err:
-        raise ValueError(str(err).replace("or pass -p", "or pass --set").replace(" VALUE", "=VALUE")) from None
-    b = opts.get("budget")
-    if not isinstance(b, dict):
-        return opts
-    if set(b) != {"budget_of"}:
-        raise ValueError(f"budget {b!r}: a mapping budget must be {{budget_of: STUDENT}} (e.g. layers:3)")
-    teacher = opts.get("teacher", "minilm-l6")
-    key = (b["budget_of"], teacher, opts["task"], opts.get("data_dir"))
-    cache = {} if cache is None else cache
-    if key not in cache:
-        cache[key] = budget_of(b["budget_of"], teacher, _num_labels(opts["task"], opts.get("data_dir")))
-    return {**opts, "budget": cache[key], "budget_of": b["budget_of"]}
-
-
-def coerce_types(opts: dict[str, Any]) -> dict[str, Any]:
-    """Give each option the type the pipeline's parser gives it (``epochs: 1`` in YAML -> 1.0), so a grid
-    cell and the same command line produce the same run config (and the same cached-teacher key)."""
-    from makd.experiments.distill import build_parser
-
-    types = {a.dest: a.type for a in build_parser()._actions if a.type in (float, int)}
-    return {k: types[k](v) if k in types and isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            for k, v in opts.items()}
-
-
-def config_hash(opts: dict[str, Any]) -> str:
-    """sha256 (16 hex) of the resolved options without the VOLATILE ones (and without the budget_of label)."""
-    kept = {k: v for k, v in opts.items() if k not in VOLATILE and k != "budget_of"}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def plan(grid: dict[str, Any], *, only: list[str] | None = None, seeds: list[int] | None = None,
-         tasks: list[str] | None = None, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every (task, seed, cell) to run, seeds before cells so one seed's cells finish together (and share
-    the fine-tuned teacher)."""
-    unknown = set(only or []) - {c["name"] for c in grid["cells"]}
-    if unknown:
-        raise ValueError(f"--only {sorted(unknown)}: not in the grid; cells: {[c['name'] for c in grid['cells']]}")
-    jobs = []
-    for task in tasks or grid["tasks"]:
-        for seed in seeds if seeds is not None else grid["seeds"]:
-            for cell in grid["cells"]:
-                if only and cell["name"] not in only:
-                    continue
-                opts = {**cell_options(grid, cell, task, seed), **(overrides or {})}
-                jobs.append({"task": task, "seed": seed, "cell": cell, "options": opts})
-    return jobs
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -242,10 +88,7 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
     """
     if not isinstance(grid, dict):
         grid = load_grid(grid)
-    from makd.experiments import stats  # the teacher-checkpoint check after each finished cell
-
-    if run_fn is None:
-        from makd.experiments.distill import distill as run_fn
+    run_fn = distill if run_fn is None else run_fn
     out_dir = Path(out_dir)
     jobs = plan(grid, only=only, seeds=seeds, tasks=tasks, overrides=overrides)
     budgets: dict = {}
@@ -280,8 +123,8 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
         t0, c0 = time.time(), time.process_time()
         try:
             res = run_fn(**run_opts)
-        except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded, re-raised or skipped
-            # the pipeline reports user errors (a bad size, an objective a dense student cannot use) as SystemExit
+        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded, re-raised or skipped
+            # user errors the teacher reveals (a size below its floor, a depth an objective cannot use): ValueError
             info.update(status="error", error=f"{type(err).__name__}: {err}",
                         wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - c0, 1))
             write_json(folder / "cell.json", info)
@@ -305,7 +148,7 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
              f"(wall {wall:.0f} s, cpu {cpu:.0f} s)")
         sha = ((res.get("record") or {}).get("teacher_checkpoint_sha256") or "")[:12]
         finished = stats.collect(out_dir / job["task"])
-        groups = stats.mixed_teachers(finished).get(job["task"], {})
+        groups = teachers.mixed_teachers(finished).get(job["task"], {})
         others = sorted(run for other, cells in groups.items() if other != sha for run in cells)
         if sha and others:
             mismatch.add(job["task"])
@@ -314,8 +157,8 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
                  "teacher was re-trained differently (other settings, or a cell of another seed before the teacher "
                  "head was seeded); delete one teacher's cells and re-run them so every cell of the task shares one "
                  "teacher")
-        elif sha and sha in (retrained := stats.retrained_teachers(finished).get(job["task"], {})):
-            echo(f"{prefix}: note: {stats.retrained_note(job['task'], retrained)}")
+        elif sha and sha in (retrained := teachers.retrained_teachers(finished).get(job["task"], {})):
+            echo(f"{prefix}: note: {teachers.retrained_note(job['task'], retrained)}")
         runs.append({"name": name, "state": "resumed" if info["resumed"] else "ran", "wall_s": round(wall, 1),
                      "cpu_s": round(cpu, 1)})
     summary = {"grid": grid["name"], "runs": runs, "wall_s": round(time.time() - t_grid, 1),
@@ -349,7 +192,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"error: --set {item!r}: use KEY=VALUE (VALUE parsed as JSON when possible)")
+            raise ValueError(f"--set {item!r}: use KEY=VALUE (VALUE parsed as JSON when possible)")
         key, value = item.split("=", 1)
         try:
             out[key.replace("-", "_")] = json.loads(value)

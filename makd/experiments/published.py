@@ -6,7 +6,8 @@ Scores are on a 0–100 scale as published. ``split`` says which split the numbe
 numbers of TinyBERT are not comparable with dev numbers; they are labelled).
 
 ``paper_vs_ours(ours)`` puts our recorded runs (``makd.experiments.stats.collect`` rows) beside these rows: every row
-states model, parameter budget, data and profile; proxy tasks are labelled as proxies.
+states model, parameter budget, data and profile; proxy tasks are labelled as proxies. As Markdown it goes through
+the package's one table writer, :func:`makd.experiments.tables.markdown_table` (missing values as '–').
 """
 from __future__ import annotations
 
@@ -160,14 +161,3 @@ def as_points(x: float) -> float:
     """A score on the published 0–100 scale (see :func:`points_scale`)."""
     return points_scale(x) * x
 
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A Markdown table of ``df`` (no index; missing values as '–')."""
-    if df.empty:
-        return "(no rows)"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in df.itertuples(index=False):
-        lines.append("| " + " | ".join("–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
-                                       for v in r) + " |")
-    return "\n".join(lines)

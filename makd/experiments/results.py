@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
+
+from makd.experiments.tables import markdown_table
 
 ROW_NAMES = {"none": "SVD student, no training", "finetune": "SVD student + fine-tuning (no teacher)",
              "model-only": "SVD student + logit KD", "hierarchical": "SVD student + MaKD (hierarchical)"}
@@ -70,19 +71,21 @@ def _score(r, who: str) -> str:
     return _fmt(x, r.metric in PCT)
 
 
+MARKDOWN_COLUMNS = ["task", "model", "metric", "score", "% of teacher", "params", "steps", "train time", "command"]
+
+
 def markdown(df: pd.DataFrame) -> str:
     """A Markdown table: per task, the teacher row then each student row (metric ×100 for fractions)."""
     if df.empty:
         return "(no runs recorded)"
-    lines = ["| task | model | metric | score | % of teacher | params | steps | train time | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for task, g in df.groupby("task", sort=False):
         first = g.iloc[0]
         label = f"{task} (proxy for SST-2)" if first.is_proxy and task == "rt-polarity" else (
             f"{task} (proxy)" if first.is_proxy else task)
         metric = "EM / F1" if first.points else first.metric
-        lines.append(f"| {label} | teacher (fine-tuned) | {metric} | {_score(first, 'teacher')} | 100 "
-                     f"| {first.teacher_params / 1e6:.2f} M | – | – | (cached by the rows below) |")
+        rows.append([label, "teacher (fine-tuned)", metric, _score(first, "teacher"), "100",
+                     f"{first.teacher_params / 1e6:.2f} M", "–", "–", "(cached by the rows below)"])
         for r in g.sort_values(by="objective", key=lambda c: c.map(lambda o: ROW_ORDER.get(o, len(ROW_ORDER))),
                                kind="stable").itertuples():
             name = ROW_NAMES.get(r.objective, r.objective)
@@ -91,9 +94,9 @@ def markdown(df: pd.DataFrame) -> str:
             rel = "–" if _missing(r.relative) else f"{100 * r.relative:.1f}"
             t = "–" if _missing(r.train_s) else f"{r.train_s / 60:.1f} min"
             cmd = f"`{r.command}`" if isinstance(r.command, str) else "–"
-            lines.append(f"| {label} | {name} | {metric} | {_score(r, 'student')} | {rel} | "
-                         f"{r.student_params / 1e6:.2f} M | {r.steps} | {t} | {cmd} |")
-    return "\n".join(lines)
+            rows.append([label, name, metric, _score(r, "student"), rel, f"{r.student_params / 1e6:.2f} M",
+                         r.steps, t, cmd])
+    return markdown_table(pd.DataFrame(rows, columns=MARKDOWN_COLUMNS))
 
 
 DECODER_NAMES = {"teacher": "teacher", "sft": "SVD student + SFT (no teacher)", "kd": "SVD student + KD (token KL)",
@@ -119,13 +122,15 @@ def collect_decoder(root: str | Path = "results") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+DECODER_COLUMNS = ["eval set", "train set", "model", "Rouge-L", "params", "tokens/s", "steps", "train time"]
+
+
 def decoder_markdown(df: pd.DataFrame) -> str:
     """Rouge-L (×100, mean ± std over decoding seeds), parameters and generation speed per method."""
     if df.empty:
         return "(no decoder runs recorded)"
-    lines = ["| eval set | train set | model | Rouge-L | params | tokens/s | steps | train time |",
-             "|---|---|---|---|---|---|---|---|"]
     order = {k: i for i, k in enumerate(DECODER_NAMES)}
+    rows = []
     for r in df.sort_values(by="method", key=lambda c: c.map(lambda m: order.get(m, 99))).itertuples():
         train = "–" if r.method == "teacher" else (f"{r.train_set} (proxy)" if r.train_is_proxy else r.train_set)
         std = "" if _missing(r.rougeL_std) or not r.rougeL_std else f" ± {r.rougeL_std:.2f}"
@@ -134,9 +139,9 @@ def decoder_markdown(df: pd.DataFrame) -> str:
             name = name.replace("SVD student", f"dense {r.student}")
         t = "–" if _missing(r.train_s) else f"{r.train_s / 60:.1f} min"
         steps = "–" if _missing(r.steps) else int(r.steps)
-        lines.append(f"| {r.eval_set} ({r.n_prompts} prompts, {r.decoding}) | {train} | {name} | {r.rougeL:.2f}{std} | "
-                     f"{r.params / 1e6:.1f} M | {r.tokens_per_s:.1f} | {steps} | {t} |")
-    return "\n".join(lines)
+        rows.append([f"{r.eval_set} ({r.n_prompts} prompts, {r.decoding})", train, name, f"{r.rougeL:.2f}{std}",
+                     f"{r.params / 1e6:.1f} M", f"{r.tokens_per_s:.1f}", steps, t])
+    return markdown_table(pd.DataFrame(rows, columns=DECODER_COLUMNS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +158,3 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(decoder_markdown(dec))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,11 @@ Inside a notebook (they talk to each other only through files in ``run_dir``)::
 
 For the runner and the hygiene tests: `read_notebook` (``.py`` percent source or ``.ipynb``),
 `parameters_cell`, `title`, `sync_notebooks` (regenerate every output-free ``.ipynb`` from its ``.py``).
+For notebook 00: `package_map` (every module of ``makd/``, its layer and what it does, from the docstrings).
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -19,11 +21,15 @@ import random
 from pathlib import Path
 from typing import Any
 
+import makd
 from makd.assets.paths import REPO_ROOT, resolve_path  # noqa: F401  (notebooks import it from here)
+from makd.notebook.plotting import use_style
 
 GITHUB = "makd-project/makd"  # change for a fork (badges and the Colab install line use it)
 BRANCH = "main"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+# the layers of makd/__init__.py's map, lowest first (tests/test_architecture.py holds the same list)
+LAYERS = ("core", "assets", "tasks", "students", "experiments", "notebook", "cli")
 
 
 # ---------------------------------------------------------------- inside notebooks
@@ -44,8 +50,6 @@ def set_seed(seed: int) -> None:
 
 def start(run_dir: str | os.PathLike, seed: int, device: str = "auto") -> tuple[Path, str]:
     """The first lines of every notebook: (absolute run_dir, device); seeds everything and sets the plot style."""
-    from makd.notebook.plotting import use_style
-
     set_seed(seed)
     use_style()
     return resolve_path(run_dir), pick_device(device)
@@ -200,3 +204,37 @@ def sync_notebooks(folder: str | os.PathLike = NOTEBOOKS_DIR, check: bool = Fals
             if not check:
                 target.write_text(text)
     return changed
+
+
+# ---------------------------------------------------------------- the package itself
+def first_doc_line(path: str | os.PathLike) -> str:
+    """The first paragraph of a Python file's module docstring, on one line ('' when it has none)."""
+    doc = ast.get_docstring(ast.parse(Path(path).read_text(encoding="utf-8"))) or ""
+    return " ".join(doc.strip().split("\n\n", 1)[0].split())
+
+
+def package_map(package_dir: str | os.PathLike | None = None):
+    """Every module of ``makd`` (subpackages read recursively, nothing imported) as a DataFrame.
+
+    Columns ``layer`` (the subpackage: core, assets, ...; ``cli`` for ``makd.cli`` and ``makd.__main__``;
+    ``package`` for ``makd`` itself), ``module`` (dotted name; a subpackage's ``__init__`` is the package)
+    and ``what`` (first paragraph of its docstring). Rows go by layer, lowest first, then by module.
+    """
+    import pandas as pd
+    root = Path(package_dir if package_dir is not None else makd.__path__[0]).resolve()
+    if not (root / "__init__.py").is_file():
+        raise ValueError(f"{root} is not a Python package (no __init__.py): pass the folder of makd")
+    order = ("package",) + LAYERS
+    rows = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts and (root / parts[0]).is_dir():  # inside a subpackage: the subpackage is the layer
+            layer = parts[0]
+        else:  # the package itself, or a top-level module: makd.cli and makd.__main__ are the cli layer
+            layer = "cli" if parts in (("cli",), ("__main__",)) else "package"
+        rows.append({"layer": layer, "module": ".".join((root.name,) + parts), "what": first_doc_line(path)})
+    rank = {name: i for i, name in enumerate(order)}
+    rows.sort(key=lambda r: (rank.get(r["layer"], len(order)), r["layer"], r["module"]))
+    return pd.DataFrame(rows, columns=["layer", "module", "what"])

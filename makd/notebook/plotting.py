@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from makd.assets.paths import resolve_path
 
 DPI = 150
 STYLE = {
@@ -37,12 +38,13 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 def use_style() -> None:
     """Apply the package style (seaborn ``whitegrid`` + colour-blind palette + `STYLE`)."""
+    import matplotlib  # lazily: the runner imports this module and must not pay for matplotlib
     try:
         import seaborn as sns
         sns.set_theme(style="whitegrid", palette=PALETTE)
     except ImportError:
         pass
-    plt.rcParams.update(STYLE)
+    matplotlib.rcParams.update(STYLE)
 
 
 def savefig(fig, name: str, run_dir: str | os.PathLike, *, formats: tuple[str, ...] = ("png", "pdf"),
@@ -57,7 +59,6 @@ def savefig(fig, name: str, run_dir: str | os.PathLike, *, formats: tuple[str, .
     unknown = set(formats) - {"png", "pdf", "svg"}
     if unknown or not formats:
         raise ValueError(f"formats {formats!r}: choose from 'png', 'pdf', 'svg'")
-    from makd.assets.paths import resolve_path
     folder = resolve_path(run_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
@@ -72,7 +73,6 @@ def savefig(fig, name: str, run_dir: str | os.PathLike, *, formats: tuple[str, .
 
 def publish(run_dir: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
     """Copy every file of ``run_dir/figures`` into ``target`` (the repository's ``figures/``)."""
-    import shutil
     source = Path(run_dir) / "figures"
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)

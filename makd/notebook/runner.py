@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from makd.assets.paths import REPO_ROOT, expand_env, resolve_path
 from makd.notebook import helpers as nbk
-from makd.assets.paths import REPO_ROOT
-from makd.assets.paths import expand_env
+from makd.notebook.plotting import publish
 from makd.notebook.profiles import PROFILES, parse_parameters, profile_overrides, validate
 
 STEM = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
@@ -184,8 +184,8 @@ def run(profile: str = "demo", *, only: list[str] | None = None, start: str | No
     """Validate, then execute the selected notebooks in order; return the manifest."""
     if publish_figures and profile == "smoke":
         raise ValueError("--publish-figures copies figures into the repository: not for the smoke profile")
-    files = discover(nbk.resolve_path(notebooks) if notebooks else nbk.NOTEBOOKS_DIR)
-    run_dir = nbk.resolve_path(out) if out else REPO_ROOT / "runs" / profile
+    files = discover(resolve_path(notebooks) if notebooks else nbk.NOTEBOOKS_DIR)
+    run_dir = resolve_path(out) if out else REPO_ROOT / "runs" / profile
     jobs = plan(profile, files, select(list(files), only, start), dict(params or {}), run_dir, profiles)
     for job in jobs:  # warn when a committed .ipynb lags behind its .py source
         py = job["input"].with_suffix(".py")
@@ -217,7 +217,6 @@ def run(profile: str = "demo", *, only: list[str] | None = None, start: str | No
         log(f"[{i}/{len(jobs)}] {stem:<30} ok     {manifest['notebooks'][stem]['runtime_s']:7.1f}s")
     log(summary(manifest, [j["stem"] for j in jobs], skipped))
     if publish_figures:
-        from makd.notebook.plotting import publish
         copied = publish(run_dir, REPO_ROOT / "figures")
         log(f"published {len(copied)} figure file(s) to {REPO_ROOT / 'figures'}")
     return manifest
@@ -240,7 +239,7 @@ def list_notebooks(notebooks: str | Path | None = None, profiles: dict | None = 
     """Each notebook's title and the overrides each profile gives it."""
     profiles = PROFILES if profiles is None else profiles
     lines = []
-    for stem, path in discover(nbk.resolve_path(notebooks) if notebooks else nbk.NOTEBOOKS_DIR).items():
+    for stem, path in discover(resolve_path(notebooks) if notebooks else nbk.NOTEBOOKS_DIR).items():
         nb = nbk.read_notebook(path)
         declared = parse_parameters(nbk.parameters_cell(nb, stem).source, stem)
         lines.append(f"{stem}  {nbk.title(nb)}")
@@ -274,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.sync:
-            changed = nbk.sync_notebooks(nbk.resolve_path(args.notebooks) if args.notebooks else nbk.NOTEBOOKS_DIR)
+            changed = nbk.sync_notebooks(resolve_path(args.notebooks) if args.notebooks else nbk.NOTEBOOKS_DIR)
             print("\n".join(f"wrote {p}" for p in changed) or "all .ipynb already in sync")
             return 0
         if args.list:
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             params={k: parse_value(v) for k, v in args.parameter}, notebooks=args.notebooks,
             publish_figures=args.publish_figures, log=lambda s: print(s, flush=True))
     except (ValueError, TypeError, FileNotFoundError, NotebookError) as err:
-        print(f"makd.notebook.runner: error: {err}", file=sys.stderr)
+        print(f"python -m makd reproduce: error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,7 +14,8 @@ Pure helpers on what :mod:`makd.core.factorize` and :mod:`makd.core.capture` pro
   notebooks: a task-tuned cached teacher, a fixed held-out batch, and a few steps of
   :class:`makd.core.trainer.DistillTrainer` (no training loop of its own).
 
-Every number is computed by :mod:`makd.core.losses`; these functions only slice and tabulate.
+Every number is computed by :mod:`makd.core.losses`; these functions only slice and tabulate. Like the
+losses, each comparison takes the student's capture first: ``table(student, teacher, mask)``.
 """
 from __future__ import annotations
 
@@ -27,11 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from transformers import DataCollatorWithPadding
+from transformers.trainer_callback import PrinterCallback
 
 from makd.core import families
 from makd.core import losses
 from makd.core.capture import Captured
-from makd.core.factorize import count_parameters, dense_weight
+from makd.core.factorize import count_parameters, dense_weight, factorize
+from makd.core.trainer import DistillTrainer, loss_history
+from makd.tasks.glue import GLUE_SPECS, GLUE_TASKS, load_task, tokenize_task
+from makd.tasks.teacher import finetune_teacher, training_args
 
 
 # ------------------------------------------------------------------------------------------ spectra
@@ -80,7 +86,7 @@ def _rel(s: Tensor, t: Tensor, mask) -> float:
     return float(torch.sqrt(num / den.clamp_min(1e-30)))
 
 
-def module_output_errors(teacher: Captured, student: Captured, mask=None, teacher_forced: bool = False
+def module_output_errors(student: Captured, teacher: Captured, mask=None, teacher_forced: bool = False
                          ) -> pd.DataFrame:
     """Per (layer, role): MSE and relative error of the student matrix's output vs the teacher's.
 
@@ -105,21 +111,21 @@ def module_output_errors(teacher: Captured, student: Captured, mask=None, teache
     return pd.DataFrame(rows, columns=["layer", "role", "group", "mse", "rel_error"])
 
 
-def attention_kl_table(teacher: Captured, student: Captured, mask=None) -> pd.DataFrame:
+def attention_kl_table(student: Captured, teacher: Captured, mask=None) -> pd.DataFrame:
     """(layer × head) table of KL(teacher ‖ student) attention probabilities (:func:`makd.core.losses.attention_kl`
     on one head at a time). The row mean equals the layer's L_attn (heads averaged). Probabilities (B, H, T, T)."""
     table = {}
     with torch.no_grad():
         for layer, p_t in sorted(teacher.attentions.items()):
             p_s = student.attentions[layer]                                      # (B, H, T, T)
-            table[layer] = [float(losses.attention_kl(p_t[:, h:h + 1], p_s[:, h:h + 1], mask))
+            table[layer] = [float(losses.attention_kl(p_s[:, h:h + 1], p_t[:, h:h + 1], mask))
                             for h in range(p_t.shape[1])]
     df = pd.DataFrame.from_dict(table, orient="index")
     df.index.name, df.columns = "layer", [f"h{h}" for h in df.columns]
     return df
 
 
-def hidden_mse_table(teacher: Captured, student: Captured, mask=None) -> pd.DataFrame:
+def hidden_mse_table(student: Captured, teacher: Captured, mask=None) -> pd.DataFrame:
     """Per hidden-state index (0 = embedding output, i + 1 = output of layer i): MSE
     (:func:`makd.core.losses.hidden_mse`) and relative error ‖h_s − h_t‖ / ‖h_t‖ over valid tokens."""
     rows = []
@@ -171,13 +177,10 @@ def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
 def task_teacher(teacher: str, task: str, *, data_dir: str | None = None, seed: int = 0, epochs: float = 1.0,
                  max_train: int | None = None, max_dev: int | None = None, max_length: int = 64,
                  lr: float = 5e-5):
-    """(teacher result, task data): ``task`` loaded with :func:`makd.tasks.data.load_task` and the teacher fine-tuned
+    """(teacher result, task data): ``task`` loaded with :func:`makd.tasks.glue.load_task` and the teacher fine-tuned
     on it by :func:`makd.tasks.teacher.finetune_teacher` (cached by teacher, task, seed and these settings, the
     same cache ``python -m makd distill`` uses with ``--teacher-epochs/--teacher-lr/--teacher-max-train/
     --max-length``)."""
-    from makd.tasks.data import load_task
-    from makd.tasks.teacher import finetune_teacher
-
     data = load_task(task, data_dir=data_dir, max_dev=max_dev, seed=seed)
     result = finetune_teacher(teacher, data, seed=seed, disable_tqdm=True,
                               settings={"epochs": epochs, "lr": lr, "max_train": max_train, "max_length": max_length})
@@ -189,7 +192,7 @@ class Bench:
     """What the aspect notebooks (02-05) work on: the fine-tuned teacher, its task, a held-out batch and the
     untrained SVD student."""
     tuned: Any                      # makd.tasks.teacher result (.model, .tokenizer, .metrics)
-    data: Any                       # makd.tasks.data task
+    data: Any                       # makd.tasks.glue task (TaskData)
     model: nn.Module                # the teacher, on the device
     tokenizer: Any
     batch: dict[str, Tensor]        # eval_batch(...) on the device: input_ids, attention_mask, labels (B, T)
@@ -205,8 +208,6 @@ def bench(teacher: str, task: str, *, layer_ratio: float, device: str = "cpu", e
           max_length: int = 64, data_dir: str | None = None, seed: int = 0, epochs: float = 1.0,
           max_train: int | None = None) -> Bench:
     """:func:`task_teacher` + :func:`eval_batch` + the SVD student at ``layer_ratio``, all on ``device``."""
-    from makd.core.factorize import factorize
-
     tuned, data = task_teacher(teacher, task, data_dir=data_dir, seed=seed, epochs=epochs, max_train=max_train,
                                max_length=max_length)
     model = tuned.model.to(device)
@@ -216,10 +217,6 @@ def bench(teacher: str, task: str, *, layer_ratio: float, device: str = "cpu", e
 
 def eval_batch(task, tokenizer, n: int = 32, max_length: int = 64) -> dict[str, Tensor]:
     """The first ``n`` dev examples of ``task`` as one padded batch (input_ids, attention_mask, labels...)."""
-    from transformers import DataCollatorWithPadding
-
-    from makd.tasks.data import tokenize_task
-
     _, dev = tokenize_task(task, tokenizer, max_length=max_length)
     rows = [dev[i] for i in range(min(n, len(dev)))]                            # list of dicts
     return dict(DataCollatorWithPadding(tokenizer)(rows))
@@ -231,12 +228,6 @@ def distill_steps(student: nn.Module, teacher: nn.Module, objective: nn.Module, 
     """Train ``student`` in place for ``max_steps`` steps of :class:`makd.core.trainer.DistillTrainer` with
     ``objective``; return its loss history (:func:`makd.core.trainer.loss_history`: one entry per logging window
     with ``loss`` and every ``loss_<term>``). ``train``: a tokenized dataset with ``labels``."""
-    from transformers import DataCollatorWithPadding
-    from transformers.trainer_callback import PrinterCallback
-
-    from makd.tasks.teacher import training_args
-    from makd.core.trainer import DistillTrainer, loss_history
-
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     logging_steps = logging_steps or max(1, min(10, max_steps // 5))
@@ -250,12 +241,9 @@ def distill_steps(student: nn.Module, teacher: nn.Module, objective: nn.Module, 
     return loss_history(trainer)
 
 
-
 def local_glue_tasks(data_dir: str | os.PathLike) -> list[str]:
-    """GLUE tasks (in :data:`makd.tasks.data.GLUE_TASKS` order) whose train AND dev files are in ``data_dir``
+    """GLUE tasks (in :data:`makd.tasks.glue.GLUE_TASKS` order) whose train AND dev files are in ``data_dir``
     (``<data_dir>/glue/<Folder>/`` or ``<data_dir>/<Folder>/``): what can be distilled and evaluated offline."""
-    from makd.tasks.data import GLUE_SPECS, GLUE_TASKS
-
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir {root} is not a folder: give the folder that holds glue/<TASK>/")

@@ -5,7 +5,9 @@ pretrained encoders ship without task heads. ``finetune_teacher`` trains the tea
 on the task's train split, evaluates it on dev, and caches the result under
 ``cache_dir()/teachers/<key>/`` keyed by teacher, task, data files, seed and settings; a second call
 with the same key reuses it. The new task head is initialised from the teacher seed, so a re-training on the
-same CPU reproduces the checkpoint bit for bit whatever ran before it. ``check_teacher`` refuses a teacher whose dev score is at chance level.
+same CPU reproduces the checkpoint bit for bit whatever ran before it. ``check_teacher`` refuses a teacher whose
+dev score is at chance level. :func:`finetune_cached` is the one cached fine-tuning behind it and behind the SQuAD
+teacher (:func:`makd.experiments.squad_teacher.finetune_qa_teacher`): a :class:`TeacherSpec` says what differs.
 """
 from __future__ import annotations
 
@@ -15,21 +17,25 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                          TrainingArguments)
+from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer,
+                          DataCollatorWithPadding, Trainer, TrainingArguments)
 
 from makd.assets.models import load_model, resolve
 from makd.assets.paths import cache_dir
 from makd.assets.files import sha256_folder, write_json
+from makd.tasks.glue import tokenize_task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS = {"epochs": 1.0, "lr": 5e-5, "batch_size": 32, "max_length": 128, "weight_decay": 0.01,
                     "warmup_ratio": 0.06, "max_train": None}
+
+
+_AUTO = {"cls": AutoModelForSequenceClassification, "qa": AutoModelForQuestionAnswering}
 
 
 class TeacherAtChanceError(RuntimeError):
@@ -47,11 +53,36 @@ class TeacherResult:
     reused: bool = False
 
 
+@dataclass(frozen=True)
+class TeacherSpec:
+    """What a kind of task tells the shared cached fine-tuning (:func:`finetune_cached`)."""
+    task: str                          # the key's task name: "rte", "squad-v1.1"
+    slug: str                          # in the folder name: "rte", "squad1.1"
+    files: dict[str, str]              # data file -> sha256, in the key
+    head: str                          # "cls" or "qa"
+    num_labels: int | None = None
+    key_extra: dict[str, Any] = field(default_factory=dict)   # more key fields (SQuAD: the article split)
+    seed_head: bool = True             # draw a new head from the teacher seed (SQuAD teachers predate it: False)
+    eval_key: str | None = None        # None: metrics stored once; else per evaluation set under "evals"
+
+
+def glue_spec(task) -> TeacherSpec:
+    return TeacherSpec(task=task.name, slug=task.name, files=task.files, head="cls",
+                       num_labels=1 if task.is_regression else task.num_labels)
+
+
 def cache_key(teacher: str, task, settings: dict[str, Any], seed: int) -> str:
-    blob = json.dumps({"teacher": resolve(teacher), "task": task.name, "files": task.files,
-                       "settings": settings, "seed": seed}, sort_keys=True, default=str)
+    """The cache folder name of a GLUE teacher: :func:`spec_key` of :func:`glue_spec`."""
+    return spec_key(teacher, TeacherSpec(task=task.name, slug=task.name, files=task.files, head="cls"), settings, seed)
+
+
+def spec_key(teacher: str, spec: TeacherSpec, settings: dict[str, Any], seed: int) -> str:
+    """``<teacher>-<slug>-s<seed>-<sha256[:10]>`` of the resolved teacher, task, data files, settings and seed
+    (plus ``spec.key_extra``): the keys of every teacher cached so far."""
+    blob = json.dumps({"teacher": resolve(teacher), "task": spec.task, "files": spec.files, "settings": settings,
+                       "seed": seed, **spec.key_extra}, sort_keys=True, default=str)
     slug = Path(str(teacher)).name.replace("/", "-")
-    return f"{slug}-{task.name}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    return f"{slug}-{spec.slug}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
 def chance_level(task) -> float:
@@ -108,50 +139,83 @@ def training_args(out: Path, *, seed: int, epochs: float, lr: float, batch_size:
 def finetune_teacher(teacher: str, task, *, seed: int = 0, settings: dict[str, Any] | None = None,
                      force_retrain: bool = False, report_to: str = "none",
                      disable_tqdm: bool | None = None) -> TeacherResult:
-    """Fine-tune ``teacher`` on ``task`` (a :class:`makd.tasks.data.TaskData`) or reuse the cached result."""
-    from makd.tasks.data import tokenize_task
-
+    """Fine-tune ``teacher`` on ``task`` (a :class:`makd.tasks.glue.TaskData`) or reuse the cached result."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    key = cache_key(teacher, task, settings, seed)
-    path = cache_dir() / "teachers" / key
+
+    def prepare(tok):
+        if task.train is None:
+            raise ValueError(f"task {task.name} has no train split here ({task.source}); the teacher cannot be "
+                             "fine-tuned on it. Give a data folder with its train file or use the hub.")
+        train, dev = tokenize_task(task, tok, max_length=settings["max_length"])
+        if settings.get("max_train"):
+            train = train.shuffle(seed=seed).select(range(min(len(train), int(settings["max_train"]))))
+        return train, dev, {"source": task.source, "train_examples": len(train)}
+
+    def evaluate(model, tok, trainer):
+        return {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+
+    return finetune_cached(teacher, glue_spec(task), seed=seed, settings=settings, prepare=prepare,
+                           evaluate=evaluate, compute_metrics=metrics_fn(task), force_retrain=force_retrain,
+                           report_to=report_to, disable_tqdm=disable_tqdm,
+                           group_by_length=bool(settings.get("group_by_length")))
+
+
+def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dict[str, Any],
+                    prepare: Callable, evaluate: Callable, compute_metrics: Callable | None = None,
+                    force_retrain: bool = False, report_to: str = "none", disable_tqdm: bool | None = None,
+                    group_by_length: bool = False, device: str | None = None) -> TeacherResult:
+    """The one cached fine-tuning of a teacher, shared by the GLUE and SQuAD paths.
+
+    Cached under ``cache_dir()/teachers/<spec_key>/`` (model, tokenizer, ``teacher_info.json``). On a miss:
+    load ``teacher`` with the ``spec.head`` head (seeded from ``seed`` when ``spec.seed_head``), ``prepare(tok)
+    -> (train, dev or None, info fields)``, train with ``settings`` (epochs, lr, batch_size, weight_decay,
+    warmup_ratio), ``evaluate(model, tok, trainer) -> metrics`` on every process, then process zero saves.
+    With ``spec.eval_key`` the metrics are cached per evaluation set (``evaluate(model, tok, None)`` on a hit
+    with a new set). ``device``: move the model there (None: let the Trainer place it).
+    """
+    path = cache_dir() / "teachers" / spec_key(teacher, spec, settings, seed)
     info_path = path / "teacher_info.json"
-    num_labels = 1 if task.is_regression else task.num_labels
     if info_path.is_file() and not force_retrain:
         info = json.loads(info_path.read_text())
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        model = _AUTO[spec.head].from_pretrained(path, dtype=torch.float32)
+        model = (model.to(device) if device else model).eval()
         tok = AutoTokenizer.from_pretrained(path)
-        log.info("reusing fine-tuned teacher %s (dev %s)", path, info["metrics"])
-        return TeacherResult(model, tok, path, info["metrics"], info["checkpoint_sha256"], settings, reused=True)
+        if spec.eval_key is None:
+            metrics = info["metrics"]
+        else:
+            if spec.eval_key not in info["evals"]:
+                info["evals"][spec.eval_key] = evaluate(model, tok, None)
+                write_json(info_path, info)
+            metrics = info["evals"][spec.eval_key]
+        log.info("reusing fine-tuned teacher %s (dev %s)", path, metrics)
+        return TeacherResult(model, tok, path, metrics, info["checkpoint_sha256"], settings, reused=True)
 
     started = time.time()
-    # The new classification head is drawn from torch's RNG: seed it from the teacher seed (in a forked RNG, the
-    # caller's stream untouched) so the fine-tuned teacher depends only on what its cache key names, not on what
-    # ran earlier in the process (which grid cell triggered it, how many budgets were resolved before).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, tok = load_model(teacher, head="cls", num_labels=num_labels)
-    if task.train is None:
-        raise ValueError(f"task {task.name} has no train split here ({task.source}); the teacher cannot be "
-                         "fine-tuned on it. Give a data folder with its train file or use the hub.")
-    train, dev = tokenize_task(task, tok, max_length=settings["max_length"])
-    if settings.get("max_train"):
-        train = train.shuffle(seed=seed).select(range(min(len(train), int(settings["max_train"]))))
+    head_kw = {"num_labels": spec.num_labels} if spec.num_labels is not None else {}
+    # A new head is drawn from torch's RNG: seed it from the teacher seed (in a forked RNG, the caller's stream
+    # untouched) so the fine-tuned teacher depends only on what its cache key names, not on what ran before.
+    with torch.random.fork_rng(devices=[], enabled=spec.seed_head):
+        if spec.seed_head:
+            torch.manual_seed(seed)
+        model, tok = load_model(teacher, head=spec.head, **head_kw)
+    train, dev, extra = prepare(tok)
     args = training_args(path / "trainer", seed=seed, epochs=settings["epochs"], lr=settings["lr"],
                          batch_size=settings["batch_size"], weight_decay=settings["weight_decay"],
                          warmup_steps=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm,
-                         group_by_length=bool(settings.get("group_by_length")))
+                         group_by_length=group_by_length, **({"use_cpu": device == "cpu"} if device else {}))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
-                      data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics_fn(task))
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=compute_metrics)
     trainer.train()
-    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    metrics = evaluate(model, tok, trainer)
     if trainer.is_world_process_zero():
         model.save_pretrained(path)
         tok.save_pretrained(path)
         digest = sha256_folder(path)
-        write_json(info_path, {"teacher": teacher, "resolved": resolve(teacher), "task": task.name,
-                               "source": task.source, "data_files_sha256": task.files, "seed": seed,
-                               "settings": settings, "metrics": metrics, "checkpoint_sha256": digest, "head_init_seed": seed,
-                               "train_examples": len(train), "wall_time_s": round(time.time() - started, 1)})
+        scores = {"metrics": metrics} if spec.eval_key is None else {"evals": {spec.eval_key: metrics}}
+        write_json(info_path, {"teacher": teacher, "resolved": resolve(teacher), "task": spec.task, **extra,
+                               "data_files_sha256": spec.files, "seed": seed, "settings": settings, **scores,
+                               "checkpoint_sha256": digest, **({"head_init_seed": seed} if spec.seed_head else {}),
+                               "wall_time_s": round(time.time() - started, 1)})
     trainer.accelerator.wait_for_everyone()
     digest = json.loads(info_path.read_text())["checkpoint_sha256"]
     return TeacherResult(model.eval(), tok, path, metrics, digest, settings)

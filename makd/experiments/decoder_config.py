@@ -1,0 +1,97 @@
+"""The typed configuration of ``python -m makd decoder`` (and of notebook 10): the shared student-size and
+training parts of :mod:`makd.experiments.config` plus the instruction data, the methods and ONE frozen
+generation setting.
+
+Light (standard library only), like :mod:`makd.experiments.config`: ``--methods bogus`` or ``--decoding beam``
+is refused before torch, a model or data is loaded. Two options take one or more values (``methods``, ``seeds``:
+``tuple[str, ...]`` / ``tuple[int, ...]``, ``nargs="+"`` on the command line).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from makd.experiments.config import SizeConfig, TrainConfig
+from makd.experiments.options import Config, build_parser as _options_parser, option, parse_config
+
+# kept here so that validating imports nothing heavy; tests/test_lm.py checks them against the heavy modules
+METHODS = ("sft", "kd", "seqkd", "makd")                        # makd.experiments.decoder_methods.METHODS
+INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")  # makd.tasks.instructions.INSTRUCTION_SETS
+TRAIN_SETS = ("chatterbot", "dolly")                            # the sets with a train split
+
+
+@dataclass(frozen=True)
+class DecoderDataConfig(Config):
+    """The causal-LM teacher, the instruction data and the prompt template."""
+    GROUP = "data and teacher"
+    teacher: str = option("smollm2-135m-instruct", "embedded name (smollm2-135m-instruct; tiny-llama / tiny-gpt2 for "
+                          "smoke tests), local folder or hub id of a causal LM", path=True)
+    train_set: str = option("chatterbot", "training prompts/responses: chatterbot (embedded PROXY) or dolly",
+                            choices=TRAIN_SETS)
+    eval_set: str = option("selfinst", "selfinst, vicuna (teacher answers as references), dolly, chatterbot, or "
+                           "auto (selfinst when data_dir has it, else chatterbot)", choices=INSTRUCTION_SETS + ("auto",))
+    data_dir: str | None = option(None, "folder with instruct/*.jsonl (default $MAKD_DATA_DIR)", path=True)
+    template: str = option("auto", "prompt template: the tokenizer's chat template when it has one (auto), or alpaca",
+                           choices=("auto", "chat", "alpaca"))
+    max_train: int = option(256, "training examples (first N of the seeded split)", low=1)
+    max_eval: int = option(40, "evaluation prompts (first N)", low=1)
+    max_length: int = option(256, "training sequence length (prompt + response)", low=8)
+    max_prompt_tokens: int = option(256, "prompt tokens kept (the last ones) in training and generation", low=1)
+
+
+@dataclass(frozen=True)
+class GenerationConfig(Config):
+    """One frozen generation setting for every model (written into every result)."""
+    GROUP = "generation (one setting for every model)"
+    decoding: str = option("greedy", "greedy (one run) or MiniLLM's sampling (top-p 1, temperature 1, one run per "
+                           "seed); SeqKD's teacher generations too (first seed)", choices=("greedy", "sample"))
+    seeds: tuple[int, ...] = option((10, 20, 30, 40, 50), "sampling seeds", low=0, metavar="SEED")
+    max_new_tokens: int = option(64, "cap on generated tokens (MiniLLM: up to 512 in total)", low=1)
+    gen_batch_size: int = option(8, "prompts per generation batch", low=1)
+
+
+@dataclass(frozen=True)
+class DecoderConfig(TrainConfig, SizeConfig, GenerationConfig, DecoderDataConfig):
+    """``python -m makd decoder``: causal-LM distillation (SFT / KD / SeqKD / MaKD) into one student, Rouge-L."""
+    PROG = "python -m makd decoder"
+    EPILOG = """examples:
+  # embedded default, no network: SmolLM2-135M-Instruct teacher, chatterbot proxy train set, SelfInst-252 eval
+  python -m makd decoder --data-dir ../shared/data --methods sft kd seqkd makd --max-train 256 --max-eval 40
+  # MiniLLM's decoding protocol (sampling, top-p 1, temperature 1, 5 seeds) instead of greedy
+  python -m makd decoder ... --decoding sample
+  # the paper's setting on a GPU box with the hub: GPT-2 family
+  python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
+"""
+    methods: tuple[str, ...] = option(METHODS, "methods to train, each on a fresh copy of the same student",
+                                      choices=METHODS, group="methods and student")
+    student: str = option("svd", "'svd' (the factorised teacher at the size below) or 'layers:K' (dense copy of K "
+                          "evenly spaced teacher layers)", group="methods and student")
+    mse: str = option("relative", "MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, "
+                      "our choice: LLM hidden states reach |h| ~ 10^3) or plain (METHOD.md's MSE)",
+                      choices=("relative", "plain"), group="methods and student")
+    epochs: float = option(1.0, "training epochs per method", low=0.0, low_open=True)
+    lr: float = option(5e-5, "learning rate", low=0.0, low_open=True)
+    batch_size: int = option(8, "training batch size", low=1)
+    report_to: str = option("none", "none (default), tensorboard, wandb, ...")
+    ce_examples: int = option(16, "training examples of the response cross-entropy table", low=1)
+    out: str = option("runs/decoder", "writes OUT/<method>/metrics.json, OUT/teacher/, OUT/speed.json", path=True)
+
+    def check(self) -> None:
+        super().check()
+        if self.student != "svd" and not (self.student.startswith("layers:") and self.student[7:].isdigit()
+                                          and int(self.student[7:]) >= 1):
+            raise ValueError(f"student must be 'svd' or 'layers:K' with K >= 1, got {self.student!r}")
+        if self.max_prompt_tokens >= 512:
+            raise ValueError(f"max_prompt_tokens ({self.max_prompt_tokens}) must leave room for the answer in "
+                             "the 512 tokens of a generation: give at most 511")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods lists one twice: {list(self.methods)}")
+
+
+def build_parser():
+    """The command line of :class:`DecoderConfig` (``--methods`` and ``--seeds`` take one or more values)."""
+    return _options_parser(DecoderConfig)
+
+
+def parse(argv: list[str] | None = None) -> DecoderConfig:
+    """``argv`` -> :class:`DecoderConfig`; a wrong value is one argparse ``error:`` line (exit 2)."""
+    return parse_config(DecoderConfig, argv)

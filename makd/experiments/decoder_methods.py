@@ -1,0 +1,145 @@
+"""The four ways to train a causal-LM student: SFT, KD, SeqKD and MaKD, through one trainer and one objective.
+
+Every method runs through the same :class:`makd.core.trainer.DistillTrainer` and :class:`makd.core.objective.MaKDObjective`
+(``causal_lm=True``; loss only on response tokens, labels −100 on the prompt):
+
+* ``sft``   — the student fine-tuned on the gold responses, no teacher (preset ``finetune``);
+* ``kd``    — token-level forward KL(teacher ‖ student) mixed with the LM loss 0.5/0.5 (MiniLLM's KD);
+* ``seqkd`` — SFT on the TEACHER's generated responses (generated once, cached on disk and reused);
+* ``makd``  — the hierarchical objective: matrix aspects on the shallow half, layer aspects on the deep
+  half (causal attention, response tokens only), and the model aspect (= KD) — a RECONSTRUCTED default.
+
+Students: the factorised teacher at a stated layer ratio / budget / rank (``svd``) or a dense copy of K teacher
+layers (``layers:K``, DistilBERT-style). SeqKD's teacher generations decode like the evaluation, first seed
+only (:func:`seqkd_decoding`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from makd.assets.files import write_json
+from makd.assets.models import vocab_check
+from makd.assets.paths import cache_dir
+from makd.core import factorize as fz
+from makd.core.families import copy_layers, evenly_spaced, num_layers
+from makd.core.objective import MaKDObjective
+from makd.core.trainer import DistillTrainer, loss_history
+from makd.tasks.generate import GenerationSettings, generate
+from makd.tasks.prompts import CausalCollator, prompt_text, sft_features
+from makd.tasks.teacher import training_args
+
+log = logging.getLogger("makd.decoder")
+METHODS = ("sft", "kd", "seqkd", "makd")
+
+
+def make_student(teacher, kind: str = "svd", **size: Any):
+    """``svd`` (factorised teacher; size = layer_ratio / budget / rank) or ``layers:K`` (dense copy)."""
+    if kind == "svd":
+        return fz.factorize(teacher, **(size or {"layer_ratio": 0.5}))
+    if kind.startswith("layers:"):
+        n = num_layers(teacher.config)
+        k = kind.split(":", 1)[1]
+        if not k.isdigit():
+            raise ValueError(f"student {kind!r}: use layers:K with K in 1..{n}")
+        return copy_layers(teacher, evenly_spaced(n, int(k)))
+    raise ValueError(f"unknown student kind {kind!r}: 'svd' or 'layers:K'")
+
+
+# MaKD's matrix/hidden MSE for causal LMs (our choice, not the paper's; see objective_for)
+DEFAULT_MSE = "relative"
+
+
+def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, **kw: Any) -> MaKDObjective:
+    """The objective of ``method``; MaKD's matrix/hidden MSEs are ``relative`` by default (normalised by the
+    teacher's energy: SmolLM2's hidden states reach |h| ~ 10³ and the plain MSE, ~8,000 at the first log,
+    drowned the model term — our choice, not the paper's; ``mse="plain"`` restores it)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method in ("sft", "seqkd"):
+        return MaKDObjective(n_layers, "finetune", causal_lm=True)
+    if method == "kd":
+        return MaKDObjective(n_layers, "model-only", causal_lm=True, lm_weight=0.5, **kw)
+    return MaKDObjective(n_layers, "hierarchical", causal_lm=True, lm_weight=0.5, response_only_layers=True,
+                         mse=mse, **kw)
+
+
+def check_pair(teacher, teacher_tok, student, student_tok) -> int:
+    """Same tokenizer and the same (padded) vocabulary rows, else one ValueError saying what to do."""
+    n = vocab_check(teacher_tok, student_tok, teacher, student)
+    t_out, s_out = teacher.get_output_embeddings(), student.get_output_embeddings()
+    if t_out is not None and s_out is not None and t_out.weight.shape[0] != s_out.weight.shape[0]:
+        raise ValueError(f"output vocabularies differ (teacher {t_out.weight.shape[0]} rows, student "
+                         f"{s_out.weight.shape[0]}): resize with model.resize_token_embeddings(n)")
+    return n
+
+
+def seqkd_decoding(settings: GenerationSettings) -> GenerationSettings:
+    """The decoding of SeqKD's teacher generations: the evaluation's own setting, first seed only.
+
+    Decided once, here, for the command and the notebook alike (the command used to decode them greedily
+    whatever ``--decoding`` said, the notebook with the evaluation's setting). One frozen generation setting
+    for everything a run generates: greedy runs train on the teacher's greedy answers (as the committed
+    ``results/decoder/seqkd`` run did: the same cache key), MiniLLM-protocol runs on answers sampled from the
+    teacher (top-p 1, temperature 1), as MiniLLM's SeqKD baseline does. One seed: SeqKD trains on one target
+    per prompt. (Forcing greedy everywhere was rejected: a tiny random smoke teacher decodes greedily to
+    whitespace only, leaving no training target.)"""
+    return replace(settings, seeds=settings.seeds[:1])
+
+
+# ----------------------------------------------------------------------------------------- SeqKD data
+def teacher_responses(teacher, tokenizer, rows, settings: GenerationSettings, *, template: str = "auto",
+                      cache: Path | None = None) -> list[dict]:
+    """``rows`` with ``output`` replaced by the teacher's generation; cached by teacher, prompts and settings.
+    At least one new token per prompt (an empty response would leave the example without a training token)."""
+    settings = replace(settings, min_new_tokens=max(1, settings.min_new_tokens))
+    prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), template) for r in rows]
+    key = hashlib.sha256(json.dumps({"teacher": getattr(teacher.config, "_name_or_path", ""),
+                                     "params": sum(p.numel() for p in teacher.parameters()),
+                                     "prompts": prompts, "settings": settings.as_dict()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = (cache or cache_dir() / "seqkd") / f"{key}.json"
+    if path.is_file():
+        log.info("SeqKD: reusing %d cached teacher generations %s", len(rows), path)
+        texts = json.loads(path.read_text())["texts"]
+    else:
+        texts = generate(teacher, tokenizer, prompts, settings, seed=settings.seeds[0])["texts"]
+        write_json(path, {"texts": texts, "settings": settings.as_dict()})
+    return [{**r, "output": t} for r, t in zip(rows, texts)]
+
+
+# ------------------------------------------------------------------------------------------ training
+def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, seed: int = 0,
+                  epochs: float = 1.0, max_steps: int = -1, lr: float = 5e-5, batch_size: int = 8,
+                  max_length: int = 512, max_prompt_tokens: int = 256, template: str = "auto",
+                  seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
+                  save_steps: int = 200, resume: bool = False, report_to: str = "none",
+                  quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1) -> dict[str, Any]:
+    """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}. ``seqkd_settings``: how
+    SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`)."""
+    if method == "seqkd":
+        rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
+            max_new_tokens=64), template=template)
+    data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
+                              template=template)
+    objective = objective_for(method, num_layers(student.config), mse=mse)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
+    args = training_args(out / "checkpoints", seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                         max_steps=max_steps, report_to=report_to, logging_steps=logging_steps,
+                         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
+                         remove_unused_columns=False, disable_tqdm=quiet or None, warmup_steps=0.05,
+                         gradient_accumulation_steps=grad_accum)
+    trainer = DistillTrainer(model=student, args=args, teacher=teacher if objective.needs_teacher else None,
+                             objective=objective, train_dataset=data,
+                             data_collator=CausalCollator(tokenizer.pad_token_id))
+    resume_from = resume and any((out / "checkpoints").glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
+    student.eval()
+    return {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
+            "history": loss_history(trainer), "examples": len(data), "cuts": cuts, "resumed": bool(resume_from)}
+
