@@ -16,6 +16,7 @@ core — the method, imports nothing else of the package
     core.compat        check_compatible: can this student be distilled from this teacher
     core.trainer       a transformers.Trainer that logs every loss term (training and, optionally, evaluation)
     core.checkpoint    save / load students (safetensors + factorisation record)
+    core.errors        the errors a user can fix (MakdError and kinds), shown by the command line as one line
 assets — where things live and how real models and data arrive
     assets.paths       cache folder, data folder, repository root, ${VAR} expansion, hub reachability
     assets.files       sha256 of files and folders, atomic JSON writes
