@@ -1,12 +1,13 @@
-"""How much plain and activation-aware SVD damage a decoder before any training: response-token LM loss.
+"""How much each SVD initialisation damages a decoder before any training: response-token LM loss.
 
     python benchmarks/bench_decoder_svd.py            # embedded SmolLM2-135M-Instruct, chatterbot pairs, CPU
     python benchmarks/bench_decoder_svd.py --quick    # tiny random Llama (seconds)
 
-For the teacher and its SVD students at several layer-parameter ratios (plain SVD, and activation-aware SVD
-calibrated on other training pairs), the mean cross-entropy on the response tokens of held-out chatterbot
-pairs (the loss SFT minimises; log(vocabulary) is the uniform guess). Writes benchmarks/results/decoder_svd.json.
-A diagnostic, not a target: it explains why a few CPU training steps cannot rescue a factorised LLM.
+For the teacher and its SVD students at several layer-parameter ratios — plain SVD, activation-aware SVD,
+whitened SVD (teacher-forced: the closed-form optimum of the matrix aspect) and sequentially whitened SVD, the
+last three calibrated on other training pairs — the mean cross-entropy on the response tokens of held-out
+chatterbot pairs (the loss SFT minimises; log(vocabulary) is the uniform guess), and the factorisation time.
+Writes benchmarks/results/decoder_svd.json.
 """
 from __future__ import annotations
 
@@ -43,9 +44,11 @@ def response_ce(model, batch) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="smollm2-135m-instruct")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.95, 0.85, 0.7, 0.5])
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.5])
+    p.add_argument("--weightings", nargs="+", default=list(fz.WEIGHTINGS), choices=fz.WEIGHTINGS)
+    p.add_argument("--damping", type=float, default=1e-4, help="whitening damping λ (of the mean diagonal)")
     p.add_argument("--examples", type=int, default=16, help="held-out pairs scored")
-    p.add_argument("--calibration", type=int, default=32, help="training pairs for the activation-aware SVD")
+    p.add_argument("--calibration", type=int, default=128, help="training pairs calibrating the weighted SVDs")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--quick", action="store_true", help="tiny random Llama, 2 ratios")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoder_svd.json"))
@@ -61,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"model": "teacher", "layer_ratio": 1.0, "weighting": "-", "params": fz.count_parameters(teacher),
              "response_ce": response_ce(teacher, held)}]
     for ratio in args.ratios:
-        for weighting in ("none", "activation"):
+        for weighting in args.weightings:
             t0 = time.perf_counter()
-            student = fz.factorize(teacher, layer_ratio=ratio, weighting=weighting,
-                                   calibration=calib if weighting == "activation" else None)
+            student = fz.factorize(teacher, layer_ratio=ratio, weighting=weighting, damping=args.damping,
+                                   calibration=calib if weighting != "none" else None)
             rows.append({"model": "SVD student", "layer_ratio": ratio, "weighting": weighting,
                          "params": fz.count_parameters(student), "response_ce": response_ce(student.eval(), held),
                          "factorise_s": round(time.perf_counter() - t0, 1)})
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             del student
     result = {"what": __doc__.split("\n\n")[0], "teacher": args.teacher, "uniform_ce": math.log(len(tok)),
               "held_out_pairs": args.examples, "calibration_pairs": args.calibration, "max_length": args.max_length,
+              "calibration_tokens": int(calib["attention_mask"].sum()), "damping": args.damping,
               "data": "chatterbot-corpus==1.3.3 train split (seed 0): first pairs scored, the next ones calibrate",
               "threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
               "rows": rows}
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
-        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:10s} {r['params'] / 1e6:7.1f} M  "
+        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:17s} {r['params'] / 1e6:7.1f} M  "
               f"CE {r['response_ce']:.2f}")
     print(f"uniform guess: CE {result['uniform_ce']:.2f}; wrote {out}")
     return 0

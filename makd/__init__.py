@@ -7,7 +7,8 @@ core — the method, imports nothing else of the package
     core.lowrank       LowRankLinear / LowRankEmbedding: the two-factor modules of a student
     core.families      BERT / GPT-2 / Llama module tables (which Linear is Q, K, V, O, FFN)
     core.budget        the matrices to factorise and the ranks that meet a rank / budget / layer_ratio (no SVD)
-    core.factorize     truncated-SVD (plain or activation-aware) students and their size report
+    core.calibration   input statistics from calibration passes: activation scales, Gram matrices, whitening factors
+    core.factorize     truncated-SVD students (plain, activation-aware, whitened, sequentially whitened), size report
     core.capture       one forward pass, the tensors every aspect compares
     core.masking       padding masks and masked reductions shared by the losses
     core.losses        each aspect a pure loss function, student first (formula and shapes in its docstring)
@@ -64,6 +65,7 @@ notebook — what the notebooks stand on
     notebook.helpers   start(), show(), metrics files, notebook files, the package map (notebook 00)
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
     notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)
+    notebook.closed_form  the teacher-forced matrix aspect solved in closed form (whitened SVD), for notebook 04
 cli — ``python -m makd COMMAND``: the one command-line module
 """
 __version__ = "0.1.0"

@@ -49,12 +49,16 @@ max_train: int = 2000  # train examples the distillation draws its batches from
 batch_size: int = 16  # distillation batch size
 lr: float = 2e-4  # distillation learning rate
 eval_examples: int = 32  # held-out dev examples the tables are computed on
+calibration_examples: int = 64  # training examples whose teacher inputs calibrate the whitened factorisation
+descent_steps: int = 300  # Adam steps of the single-matrix descent towards the closed form
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from makd.core import factorize as fz
+from makd.notebook import closed_form as cf
 from makd.notebook import views as ins
 from makd.core.capture import CaptureSpec, capture
 from makd.tasks.glue import tokenize_task
@@ -125,6 +129,55 @@ def plot_errors(table, title, name):
 plot_errors(before, "Module-output error of the SVD student before distillation", "matrix_errors_own_vs_forced_before")
 
 # %% [markdown]
+# ## The closed form: whitened SVD solves the teacher-forced matrix aspect
+#
+# With teacher forcing a matrix's loss depends on its own factors only:
+# $\ell(AB)=\lVert (W-AB)X\rVert_F^2/\lVert WX\rVert_F^2$ over the teacher's inputs $X$. Writing the Gram matrix
+# $G=XX^\top=SS^\top$ (Cholesky), $\ell(AB)=\lVert (W-AB)S\rVert_F^2/\lVert WS\rVert_F^2$, minimised over rank-$r$
+# products by the truncated SVD of $WS$: $A=U_r\Sigma_r^{1/2}$, $B=\Sigma_r^{1/2}V_r^\top S^{-1}$ (SVD-LLM's
+# truncation-aware whitening, `weighting="whiten"` in `makd.core.factorize`). So this aspect can be **solved at
+# initialisation** instead of trained. Calibration: the teacher's inputs on training sentences; the table and the
+# plot use the held-out batch.
+
+# %%
+train, _ = tokenize_task(data, tok, max_length=max_length)
+train = train.shuffle(seed=seed).select(range(min(len(train), max_train)))
+calibration = {k: v.to(device) for k, v in cf.calibration_batch(train, tok, calibration_examples).items()}
+whitened = fz.factorize(model, layer_ratio=layer_ratio, weighting="whiten", calibration=calibration)
+forced = cf.teacher_forced_losses(model, {"plain SVD": student, "whitened SVD": whitened}, batch)
+show(forced.groupby("role")[["plain SVD", "whitened SVD"]].mean(), digits=4)
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+per_layer = forced.groupby("layer")[["plain SVD", "whitened SVD"]].mean()
+per_layer.plot.bar(ax=ax, logy=True, rot=0)
+ax.set_ylabel("teacher-forced ‖(W − AB)X‖² / ‖WX‖², mean over matrices")
+ax.set_title(f"Untrained students at layer ratio {layer_ratio}: plain vs whitened factors (held-out inputs)")
+savefig(fig, "matrix_closed_form_plain_vs_whitened", run_dir)
+plt.show()
+
+# %% [markdown]
+# Gradient descent on the same loss, for the matrix the plain SVD serves worst, starting from its plain factors:
+# the trained matrix aspect heads for the closed-form optimum and cannot go below it.
+
+# %%
+worst = forced.sort_values("plain SVD").iloc[-1]
+hist, ends = cf.matrix_descent(model, worst["module"], whitened.get_submodule(worst["module"]).rank, calibration,
+                               steps=descent_steps)
+fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+ax.plot(hist["step"], hist["loss"], label="Adam on (A, B), from the plain SVD")
+ax.axhline(ends["whitened"], color="k", ls="--", label="closed form (whitened SVD)")
+ax.set_yscale("log")
+ax.set_xlabel("step")
+ax.set_ylabel("teacher-forced relative loss")
+ax.set_title(f"{worst['module']} (layer {worst['layer']}, {worst['role']})")
+ax.legend()
+savefig(fig, "matrix_closed_form_descent", run_dir)
+plt.show()
+assert ends["trained"] >= ends["whitened"] * (1 - 1e-6)
+show(ends, digits=5)
+
+# %% [markdown]
 # ## A short distillation on the matrix terms alone
 #
 # The `all` preset with the attention, hidden-state and prediction terms switched off leaves
@@ -135,8 +188,6 @@ plot_errors(before, "Module-output error of the SVD student before distillation"
 objective = MaKDObjective(n_layers, "all", weights={"attn": 0.0, "hidn": 0.0, "pred": 0.0},
                           teacher_forcing=teacher_forcing)
 show(objective.describe())
-train, _ = tokenize_task(data, tok, max_length=max_length)
-train = train.shuffle(seed=seed).select(range(min(len(train), max_train)))
 history = ins.distill_steps(student, model, objective, train, tok, run_dir / "checkpoints" / "04_matrix",
                             max_steps=max_steps, lr=lr, batch_size=batch_size, seed=seed)
 show(ins.history_frame(history))
@@ -162,6 +213,11 @@ metrics.update({
     "ffn_mse_before": float(before[(before.group == "FFN") & (before.inputs == "own")]["mse"].sum()),
     "ffn_mse_after": float(after[(after.group == "FFN") & (after.inputs == "own")]["mse"].sum()),
     "teacher_forcing": teacher_forcing,
+    "tf_loss_plain": float(forced["plain SVD"].mean()),
+    "tf_loss_whitened": float(forced["whitened SVD"].mean()),
+    "descent_plain": ends["plain"],
+    "descent_trained": ends["trained"],
+    "descent_whitened": ends["whitened"],
     "teacher_dev_metric": float(tuned.metrics[data.metric]),
     "steps": max_steps,
     "layer_ratio": layer_ratio,

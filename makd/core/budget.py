@@ -19,7 +19,7 @@ from torch import nn
 from makd.core import families
 from makd.core.lowrank import dims
 
-__all__ = ["EMBED", "count_parameters", "targets", "floor_parameters", "solve_ranks", "plan_ranks"]
+__all__ = ["EMBED", "count_parameters", "targets", "floor_parameters", "solve_ranks", "plan_ranks", "allocate_ranks"]
 EMBED = "embed"  # role of the (optional) word-embedding table
 
 
@@ -197,3 +197,44 @@ def plan_ranks(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, mo
         return ranks
     return solve_ranks(model, budget=budget, layer_ratio=layer_ratio, modules=modules,
                        factorize_embeddings=factorize_embeddings)
+
+
+def allocate_ranks(spectra: dict[str, Any], tg: dict, goal: int) -> dict[str, int]:
+    """Uneven ranks for the same parameter count: the largest ``goal`` low-rank parameters (Σ r_i·(d_in+d_out))
+    that minimise the total RELATIVE truncation error Σ_i Σ_{j>r_i} σ_ij² / Σ_j σ_ij².
+
+    ``spectra[n]``: the squared singular values σ_j² (descending) of the matrix being truncated — W·S for a
+    whitened factorisation, so a tail is the matrix's teacher-forced output error. Each error is divided by the
+    matrix's total energy because matrices live on different scales (massive activations make a few inputs'
+    Gram matrices 10⁶× larger): the raw sum would hand every rank to them. Greedy: from rank 1 everywhere, add
+    one rank where it removes the most relative error per parameter, σ_{r+1}²/Σσ² / (d_in+d_out), while it fits
+    and stays at or below break-even. Each matrix's gains do not increase with r, so this is the exact optimum of
+    the fractional problem and within one rank step of the integer one.
+    """
+    import heapq
+
+    ranks, heap = {}, []
+    for n, sig2 in spectra.items():
+        t = tg[n]
+        energy = [float(v) for v in sig2]
+        total = sum(energy) or 1.0
+        cap = min(max(math.floor(t["d_in"] * t["d_out"] / (t["d_in"] + t["d_out"])), 1), len(energy))
+        ranks[n] = 1
+        step = t["d_in"] + t["d_out"]
+        gains = [e / total / step for e in energy]
+        if cap > 1:
+            heapq.heappush(heap, (-gains[1], n, step, gains, cap))
+    left = goal - sum(tg[n]["d_in"] + tg[n]["d_out"] for n in ranks)
+    if left < 0:
+        raise ValueError(f"{goal:,} factor parameters do not reach rank 1 for every matrix")
+    skipped = []
+    while heap:
+        neg, n, step, gains, cap = heapq.heappop(heap)
+        if step > left:                      # does not fit any more; a cheaper matrix might
+            skipped.append(n)
+            continue
+        ranks[n] += 1
+        left -= step
+        if ranks[n] < cap:
+            heapq.heappush(heap, (-gains[ranks[n]], n, step, gains, cap))
+    return ranks

@@ -6,8 +6,17 @@ For a weight ``W`` (d_out, d_in) with SVD ``W = U Σ Vᵀ`` the rank-r student k
 
 at a cost of r·(d_in + d_out) parameters instead of d_in·d_out. Full rank reproduces the teacher; a
 plain truncation leaves the Eckart–Young error ‖W − AB‖_F / ‖W‖_F = sqrt(Σ_{i>r} σ_i²) / ‖W‖_F.
-Activation-aware weighting (ASVD-style, an improvement over the paper, not the paper's method):
-factorise ``W·diag(s)`` with s_j = mean|x_j|^½ over calibration tokens, then ``B ← B·diag(1/s)``.
+Weightings from calibration inputs (improvements over the paper, not the paper's method;
+:mod:`makd.core.calibration`):
+
+- ``"activation"`` (ASVD-style): factorise ``W·diag(s)`` with s_j = mean|x_j|^½ over calibration tokens,
+  then ``B ← B·diag(1/s)``;
+- ``"whiten"`` (SVD-LLM's truncation-aware whitening, teacher-forced): factorise ``W·S`` with S Sᵀ the Gram
+  matrix of the matrix's inputs in the TEACHER, then ``B ← B·S⁻¹`` — the closed-form minimiser of the
+  teacher-forced matrix aspect ‖W X − A B X‖_F²;
+- ``"whiten-sequential"``: the same, layer by layer, with the inputs of layer l taken from the student whose
+  layers < l are already factorised (errors of earlier layers compensated; the matrices within layer l all see
+  the student's input to that layer, the layer itself still dense).
 
 Student sizes (an explicit ``rank``, a total parameter ``budget`` or a ``layer_ratio``) are turned into
 ranks by :mod:`makd.core.budget` (re-exported here: ``solve_ranks``, ``plan_ranks``, ``floor_parameters``,
@@ -18,105 +27,102 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from makd.core import families
+from makd.core.calibration import activation_scales, input_grams, whitening_factor
 # re-exported here: makd.core.factorize.solve_ranks / LowRankLinear / ... keep working
-from makd.core.budget import (EMBED, count_parameters, floor_parameters, plan_ranks, solve_ranks,  # noqa: F401
-                              targets)
+from makd.core.budget import (EMBED, allocate_ranks, count_parameters, floor_parameters, plan_ranks,  # noqa: F401
+                              solve_ranks, targets)
 from makd.core.lowrank import LowRankEmbedding, LowRankLinear, dense_weight, dims  # noqa: F401
 
 __all__ = ["LowRankLinear", "LowRankEmbedding", "factorize", "solve_ranks", "plan_ranks", "floor_parameters",
            "count_parameters", "factorized_modules", "report", "report_totals"]
 
 
-# ------------------------------------------------------------------------------------ calibration
-def activation_scales(model: nn.Module, names, calibration) -> dict[str, torch.Tensor]:
-    """s_j = (mean |x_j| over valid tokens)^½ of each module's input, from one pass over ``calibration``."""
-    batches = [calibration] if isinstance(calibration, Mapping) else list(calibration)  # BatchEncoding too
-    if not batches or not all(isinstance(b, Mapping) for b in batches):
-        raise ValueError("calibration must be a dict of model inputs or a non-empty list of such dicts")
-    sums: dict[str, torch.Tensor] = {}
-    counts = dict.fromkeys(names, 0)
-    state: dict[str, torch.Tensor | None] = {"mask": None}
-
-    def hook(name):
-        def pre(_mod, args):
-            x = args[0].detach()                                              # (B, T, d_in)
-            mask = state["mask"]
-            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
-                x = x[mask]                                                   # (N, d_in)
-            x = x.reshape(-1, x.shape[-1]).abs().double()
-            sums[name] = sums.get(name, 0) + x.sum(0)
-            counts[name] += x.shape[0]
-        return pre
-
-    device = next(model.parameters()).device
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in batches:
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()
-                         if k not in ("labels", "start_positions", "end_positions")}
-                mask = batch.get("attention_mask")
-                state["mask"] = mask.bool() if mask is not None else None
-                model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    out = {}
-    for n in names:
-        if not counts[n]:
-            raise ValueError(f"calibration never reached module {n}")
-        s = (sums[n] / counts[n]).sqrt()                                      # (d_in,)
-        out[n] = s.clamp_min(1e-6 * float(s.max()) + 1e-12)
-    return out
-
-
 # --------------------------------------------------------------------------------------- factorize
+WEIGHTINGS = ("none", "activation", "whiten", "whiten-sequential")
+RANK_RULES = ("uniform", "auto")
+
+
 def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, weighting: str = "none",
-              calibration=None, modules: dict[str, str] | None = None, factorize_embeddings: bool = False
-              ) -> nn.Module:
+              calibration=None, modules: dict[str, str] | None = None, factorize_embeddings: bool = False,
+              damping: float = 1e-4, ranks: str = "uniform") -> nn.Module:
     """A NEW model (the teacher is untouched, every student parameter trainable) with every target matrix
     replaced by a LowRankLinear.
 
     Exactly one of ``rank`` (int, fraction of full rank, or {module name or role: rank}; matrices not
     named in a dict stay dense), ``budget`` (total student parameters, int or fraction of the teacher)
-    or ``layer_ratio`` (fraction of the dense matrices' parameters kept). ``weighting``: "none" (plain
-    truncated SVD) or "activation" (ASVD-style, needs ``calibration``). All checks run before any SVD.
+    or ``layer_ratio`` (fraction of the dense matrices' parameters kept). ``weighting``: one of
+    :data:`WEIGHTINGS` — "none" (plain truncated SVD); "activation", "whiten", "whiten-sequential" need
+    ``calibration`` (see the module docstring); ``damping``: the whitening's λ (:func:`whitening_factor`).
+    ``ranks``: "uniform" (one parameter fraction for every matrix, :mod:`makd.core.budget`) or "auto" (the same
+    parameter count spread by :func:`allocate_ranks` over the spectra of the weighted matrices — teacher-forced
+    for both whitenings). All checks run before any SVD.
     """
     given = [k for k, v in (("rank", rank), ("budget", budget), ("layer_ratio", layer_ratio)) if v is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of rank=, budget=, layer_ratio= (got {given or 'none'})")
-    if weighting not in ("none", "activation"):
-        raise ValueError(f"unknown weighting {weighting!r}: use 'none' or 'activation'")
-    if weighting == "activation" and calibration is None:
-        raise ValueError("weighting='activation' needs calibration= (a dict of model inputs or a list of them)")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}: use one of {', '.join(map(repr, WEIGHTINGS))}")
+    if weighting != "none" and calibration is None:
+        raise ValueError(f"weighting={weighting!r} needs calibration= (a dict of model inputs or a list of them)")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    if ranks not in RANK_RULES:
+        raise ValueError(f"unknown ranks rule {ranks!r}: use one of {', '.join(map(repr, RANK_RULES))}")
+    if ranks == "auto" and rank is not None:
+        raise ValueError("ranks='auto' spreads a budget or layer_ratio over the matrices; with an explicit rank= "
+                         "use ranks='uniform'")
     family = families.detect_family(model, modules)
     tg = targets(model, modules, factorize_embeddings)
-    ranks = plan_ranks(model, rank=rank, budget=budget, layer_ratio=layer_ratio, modules=modules,
-                       factorize_embeddings=factorize_embeddings)
+    rule, ranks = ranks, plan_ranks(model, rank=rank, budget=budget, layer_ratio=layer_ratio, modules=modules,
+                                    factorize_embeddings=factorize_embeddings)
     linear = [n for n in ranks if tg[n]["role"] != EMBED]
     scales = activation_scales(model, linear, calibration) if weighting == "activation" else {}
+    forced: dict[str, tuple] = {}                                         # teacher-forced whitening factors
+    if weighting == "whiten" or (weighting == "whiten-sequential" and rule == "auto"):
+        grams, _ = input_grams(model, linear, calibration)
+        forced = {n: whitening_factor(grams.pop(n), damping) for n in linear}
+    if rule == "auto":
+        spectra = {}
+        for n in linear:
+            w = dense_weight(model.get_submodule(n)).detach().double()           # (d_out, d_in)
+            if n in scales:
+                w = w * scales[n].double()[None, :]
+            if n in forced:
+                w = w @ forced[n][0]
+            spectra[n] = torch.linalg.svdvals(w) ** 2
+        ranks.update(allocate_ranks(spectra, tg, sum(ranks[n] * (tg[n]["d_in"] + tg[n]["d_out"]) for n in linear)))
     student = copy.deepcopy(model).requires_grad_(True)   # trainable even if the teacher was frozen (DistillTrainer)
+    # the whitening factors: all from the teacher at once, or one layer at a time from the student being built
+    stages = ([linear] if weighting == "whiten" else
+              [[n for n in linear if tg[n]["layer"] == layer] for layer in sorted({tg[n]["layer"] for n in linear})]
+              if weighting == "whiten-sequential" else [])
+    lams: dict[str, float] = {}
+    for stage in stages:
+        grams = input_grams(student, stage, calibration)[0] if weighting == "whiten-sequential" else {}
+        for name in stage:
+            chol, lams[name] = forced.pop(name) if weighting == "whiten" else whitening_factor(grams.pop(name), damping)
+            new = LowRankLinear.from_linear(student.get_submodule(name), ranks[name], whiten=chol)
+            student.set_submodule(name, new, strict=True)
     for name, r in ranks.items():
+        if name in lams:
+            continue
         old = student.get_submodule(name)
         new = (LowRankEmbedding.from_embedding(old, r) if tg[name]["role"] == EMBED
                else LowRankLinear.from_linear(old, r, scales.get(name)))
         student.set_submodule(name, new, strict=True)
     student.makd_factorization = {
         "ranks": ranks, "roles": {n: [tg[n]["layer"], tg[n]["role"]] for n in ranks},
-        "budget": budget, "layer_ratio": layer_ratio, "rank": rank, "weighting": weighting,
+        "budget": budget, "layer_ratio": layer_ratio, "rank": rank, "weighting": weighting, "rank_rule": rule,
         "teacher": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
         "teacher_params": count_parameters(model), "family": family.name, "modules": modules,
         "factorize_embeddings": factorize_embeddings,
+        **({"damping": damping, "damping_max_used": max(lams.values())} if lams else {}),
     }
     return student
 

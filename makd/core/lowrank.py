@@ -4,7 +4,10 @@ For a weight ``W`` (d_out, d_in) with SVD ``W = U Σ Vᵀ`` the rank-r factors a
 
     A = U_r Σ_r^½   (d_out, r)      B = Σ_r^½ V_rᵀ   (r, d_in)      y = (x Bᵀ) Aᵀ + b
 
-computed in float64 and cast back. Which matrices to factorise and at which ranks: :mod:`makd.core.factorize`.
+computed in float64 and cast back. Weighted variants factorise ``W·T`` and undo ``T`` on ``B``: a diagonal
+T = diag(s) (activation-aware) or a whitening factor T = S, lower triangular with S Sᵀ = the input Gram matrix
+(:mod:`makd.core.calibration`), where B = Σ_r^½ V_rᵀ S⁻¹ minimises ‖W X − A B X‖_F over the calibration inputs X.
+Which matrices to factorise and at which ranks: :mod:`makd.core.factorize`.
 """
 from __future__ import annotations
 
@@ -15,18 +18,27 @@ from transformers.pytorch_utils import Conv1D
 __all__ = ["LowRankLinear", "LowRankEmbedding", "dims", "dense_weight"]
 
 
-def _svd_factors(w: torch.Tensor, rank: int, scale: torch.Tensor | None = None):
-    """A = U_r Σ_r^½ (d_out, r), B = Σ_r^½ V_rᵀ diag(1/s) (r, d_in), computed in float64."""
+def _svd_factors(w: torch.Tensor, rank: int, scale: torch.Tensor | None = None,
+                 whiten: torch.Tensor | None = None):
+    """A = U_r Σ_r^½ (d_out, r), B = Σ_r^½ V_rᵀ T⁻¹ (r, d_in) from the SVD U Σ Vᵀ of W·T, in float64;
+    T = I, diag(``scale``) or the lower-triangular ``whiten`` factor S (d_in, d_in)."""
+    if scale is not None and whiten is not None:
+        raise ValueError("give scale= or whiten=, not both")
     w64 = w.detach().to(torch.float64)                                       # (d_out, d_in)
     if scale is not None:
         s = scale.detach().to(device=w.device, dtype=torch.float64)                 # (d_in,)
         w64 = w64 * s[None, :]
+    if whiten is not None:
+        chol = whiten.detach().to(device=w.device, dtype=torch.float64)             # (d_in, d_in), lower
+        w64 = w64 @ chol                                                      # W S
     u, sig, vh = torch.linalg.svd(w64, full_matrices=False)                    # (o, k), (k,), (k, i)
     root = sig[:rank].sqrt()                                                  # (r,)
     a = u[:, :rank] * root[None, :]                                           # (d_out, r)
     b = root[:, None] * vh[:rank]                                             # (r, d_in)
     if scale is not None:
         b = b / s[None, :]
+    if whiten is not None:                                                    # B S = Σ_r^½ V_rᵀ  →  B = (…) S⁻¹
+        b = torch.linalg.solve_triangular(chol, b, upper=False, left=False)
     return a.to(w.dtype), b.to(w.dtype)
 
 
@@ -82,12 +94,16 @@ class LowRankLinear(nn.Module):
                    device=module.weight.device, dtype=module.weight.dtype)
 
     @classmethod
-    def from_linear(cls, module: nn.Module, rank: int, scale: torch.Tensor | None = None) -> "LowRankLinear":
-        """Truncated SVD of an nn.Linear or GPT-2 Conv1D (optionally of W·diag(scale), scale (d_in,))."""
+    def from_linear(cls, module: nn.Module, rank: int, scale: torch.Tensor | None = None,
+                    whiten: torch.Tensor | None = None) -> "LowRankLinear":
+        """Truncated SVD of an nn.Linear or GPT-2 Conv1D: of W, of W·diag(scale) (scale (d_in,)), or of W·S for a
+        whitening factor S (d_in, d_in), lower triangular."""
         new = cls.empty_like(module, rank)
         if scale is not None and scale.shape != (new.in_features,):
             raise ValueError(f"scale must have shape ({new.in_features},), got {tuple(scale.shape)}")
-        a, b = _svd_factors(dense_weight(module), rank, scale)
+        if whiten is not None and whiten.shape != (new.in_features, new.in_features):
+            raise ValueError(f"whiten must have shape ({new.in_features}, {new.in_features}), got {tuple(whiten.shape)}")
+        a, b = _svd_factors(dense_weight(module), rank, scale, whiten)
         with torch.no_grad():
             new.up.weight.copy_(a)
             new.down.weight.copy_(b)

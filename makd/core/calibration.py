@@ -1,0 +1,107 @@
+"""What a factorisation learns from calibration inputs: per-matrix input statistics, from forward passes.
+
+Two statistics of the inputs ``x`` (d_in,) a matrix sees on the valid (non-padding) tokens of a calibration set:
+
+- activation scales (ASVD-style): s_j = (mean_t |x_tj|)^½, used as ``W·diag(s)`` → truncated SVD → ``B·diag(1/s)``;
+- the input Gram matrix G = Σ_t x_t x_tᵀ (d_in, d_in), in float64, and its whitening factor S, the Cholesky
+  factor of G + λ·mean(diag G)·I = S Sᵀ (λ = ``damping``, 1e-4 by default; raised ×10 until the factorisation
+  succeeds when G is numerically singular — the λ used is returned).
+
+Why the Gram matrix: the teacher-forced matrix aspect of MaKD asks for the rank-r ``A B`` that minimises
+‖W X − A B X‖_F² over the teacher's inputs X (d_in, N). Since ‖M X‖_F² = tr(M G Mᵀ) = ‖M S‖_F², the loss is
+‖W S − A B S‖_F², minimised by the truncated SVD of ``W S``: U_r Σ_r V_rᵀ = [W S]_r, A = U_r Σ_r^½,
+B = Σ_r^½ V_rᵀ S⁻¹ (SVD-LLM's truncation-aware whitening). The residual is Σ_{i>r} σ_i(W S)², exact when λ = 0.
+So the matrix aspect with teacher forcing is solved in closed form at initialisation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["input_statistics", "activation_scales", "input_grams", "whitening_factor"]
+
+_LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
+def _batches(calibration) -> list[Mapping]:
+    batches = [calibration] if isinstance(calibration, Mapping) else list(calibration)  # BatchEncoding too
+    if not batches or not all(isinstance(b, Mapping) for b in batches):
+        raise ValueError("calibration must be a dict of model inputs or a non-empty list of such dicts")
+    return batches
+
+
+def input_statistics(model: nn.Module, names, calibration,
+                     reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Σ over valid tokens of ``reduce(x)`` for the input x (N, d_in) of each module in ``names``, and the token
+    counts, from one no-grad pass of ``model`` over ``calibration`` (its padding mask selects the tokens)."""
+    names = list(names)
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    state: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook(name):
+        def pre(_mod, args):
+            x = args[0].detach()                                              # (B, T, d_in)
+            mask = state["mask"]
+            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask]                                                   # (N, d_in)
+            x = x.reshape(-1, x.shape[-1]).double()                           # (N, d_in)
+            sums[name] = sums.get(name, 0) + reduce(x)
+            counts[name] += x.shape[0]
+        return pre
+
+    device = next(model.parameters()).device
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in _batches(calibration):
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in _LABEL_KEYS}
+                mask = batch.get("attention_mask")
+                state["mask"] = mask.bool() if mask is not None else None
+                model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    missing = [n for n in names if not counts[n]]
+    if missing:
+        raise ValueError(f"calibration never reached module(s) {missing}")
+    return sums, counts
+
+
+def activation_scales(model: nn.Module, names, calibration) -> dict[str, torch.Tensor]:
+    """s_j = (mean |x_j| over valid tokens)^½ of each module's input (d_in,), floored at 1e-6 of its max."""
+    sums, counts = input_statistics(model, names, calibration, lambda x: x.abs().sum(0))
+    out = {}
+    for n, total in sums.items():
+        s = (total / counts[n]).sqrt()                                        # (d_in,)
+        out[n] = s.clamp_min(1e-6 * float(s.max()) + 1e-12)
+    return out
+
+
+def input_grams(model: nn.Module, names, calibration) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """G = Σ_t x_t x_tᵀ (d_in, d_in, float64) of each module's input over valid tokens, and the token counts."""
+    return input_statistics(model, names, calibration, lambda x: x.T @ x)
+
+
+def whitening_factor(gram: torch.Tensor, damping: float = 1e-4, tries: int = 8) -> tuple[torch.Tensor, float]:
+    """(S, λ): the lower-triangular Cholesky factor of G + λ·mean(diag G)·I = S Sᵀ (float64), with λ = ``damping``
+    raised ×10 (at most ``tries`` times) until G + λ·mean(diag G)·I is numerically positive definite."""
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    g = gram.to(torch.float64)                                                # (d_in, d_in)
+    g = (g + g.T) / 2
+    level = float(g.diagonal().mean()) or 1.0
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    lam = damping
+    for _ in range(tries):
+        chol, info = torch.linalg.cholesky_ex(g + lam * level * eye)
+        if int(info) == 0:
+            return chol, lam
+        lam = max(lam * 10, 1e-10)
+    raise ValueError(f"the input Gram matrix is not positive definite even with damping {lam / 10:g}: "
+                     "give more calibration tokens")
