@@ -134,7 +134,7 @@ def test_a_bad_option_is_one_clear_error_before_any_model(capsys):
     assert info.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
     cfg = decoder_config.parse(["--methods", "kd", "makd", "--seeds", "1", "2", "--decoding", "sample"])
     assert cfg.methods == ("kd", "makd") and cfg.seeds == (1, 2) and cfg.size() == {"layer_ratio": 0.5}
-    for kw, match in [({"methods": ["distil"]}, "methods: unknown 'distil'"), ({"methods": []}, "at least one"),
+    for kw, match in [({"methods": ["distil"]}, "methods must be one of .* got 'distil'"), ({"methods": []}, "at least one"),
                       ({"methods": ["kd", "kd"]}, "twice"), ({"student": "layers:x"}, "layers:K"),
                       ({"seeds": [-1]}, "seeds must be >= 0"), ({"decoding": "beam"}, "greedy"),
                       ({"layer_ratio": 0.5, "rank": 4}, "only one of")]:
