@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.5])
     p.add_argument("--weightings", nargs="+", default=list(fz.WEIGHTINGS), choices=fz.WEIGHTINGS)
     p.add_argument("--damping", type=float, default=1e-4, help="whitening damping λ (of the mean diagonal)")
+    p.add_argument("--rank-rules", nargs="+", default=["uniform", "auto"], choices=fz.RANK_RULES,
+                   help="uniform ranks, and/or ranks by budget (auto; weighted factorisations only)")
     p.add_argument("--examples", type=int, default=16, help="held-out pairs scored")
     p.add_argument("--calibration", type=int, default=128, help="training pairs calibrating the weighted SVDs")
     p.add_argument("--max-length", type=int, default=128)
@@ -63,16 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     calib = {k: calib[k] for k in ("input_ids", "attention_mask")}
     rows = [{"model": "teacher", "layer_ratio": 1.0, "weighting": "-", "params": fz.count_parameters(teacher),
              "response_ce": response_ce(teacher, held)}]
-    for ratio in args.ratios:
-        for weighting in args.weightings:
-            t0 = time.perf_counter()
-            student = fz.factorize(teacher, layer_ratio=ratio, weighting=weighting, damping=args.damping,
-                                   calibration=calib if weighting != "none" else None)
-            rows.append({"model": "SVD student", "layer_ratio": ratio, "weighting": weighting,
-                         "params": fz.count_parameters(student), "response_ce": response_ce(student.eval(), held),
-                         "factorise_s": round(time.perf_counter() - t0, 1)})
-            print(rows[-1], flush=True)
-            del student
     result = {"what": __doc__.split("\n\n")[0], "teacher": args.teacher, "uniform_ce": math.log(len(tok)),
               "held_out_pairs": args.examples, "calibration_pairs": args.calibration, "max_length": args.max_length,
               "calibration_tokens": int(calib["attention_mask"].sum()), "damping": args.damping,
@@ -81,9 +73,24 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for ratio in args.ratios:
+        for weighting in args.weightings:
+            for rule in args.rank_rules:
+                if rule == "auto" and weighting == "none":
+                    continue
+                t0 = time.perf_counter()
+                student = fz.factorize(teacher, layer_ratio=ratio, weighting=weighting, damping=args.damping,
+                                       calibration=calib if weighting != "none" else None, ranks=rule)
+                rows.append({"model": "SVD student", "layer_ratio": ratio, "weighting": weighting, "ranks": rule,
+                             "params": fz.count_parameters(student), "response_ce": response_ce(student.eval(), held),
+                             "factorise_s": round(time.perf_counter() - t0, 1)})
+                print(rows[-1], flush=True)
+                out.write_text(json.dumps(result, indent=1) + "\n")        # after every row: nothing lost
+                del student
     out.write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
-        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:17s} {r['params'] / 1e6:7.1f} M  "
+        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:17s} {r.get('ranks', '-'):7s} "
+              f"{r['params'] / 1e6:7.1f} M  "
               f"CE {r['response_ce']:.2f}")
     print(f"uniform guess: CE {result['uniform_ce']:.2f}; wrote {out}")
     return 0

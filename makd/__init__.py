@@ -15,6 +15,7 @@ core — the method, imports nothing else of the package
     core.baseline_losses  TinyBERT's attention-score MSE and MiniLM's value-relation KL
     core.objective     the multi-aspect objective: a loss registry and the presets as data over it
     core.compat        check_compatible: can this student be distilled from this teacher
+    core.local         the layer-local stage: each block trained alone on the teacher's block inputs (block-local grads)
     core.trainer       a transformers.Trainer that logs every loss term (training and, optionally, evaluation)
     core.checkpoint    save / load students (safetensors + factorisation record)
     core.errors        the errors a user can fix (MakdError and kinds), shown by the command line as one line
