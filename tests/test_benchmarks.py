@@ -28,11 +28,17 @@ def _positive(x) -> bool:
 
 def test_decoder_svd_benchmark_writes_a_row_per_ratio_and_weighting(tmp_path):
     res = _run("bench_decoder_svd.py", tmp_path / "d.json")
-    kinds = [(r["layer_ratio"], r["weighting"]) for r in res["rows"]]
-    assert kinds == [(1.0, "-"), (0.9, "none"), (0.9, "activation"), (0.5, "none"), (0.5, "activation")]
+    kinds = [(r["layer_ratio"], r["weighting"], r.get("ranks")) for r in res["rows"]]
+    per_ratio = [("none", "uniform")] + [(w, rule) for w in ("activation", "whiten", "whiten-sequential")
+                                         for rule in ("uniform", "auto")]
+    assert kinds == [(1.0, "-", None)] + [(ratio, w, rule) for ratio in (0.9, 0.5) for w, rule in per_ratio]
     assert all(r["response_ce"] > 0 for r in res["rows"]) and res["uniform_ce"] > 0
-    params = [r["params"] for r in res["rows"]]
-    assert params[0] > params[1] > params[3]                       # smaller ratio, fewer parameters
+    assert all(_positive(r["factorise_s"]) or r["factorise_s"] == 0 for r in res["rows"][1:])
+    params = {(r["layer_ratio"], r["weighting"], r.get("ranks")): r["params"] for r in res["rows"]}
+    assert params[(1.0, "-", None)] > params[(0.9, "none", "uniform")] > params[(0.5, "none", "uniform")]
+    for (ratio, w, rule), n in params.items():                     # every initialisation of a ratio: one size
+        if rule is not None:
+            assert abs(n - params[(ratio, "none", "uniform")]) <= 0.005 * n, (ratio, w, rule)
 
 
 def test_factorize_benchmark_students_shrink_with_the_ratio(tmp_path):

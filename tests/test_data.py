@@ -7,13 +7,15 @@ import collections
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import datasets
 import pytest
 
+from makd.core.errors import DataError, MakdError, MissingInputError
 from makd.tasks import glue, instructions, squad_data
-from makd.tasks.data import TaskDataUnavailableError
+from makd.tasks.data import TaskDataUnavailableError, read_jsonl
 from makd.tasks.glue import load_task, tokenize_task
 from makd.tasks.instructions import load_instructions
 from makd.tasks.squad_data import load_squad
@@ -95,6 +97,29 @@ def test_malformed_files_fail_clearly(tmp_path):
     (tmp_path / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tentailment\n")
     with pytest.raises(ValueError, match=r"dev.tsv:2: 3 columns, expected 4"):
         load_task("rte", data_dir=tmp_path, source="local")
+
+
+def test_broken_files_are_data_errors_naming_file_and_line(tmp_path):
+    (tmp_path / "RTE").mkdir()
+    for text, message in (("", "dev.tsv: the file is empty"), ("index\tsentence1\tsentence2\tlabel\n",
+                                                                "dev.tsv: only a header line"),
+                          ("index\tsentence1\tsentence2\n0\ta\tb\n", "dev.tsv:1: missing column(s) ['label']")):
+        (tmp_path / "RTE" / "dev.tsv").write_text(text)
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_task("rte", data_dir=tmp_path, source="local")
+    (tmp_path / "a.jsonl").write_text('{"x": 1}\n\n{"x": \n')
+    with pytest.raises(DataError, match=r"a.jsonl:3: not valid JSON"):
+        read_jsonl(tmp_path / "a.jsonl")
+    with pytest.raises(DataError, match=r"a.jsonl:1: missing field\(s\) \['y'\]"):
+        read_jsonl(tmp_path / "a.jsonl", ("y",))
+    (tmp_path / "s.json").write_text('{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "q", '
+                                     '"question": "?"}]}]}]}')
+    with pytest.raises(DataError, match=r"s.json:data\[0\].paragraphs\[0\], question q: missing field"):
+        squad_data.read_squad_json(tmp_path / "s.json")
+    with pytest.raises(MissingInputError, match="does not exist"):
+        load_task("rte", data_dir=tmp_path / "none")
+    assert issubclass(DataError, ValueError) and issubclass(TaskDataUnavailableError, MissingInputError)
+    assert issubclass(TaskDataUnavailableError, FileNotFoundError) and issubclass(DataError, MakdError)
 
 
 def test_offline_errors(offline, tmp_path):

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
 
+from makd.assets.runfolder import LOCK_NAME, FolderLock
+from makd.core.errors import RunFolderError
 from makd.experiments import grid as G
 from makd.experiments import distill as pipeline
 from makd.experiments import students
@@ -128,7 +134,7 @@ def test_grid_files_validate_and_errors_are_clear(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"weighting": "asvd"}, "cell 'a' (sst2): weighting must be one of 'none', 'activation', got 'asvd'"),
+    ({"weighting": "asvd"}, "cell 'a' (sst2): weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', got 'asvd'"),
     ({"epochs": "one"}, "cell 'a' (sst2): epochs must be a number"),
     ({"weights": {"mhaa": 0}}, "cell 'a' (sst2): weights: unknown aspect(s) ['mhaa']"),
     ({"budget": {"budget_of": "layers:3", "x": 1}}, "cell 'a' (sst2): budget"),
@@ -204,3 +210,27 @@ def test_a_teacher_retrained_on_another_cpu_is_noted_not_flagged(tmp_path):
     sha.update(now="c" * 64, loss=0.52)
     third = G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lines.append)
     assert third["teacher_mismatch"] == ["sst2"]
+
+
+def test_a_grid_folder_is_locked_while_a_runner_works_and_a_dead_runners_lock_is_taken_over(tmp_path, capsys):
+    with FolderLock(tmp_path, "python -m makd grid grids/smoke.yaml --out x"):
+        with pytest.raises(RunFolderError, match=f"{tmp_path} is in use by pid {os.getpid()} since .*grids/smoke"):
+            G.run_grid(_grid(), tmp_path, run_fn=_no_run, echo=lambda s: None)
+        assert G.main([str(ROOT / "grids" / "smoke.yaml"), "--out", str(tmp_path), "--seeds", "0"]) == 1
+        assert "error: " in capsys.readouterr().err and not (tmp_path / "sst2").exists()   # no cell started
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                  "started": "then", "command": "a killed grid"}))
+    seen = []
+
+    def fake(**options):
+        assert (tmp_path / LOCK_NAME).is_file()                   # held by this runner while its cells run
+        seen.append(json.loads((tmp_path / LOCK_NAME).read_text())["pid"])
+        res = {"task": "sst2", "metric": "accuracy", "student": {"metrics": {"accuracy": 0.5}, "params": 10},
+               "teacher": {"metrics": {"accuracy": 0.9}, "params": 20}, "record": {}, "train": {}}
+        Path(options["out"], "metrics.json").write_text(json.dumps(res))
+        return res
+
+    assert G.run_grid(_grid(), tmp_path, run_fn=fake, echo=lambda s: None)["counts"]["ran"] == 4
+    assert seen == [os.getpid()] * 4 and not (tmp_path / LOCK_NAME).exists()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_batch, tiny_model
+from makd.assets import files
 from makd.core import factorize as fz
 from makd.core import checkpoint as mio
 
@@ -89,3 +90,40 @@ def test_errors(tmp_path):
     with pytest.raises(RuntimeError):  # shapes no longer match the saved factors: strict loading refuses
         mio.load_student(tmp_path / "s")
     assert not isinstance(nn.Linear(2, 2), fz.LowRankLinear)
+
+
+def test_a_save_that_fails_half_way_keeps_the_previous_student(tmp_path, monkeypatch):
+    old = fz.factorize(tiny_model("bert"), rank=4)
+    mio.save_student(old, tmp_path / "s")
+    new = fz.factorize(tiny_model("bert", seed=1), rank=4)
+    real = mio.safetensors.torch.save_model
+
+    def disk_full(model, filename, *a, **k):        # half the weights written, then the disk is full
+        real(model, filename, *a, **k)
+        with open(filename, "r+b") as fh:
+            fh.truncate(fh.seek(0, 2) // 2)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(mio.safetensors.torch, "save_model", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        mio.save_student(new, tmp_path / "s")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]          # no partial folder left behind
+    batch = tiny_batch()
+    assert torch.equal(_main_output(mio.load_student(tmp_path / "s"), batch)[0], _main_output(old, batch)[0])
+    mio.save_student(new, tmp_path / "s")                               # a complete save replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert torch.equal(_main_output(mio.load_student(tmp_path / "s"), batch)[0], _main_output(new, batch)[0])
+
+
+def test_write_json_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    target = files.write_json(tmp_path / "metrics.json", {"score": 1.0})
+    real = files.Path.write_text
+
+    def disk_full(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(files.Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_json(target, {"score": 2.0, "more": list(range(100))})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"score": 1.0} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

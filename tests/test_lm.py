@@ -124,6 +124,7 @@ def test_makd_uses_the_relative_mse_unless_told_otherwise():
 # ---------------------------------------------------------------- configuration, SeqKD decoding, the comparison
 def test_the_light_names_equal_the_heavy_modules_lists():
     assert decoder_config.METHODS == lm.METHODS and decoder_config.INSTRUCTION_SETS == instructions.INSTRUCTION_SETS
+    assert decoder_config.CONTROLS == lm.CONTROLS
     code = "import sys, makd.experiments.decoder_config; assert 'torch' not in sys.modules, 'heavy import'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -191,3 +192,20 @@ def test_the_command_and_the_notebook_share_one_comparison(tmp_path, monkeypatch
 def _records(rows):
     return instructions._records([{"id": str(i), "reference_kind": "human", "category": "", **r}
                                   for i, r in enumerate(rows)])
+
+
+def test_a_whitened_student_with_a_local_stage_and_the_untrained_control(tmp_path):
+    model, tok = load_model("tiny-llama", head="lm")
+    cfg = _tiny_config(tmp_path, methods=["untrained", "sft"], weighting="whiten", ranks="auto",
+                       calibration_examples=8, local_epochs=2)
+    data = decoder.DecoderData(ROWS[:8], ["Say hi."], ["hi"], "human", "x", "x", "x")
+    res = decoder.compare_methods(cfg, model, tok, data)
+    prepared = res[decoder.UNTRAINED]
+    assert prepared["init"]["weighting"] == "whiten" and prepared["init"]["calibration_examples"] == 8
+    assert prepared["local"]["steps"] == 2 * len(lm.calibration_batches(
+        ROWS[:8], tok, 8, batch_size=4, max_length=48, max_prompt_tokens=256))
+    assert res["untrained"]["train"] == {"steps": 0}
+    assert res["untrained"]["response_ce"] == pytest.approx(prepared["response_ce"])   # the control is not trained
+    assert res["sft"]["train"]["steps"] == 2 and res["sft"]["student_init"]["init"]["ranks"] == "auto"
+    with pytest.raises(ValueError, match="ranks 'auto' spreads"):
+        DecoderConfig(rank=4, ranks="auto")

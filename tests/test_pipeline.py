@@ -5,13 +5,17 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from makd.assets.runfolder import LOCK_NAME
 from makd.experiments import distill as pipeline
 from makd.experiments import students
 from makd.experiments.config import DistillConfig
@@ -48,6 +52,8 @@ def test_end_to_end_writes_metrics_run_record_and_every_loss_term(tmp_path):
     for key in ("config", "seed", "git", "libraries", "data_files_sha256", "teacher_checkpoint_sha256"):
         assert key in rec, key
     assert any(p.endswith("SST-2/dev.tsv") for p in rec["data_files_sha256"])
+    assert str(tmp_path) not in json.dumps(rec) and str(ROOT) not in json.dumps(rec)   # no machine paths
+    assert rec["config"]["data_dir"] == "$MAKD_DATA_DIR" and "$MAKD_DATA_DIR/SST-2/dev.tsv" in rec["data_files_sha256"]
     logged = set().union(*[set(e) for e in saved["train"]["history"]])
     # hierarchical on 2 layers: matrix aspects on layer 0, layer aspects on layer 1, the model aspect
     assert {"loss_mha", "loss_ffn", "loss_attn", "loss_hidn", "loss_pred", "loss_kd", "loss_ce"} <= logged
@@ -93,9 +99,16 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     cut = _args(tmp_path / "cut", max_steps=4, save_steps=2, objective="hierarchical")
     pipeline.run(cut, callbacks=[StopAtStep(2)])          # "interrupted" after a checkpoint at step 2
     assert (tmp_path / "cut" / "checkpoints" / "checkpoint-2").is_dir()
+    # as after kill -9 while saving step 4 on a full disk: an empty checkpoint-4/ and the dead run's lock
+    (tmp_path / "cut" / "checkpoints" / "checkpoint-4").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "cut" / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                           "started": "then", "command": "killed"}))
     resumed = pipeline.run(_args(tmp_path / "cut", max_steps=4, save_steps=2, objective="hierarchical",
                                  resume=True))
     assert resumed["train"]["resumed"] and resumed["train"]["steps"] == 4
+    assert not (tmp_path / "cut" / LOCK_NAME).exists()    # taken over, then released
     a, b = _weights(tmp_path / "full" / "student"), _weights(tmp_path / "cut" / "student")
     assert a.keys() == b.keys()
     for k in a:
@@ -133,7 +146,7 @@ def test_unknown_keyword_is_rejected():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', got 'asvd'"),
+    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', got 'asvd'"),
     (dict(weights='{"mha": 0'), "not valid JSON"),
     (dict(epochs="3"), "epochs must be a number"),
     (dict(objective="hierarchical", layer_ratio=0.5, budget=0.5), "give only one of"),
@@ -233,3 +246,33 @@ def test_teacher_head_follows_the_teacher_seed_not_the_callers_rng(tmp_path):
     assert first.checkpoint_sha256 == again.checkpoint_sha256
     assert json.loads((first.path / "teacher_info.json").read_text())["head_init_seed"] == 0
     assert other.checkpoint_sha256 != first.checkpoint_sha256        # another teacher seed, another head
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_student(tmp_path):
+    """A real ``kill -9`` of ``python -m makd distill`` mid-training: the re-run with ``--resume`` takes over the
+    dead run's lock, drops a half-written checkpoint if the kill hit a save, and ends with the same student."""
+    cmd = [sys.executable, "-m", "makd", "distill", "--task", "sst2", "--data-dir", str(FIXTURES), "--teacher",
+           "tiny-bert", "--teacher-epochs", "1", "--force-teacher", "--report-to", "none", "--quiet", "--lr", "1e-3",
+           "--batch-size", "2", "--max-steps", "60", "--save-steps", "5", "--objective", "hierarchical"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([*cmd, "--out", str(tmp_path / "full")], env=env, check=True, capture_output=True, timeout=300,
+                   cwd=ROOT)
+    victim = subprocess.Popen([*cmd, "--out", str(tmp_path / "cut")], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while victim.poll() is None and time.time() < deadline and \
+            not list((tmp_path / "cut" / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    if (tmp_path / "cut" / "metrics.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    assert (tmp_path / "cut" / LOCK_NAME).is_file()              # the dead run's lock is still there
+    proc = subprocess.run([*cmd, "--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert saved["train"]["resumed"] and saved["train"]["steps"] == 60
+    a, b = _weights(tmp_path / "full" / "student"), _weights(tmp_path / "cut" / "student")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

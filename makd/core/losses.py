@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from makd.core.baseline_losses import minilm_value_relation_kl, tinybert_attention_mse
+from makd.core.errors import MakdError
 from makd.core.masking import kl_rows, masked_mean, same_shape, upcast, valid_mask
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(MakdError, FloatingPointError):
     """A loss term became NaN or infinite."""
 
 

@@ -34,6 +34,8 @@ GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli-mm", "qnli", 
 TASKS = GLUE_TASKS + ("rt-polarity",)                               # makd.tasks.glue: GLUE_TASKS + PROXY_TASKS
 TEACHER_ALIASES = ("minilm-l6", "minilm-l3", "smollm2-135m-instruct", "tiny-bert", "tiny-gpt2", "tiny-llama")
 SIZE_KEYS = ("layer_ratio", "budget", "rank")
+WEIGHTINGS = ("none", "activation", "whiten", "whiten-sequential")  # makd.core.factorize.WEIGHTINGS
+RANK_RULES = ("uniform", "auto")                                    # makd.core.factorize.RANK_RULES
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,10 @@ class SizeConfig(Config):
     GROUP = "student size (exactly one; default --layer-ratio 0.5)"
     layer_ratio: float | None = option(None, "fraction of the dense matrices' parameters the factors keep "
                                        "(0.75 0.5 0.25 0.1)", low=0.0, high=1.0, low_open=True)
-    budget: float | None = option(None, "total student parameters: an int, or a fraction of the teacher's total "
-                                  "(embeddings included)", low=0.0, low_open=True)
-    rank: float | None = option(None, "one rank for every matrix (int) or a fraction of full rank",
-                                low=0.0, low_open=True)
+    budget: int | float | None = option(None, "total student parameters: an int count (17390594), or a fraction "
+                                        "in (0, 1] of the teacher's total, embeddings included (0.5)")
+    rank: int | float | None = option(None, "one rank for every matrix: an int >= 1 (64), or a fraction in (0, 1] "
+                                      "of each matrix's full rank (0.25)")
     factorize_embeddings: bool = option(False, "also factorise the word embedding (for budgets below the "
                                         "non-factorised floor)")
 
@@ -55,12 +57,40 @@ class SizeConfig(Config):
         if len(given) > 1:
             raise ValueError(f"give only one of layer_ratio, budget, rank (--layer-ratio, --budget, --rank), "
                              f"got {given}")
+        for key, count in (("budget", "a count of parameters, e.g. 17390594"), ("rank", "e.g. 64")):
+            v = getattr(self, key)
+            if v is not None and not (0 < v <= 1 if isinstance(v, float) else v >= 1):
+                raise ValueError(f"{key} must be an integer >= 1 ({count}) or a fraction in (0, 1], got {v!r}: "
+                                 f"a float is a fraction and must be <= 1, an integer count >= 1; give e.g. "
+                                 f"--{key} {count.split()[-1]} or --{key} 0.5")
 
     def size(self) -> dict[str, int | float]:
-        """The student size as the factoriser takes it: ``{"budget": 17390594}``; an int for budgets and
-        ranks >= 1 (a count), a float below 1 (a fraction); ``{"layer_ratio": 0.5}`` when none is given."""
-        given = {k: getattr(self, k) for k in SIZE_KEYS if getattr(self, k) is not None} or {"layer_ratio": 0.5}
-        return {k: int(v) if k != "layer_ratio" and v >= 1 else v for k, v in given.items()}
+        """The student size as the factoriser takes it: ``{"budget": 17390594}`` (an int: a count),
+        ``{"rank": 0.25}`` (a float: a fraction in (0, 1]); ``{"layer_ratio": 0.5}`` when none is given."""
+        return {k: getattr(self, k) for k in SIZE_KEYS if getattr(self, k) is not None} or {"layer_ratio": 0.5}
+
+
+@dataclass(frozen=True)
+class InitConfig(Config):
+    """How the factors start from the teacher (:func:`makd.core.factorize.factorize`)."""
+    GROUP = "student initialisation"
+    weighting: str = option("none", "none (plain truncated SVD), activation (ASVD-style scaling), whiten (SVD-LLM "
+                            "whitening on the teacher's inputs: the closed-form optimum of the teacher-forced "
+                            "matrix aspect) or whiten-sequential (layer by layer on the student's own inputs); all "
+                            "but none calibrate on training examples", choices=WEIGHTINGS)
+    ranks: str = option("uniform", "uniform (one parameter fraction per matrix) or auto (the same parameter count "
+                        "spread where it removes the most relative truncation error)", choices=RANK_RULES)
+    damping: float = option(1e-4, "whitening damping λ, a fraction of the Gram matrix's mean diagonal", low=0.0)
+
+    def check(self) -> None:
+        super().check()
+        if self.ranks == "auto" and getattr(self, "rank", None) is not None:
+            raise ValueError("ranks 'auto' spreads a budget or layer ratio over the matrices: with --rank give "
+                             "--ranks uniform, or give --budget / --layer-ratio")
+
+    def init_options(self) -> dict:
+        """The keywords of :func:`makd.core.factorize.factorize` this part sets."""
+        return {"weighting": self.weighting, "ranks": self.ranks, "damping": self.damping}
 
 
 @dataclass(frozen=True)
@@ -136,14 +166,14 @@ class GlueTaskConfig(Config):
     data_dir: str | None = option(None, "folder with glue/TASK/{train,dev}.tsv (default $MAKD_DATA_DIR; else the hub)",
                                   path=True)
     teacher: str = option("minilm-l6", f"embedded name ({', '.join(TEACHER_ALIASES)}), local folder or hub id",
-                          path=True)
+                          path=True, model=True)
     max_train: int | None = option(None, "subsample the train split (seeded)", low=1)
     max_dev: int | None = option(None, "subsample the dev split (seeded)", low=1)
     max_length: int = option(128, "tokens per example", low=1)
 
 
 @dataclass(frozen=True)
-class DistillConfig(OutputConfig, TeacherConfig, TrainConfig, ObjectiveConfig, SizeConfig, GlueTaskConfig):
+class DistillConfig(OutputConfig, TeacherConfig, TrainConfig, ObjectiveConfig, InitConfig, SizeConfig, GlueTaskConfig):
     """``python -m makd distill``: teacher fine-tuning, factorisation, distillation, evaluation (one GLUE task)."""
     PROG = "python -m makd distill"
     EPILOG = """examples:
@@ -159,10 +189,10 @@ class DistillConfig(OutputConfig, TeacherConfig, TrainConfig, ObjectiveConfig, S
     student: str = option("svd", "'svd' (default: the factorised teacher at the size above), 'layers:K' "
                           "(DistilBERT-style dense student: K of the teacher's layers, evenly spaced, copied), or a "
                           "model name/folder sharing the teacher's tokenizer (e.g. minilm-l3); dense students of "
-                          "another depth support the presets without matrix/layer aspects", path=True,
+                          "another depth support the presets without matrix/layer aspects", path=True, model=True,
                           group=SizeConfig.GROUP)
-    weighting: str = option("none", "plain SVD or activation-aware (ASVD-style, from a calibration batch of train "
-                            "data)", choices=("none", "activation"), group=SizeConfig.GROUP)
+    calibration_examples: int = option(64, "training examples calibrating a weighted factorisation (--weighting)",
+                                       low=1, group=InitConfig.GROUP)
     group_by_length: bool = option(False, "batch examples of similar length (transformers' LengthGroupedSampler) "
                                    "for the teacher's fine-tuning and the distillation: far less padding, ~1.5-1.9x "
                                    "faster on CPU for short texts; results differ slightly from a run without it",
@@ -193,7 +223,7 @@ class DistillConfig(OutputConfig, TeacherConfig, TrainConfig, ObjectiveConfig, S
 
 # --------------------------------------------------------------------------------------------- the factorize command
 @dataclass(frozen=True)
-class FactorizeConfig(SizeConfig):
+class FactorizeConfig(InitConfig, SizeConfig):
     """Build a truncated-SVD student of a teacher (every MHA/FFN matrix W -> A B, A = U_r S_r^1/2,
     B = S_r^1/2 V_r^T), print the per-matrix report and totals, optionally save it (makd.core.checkpoint format +
     report.csv/report.json)."""
@@ -203,13 +233,12 @@ class FactorizeConfig(SizeConfig):
   python -m makd factorize --layer-ratio 0.5
   python -m makd factorize --budget 0.6 --out runs/students/minilm-b0.6
   python -m makd factorize --budget 15000000 --weighting activation
+  python -m makd factorize --layer-ratio 0.5 --weighting whiten --ranks auto
   python -m makd factorize --teacher path/to/finetuned-bert --rank 64
   python -m makd factorize --rank 0.25          # a quarter of each matrix's full rank
 """
     teacher: str = option("minilm-l6", "'minilm-l6' (the embedded all-MiniLM-L6-v2), a local folder or a hub id",
-                          path=True)
-    weighting: str = option("none", "'activation': ASVD-style scaling from calibration text (default: plain SVD)",
-                            choices=("none", "activation"))
+                          path=True, model=True)
     calibration_text: str | None = option(None, "text file, one calibration sentence per line (default: 8 built-in "
                                           "sentences)", path=True)
     out: str | None = option(None, "save the student here (makd.core.checkpoint) with report.csv and report.json",
@@ -219,9 +248,13 @@ class FactorizeConfig(SizeConfig):
         super().check()
         if all(getattr(self, k) is None for k in SIZE_KEYS):
             raise ValueError("give one of --layer-ratio, --budget, --rank (the student's size)")
+        if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"out {self.out} is an existing file: give a folder (new, or one to add the student "
+                             "and its report to)")
         if self.calibration_text is not None:
             path = Path(self.calibration_text)
             if not path.is_file():
                 raise ValueError(f"calibration_text {path} is not a file: give a text file, one sentence per line")
             if not any(line.strip() for line in path.read_text().splitlines()):
-                raise ValueError(f"calibration_text {path} has no non-empty line")
+                raise ValueError(f"calibration_text {path} has no non-empty line: give a text file with one "
+                                 "calibration sentence per line")

@@ -12,6 +12,7 @@ are the fields of :class:`makd.experiments.decoder_config.DecoderConfig`: ``pyth
 """
 from __future__ import annotations
 
+import copy
 import logging
 import shlex
 import sys
@@ -25,10 +26,13 @@ import torch
 from makd.assets.files import write_json
 from makd.assets.models import load_model
 from makd.assets.paths import data_dir as find_data_dir
+from makd.assets.runfolder import estimate_run_bytes, params_hint, run_folder
 from makd.core import factorize as fz
 from makd.core.families import num_layers
+from makd.core.local import local_stage
 from makd.experiments.decoder_config import DecoderConfig, parse
-from makd.experiments.decoder_methods import check_pair, make_student, seqkd_decoding, train_student
+from makd.experiments.decoder_methods import (calibration_batches, check_pair, make_student, seqkd_decoding,
+                                              train_student)
 from makd.experiments.options import config_from_kwargs
 from makd.experiments.runrecord import make_record
 from makd.experiments.students import check_size
@@ -109,9 +113,11 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
                     on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """The teacher, then each of ``cfg.methods`` on a fresh copy of the same student, scored alike.
 
-    Returns ``{name: {"eval": evaluate_rouge(...), "params": int, "response_ce": float, "train": info}}`` for
-    ``teacher`` and each method (``train`` for methods only), plus ``UNTRAINED`` ({"response_ce", "params"}) for
-    the student before training. Students live on the teacher's device; checkpoints go to
+    Returns ``{name: {"eval": evaluate_rouge(...), "params": int, "response_ce": float, "train": info,
+    "student_init": how the student was prepared}}`` for ``teacher`` and each method (``train`` and
+    ``student_init`` for methods only; the control ``untrained`` is not trained), plus ``UNTRAINED``
+    ({"response_ce", "params", "init", "local"}) for the prepared student before training
+    (:func:`prepare_student`). Students live on the teacher's device; checkpoints go to
     ``cfg.out/<method>/``. ``on_result(name, result)`` is called as soon as a model is scored."""
     settings = generation_settings(cfg)
     device = next(teacher.parameters()).device
@@ -121,29 +127,55 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
         "params": fz.count_parameters(teacher), "response_ce": response_ce(teacher, batch)}}
     if on_result:
         on_result("teacher", results["teacher"])
+    base, prepared = prepare_student(cfg, teacher, tokenizer, data.rows, device)
+    results[UNTRAINED] = {"response_ce": response_ce(base, batch), "params": fz.count_parameters(base), **prepared}
     for method in cfg.methods:
         torch.manual_seed(cfg.seed)
-        student = make_student(teacher, cfg.student, factorize_embeddings=cfg.factorize_embeddings,
-                               **cfg.size()) if cfg.student == "svd" else make_student(teacher, cfg.student)
-        student.to(device)
-        check_pair(teacher, tokenizer, student, tokenizer)
-        if UNTRAINED not in results:   # every method starts from this same student
-            results[UNTRAINED] = {"response_ce": response_ce(student, batch), "params": fz.count_parameters(student)}
-        info = train_student(method, teacher, student, tokenizer, data.rows, out=Path(cfg.out) / method,
-                             seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr,
-                             batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_length=cfg.max_length,
-                             max_prompt_tokens=cfg.max_prompt_tokens, template=cfg.template,
-                             seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
-                             save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to,
-                             quiet=cfg.quiet, mse=cfg.mse)
+        student = copy.deepcopy(base)                   # every method starts from this same student
+        info = {"steps": 0} if method == "untrained" else train_student(
+            method, teacher, student, tokenizer, data.rows, out=Path(cfg.out) / method, seed=cfg.seed,
+            epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens,
+            template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
+            save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet, mse=cfg.mse)
         results[method] = {"eval": evaluate_rouge(student, tokenizer, data.prompts, data.references, settings),
                            "params": fz.count_parameters(student), "response_ce": response_ce(student, batch),
-                           "train": info}
+                           "train": info, "student_init": prepared}
         log.info("%s: Rouge-L %.2f (teacher %.2f)", method, results[method]["eval"]["rougeL"],
                  results["teacher"]["eval"]["rougeL"])
         if on_result:
             on_result(method, results[method])
     return results
+
+
+def prepare_student(cfg: DecoderConfig, teacher, tokenizer, rows: list[dict], device) -> tuple[Any, dict[str, Any]]:
+    """The student every method starts from: the factorised teacher (``cfg.weighting`` calibrated on the first
+    ``cfg.calibration_examples`` training examples, ``cfg.ranks``) or a dense layer copy, then ``cfg.local_epochs``
+    of the layer-local stage. Returns it (seeded with ``cfg.seed``) and what was done to it, with timings."""
+    torch.manual_seed(cfg.seed)
+    needs_batches = cfg.student == "svd" and cfg.weighting != "none" or cfg.local_epochs > 0
+    batches = [{k: v.to(device) for k, v in b.items()} for b in calibration_batches(
+        rows, tokenizer, cfg.calibration_examples, batch_size=cfg.batch_size, max_length=cfg.max_length,
+        max_prompt_tokens=cfg.max_prompt_tokens, template=cfg.template)] if needs_batches else []
+    t0 = time.perf_counter()
+    if cfg.student == "svd":
+        student = make_student(teacher, "svd", factorize_embeddings=cfg.factorize_embeddings,
+                               calibration=batches if cfg.weighting != "none" else None, **cfg.init_options(),
+                               **cfg.size())
+    else:
+        student = make_student(teacher, cfg.student)
+    student.to(device)
+    check_pair(teacher, tokenizer, student, tokenizer)
+    info: dict[str, Any] = {"init": {"weighting": cfg.weighting, "ranks": cfg.ranks, "factorise_s": round(
+        time.perf_counter() - t0, 1), "calibration_examples": cfg.calibration_examples if batches else 0}}
+    if cfg.local_epochs:
+        t0 = time.perf_counter()
+        history = local_stage(student, teacher, batches, epochs=cfg.local_epochs, lr=cfg.local_lr,
+                              progress=not cfg.quiet)
+        info["local"] = {"epochs": cfg.local_epochs, "lr": cfg.local_lr, "steps": len(history),
+                         "runtime_s": round(time.perf_counter() - t0, 1), "history": history,
+                         "loss_block_first": history[0]["loss_block"], "loss_block_last": history[-1]["loss_block"]}
+    return student, info
 
 
 def preflight(cfg: DecoderConfig, teacher) -> None:
@@ -162,6 +194,14 @@ def run(cfg: DecoderConfig, command: str | None = None) -> dict[str, Any]:
         raise TypeError(f"run() takes a DecoderConfig, got {type(cfg).__name__}: build it with "
                         "config_from_kwargs(DecoderConfig, ...) or call compare(**options)")
     started, out = time.time(), Path(cfg.out)
+    # one training per method, each keeping save_total_limit=1 checkpoint: locked and checked before any loading
+    needed = estimate_run_bytes(params_hint(cfg.teacher), save_total_limit=1, trainings=len(cfg.methods),
+                                save_student=False)
+    with run_folder(out, needed=needed, command=command):
+        return _run(cfg, out, started, command)
+
+
+def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> dict[str, Any]:
     teacher, tok = load_model(cfg.teacher, head="lm")
     preflight(cfg, teacher)
     data = load_data(cfg, teacher, tok)
@@ -176,7 +216,8 @@ def run(cfg: DecoderConfig, command: str | None = None) -> dict[str, Any]:
 
     def write(name: str, res: dict[str, Any]) -> None:   # each model's metrics.json as soon as it is scored
         extra = ({"model": cfg.teacher} if name == "teacher" else
-                 {"student": cfg.student, "teacher_params": t_params, "train": res["train"]})
+                 {"student": cfg.student, "teacher_params": t_params, "train": res["train"],
+                  "student_init": res["student_init"]})
         write_json(out / name / "metrics.json", {
             **common, "method": name, "params": res["params"], "response_ce": res["response_ce"], "eval": res["eval"],
             **extra, "record": make_record(options, seed=cfg.seed, data_files=data.files, started=started)})

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from makd.experiments.config import SizeConfig, TrainConfig
+from makd.experiments.config import InitConfig, SizeConfig, TrainConfig
 from makd.experiments.options import Config, build_parser as _options_parser, option, parse_config
 
 # kept here so that validating imports nothing heavy; tests/test_lm.py checks them against the heavy modules
 METHODS = ("sft", "kd", "seqkd", "makd")                        # makd.experiments.decoder_methods.METHODS
+CONTROLS = ("untrained",)                                       # makd.experiments.decoder_methods.CONTROLS
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")  # makd.tasks.instructions.INSTRUCTION_SETS
 TRAIN_SETS = ("chatterbot", "dolly")                            # the sets with a train split
 
@@ -24,7 +25,7 @@ class DecoderDataConfig(Config):
     """The causal-LM teacher, the instruction data and the prompt template."""
     GROUP = "data and teacher"
     teacher: str = option("smollm2-135m-instruct", "embedded name (smollm2-135m-instruct; tiny-llama / tiny-gpt2 for "
-                          "smoke tests), local folder or hub id of a causal LM", path=True)
+                          "smoke tests), local folder or hub id of a causal LM", path=True, model=True)
     train_set: str = option("chatterbot", "training prompts/responses: chatterbot (embedded PROXY) or dolly",
                             choices=TRAIN_SETS)
     eval_set: str = option("selfinst", "selfinst, vicuna (teacher answers as references), dolly, chatterbot, or "
@@ -50,7 +51,7 @@ class GenerationConfig(Config):
 
 
 @dataclass(frozen=True)
-class DecoderConfig(TrainConfig, SizeConfig, GenerationConfig, DecoderDataConfig):
+class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, DecoderDataConfig):
     """``python -m makd decoder``: causal-LM distillation (SFT / KD / SeqKD / MaKD) into one student, Rouge-L."""
     PROG = "python -m makd decoder"
     EPILOG = """examples:
@@ -58,11 +59,14 @@ class DecoderConfig(TrainConfig, SizeConfig, GenerationConfig, DecoderDataConfig
   python -m makd decoder --data-dir ../shared/data --methods sft kd seqkd makd --max-train 256 --max-eval 40
   # MiniLLM's decoding protocol (sampling, top-p 1, temperature 1, 5 seeds) instead of greedy
   python -m makd decoder ... --decoding sample
+  # a student that starts alive: whitened SVD, ranks by budget, a layer-local stage, and the no-training control
+  python -m makd decoder ... --weighting whiten --ranks auto --local-epochs 2 --methods untrained sft kd seqkd makd
   # the paper's setting on a GPU box with the hub: GPT-2 family
   python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
 """
-    methods: tuple[str, ...] = option(METHODS, "methods to train, each on a fresh copy of the same student",
-                                      choices=METHODS, group="methods and student")
+    methods: tuple[str, ...] = option(METHODS, "methods to train, each on a fresh copy of the same student; "
+                                      "'untrained' scores that student without training (a control)",
+                                      choices=METHODS + CONTROLS, group="methods and student")
     student: str = option("svd", "'svd' (the factorised teacher at the size below) or 'layers:K' (dense copy of K "
                           "evenly spaced teacher layers)", group="methods and student")
     mse: str = option("relative", "MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, "
@@ -73,6 +77,13 @@ class DecoderConfig(TrainConfig, SizeConfig, GenerationConfig, DecoderDataConfig
     batch_size: int = option(8, "training batch size", low=1)
     report_to: str = option("none", "none (default), tensorboard, wandb, ...")
     ce_examples: int = option(16, "training examples of the response cross-entropy table", low=1)
+    calibration_examples: int = option(128, "training examples calibrating a weighted factorisation (--weighting) "
+                                       "and feeding the layer-local stage", low=1, group=InitConfig.GROUP)
+    local_epochs: int = option(0, "epochs of the layer-local stage (each block trained alone on the teacher's "
+                               "block inputs, makd.core.local) before every method; 0: none", low=0,
+                               group=InitConfig.GROUP)
+    local_lr: float = option(1e-4, "learning rate of the layer-local stage", low=0.0, low_open=True,
+                             group=InitConfig.GROUP)
     out: str = option("runs/decoder", "writes OUT/<method>/metrics.json, OUT/teacher/, OUT/speed.json", path=True)
 
     def check(self) -> None:

@@ -36,12 +36,16 @@ from makd.tasks.teacher import training_args
 
 log = logging.getLogger("makd.decoder")
 METHODS = ("sft", "kd", "seqkd", "makd")
+CONTROLS = ("untrained",)   # the student as prepared (factorised, layer-local stage if any), not trained
 
 
 def make_student(teacher, kind: str = "svd", **size: Any):
-    """``svd`` (factorised teacher; size = layer_ratio / budget / rank) or ``layers:K`` (dense copy)."""
+    """``svd`` (factorised teacher; size = layer_ratio / budget / rank, and factorize's other keywords:
+    weighting, calibration, ranks, damping) or ``layers:K`` (dense copy)."""
     if kind == "svd":
-        return fz.factorize(teacher, **(size or {"layer_ratio": 0.5}))
+        if not any(k in size for k in ("layer_ratio", "budget", "rank")):
+            size = {**size, "layer_ratio": 0.5}
+        return fz.factorize(teacher, **size)
     if kind.startswith("layers:"):
         n = num_layers(teacher.config)
         k = kind.split(":", 1)[1]
@@ -53,6 +57,20 @@ def make_student(teacher, kind: str = "svd", **size: Any):
 
 # MaKD's matrix/hidden MSE for causal LMs (our choice, not the paper's; see objective_for)
 DEFAULT_MSE = "relative"
+
+
+def calibration_batches(rows: list[dict], tokenizer, n: int, *, batch_size: int, max_length: int,
+                        max_prompt_tokens: int, template: str = "auto") -> list[dict]:
+    """The first ``n`` training examples, tokenised like SFT, as padded batches of (input_ids, attention_mask):
+    what a weighted factorisation calibrates on and the layer-local stage trains on."""
+    features, _ = sft_features(rows[:n], tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
+                               template=template)
+    collate = CausalCollator(tokenizer.pad_token_id)
+    batches = [collate([features[j] for j in range(i, min(i + batch_size, len(features)))])
+               for i in range(0, len(features), batch_size)]
+    if not batches:
+        raise ValueError("no calibration example left after tokenising: give more --calibration-examples")
+    return [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
 
 
 def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, **kw: Any) -> MaKDObjective:

@@ -4,7 +4,9 @@ One command runs the paper's main experiment on one task. It works unchanged und
 ``accelerate launch`` (the Trainer picks up the process group). Every run writes ``<out>/metrics.json``
 with the teacher's and the student's dev metrics, the loss history and a run record (config, seed, git
 commit, library versions, data sha256, teacher checkpoint sha256). The options are the fields of
-:class:`makd.experiments.config.DistillConfig`, checked before any model or data is loaded.
+:class:`makd.experiments.config.DistillConfig`, checked before any model or data is loaded; then the run folder is
+locked and checked (writable, room for the checkpoints: :func:`makd.assets.runfolder.run_folder`), still before any
+loading. ``--resume`` continues from the newest complete checkpoint.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from makd.assets.files import write_json
+from makd.assets.runfolder import check_free_space, estimate_run_bytes, last_checkpoint, params_hint, run_folder
 from makd.core import factorize as fz
-from makd.core.checkpoint import save_student
+from makd.core.checkpoint import replacing_folder, save_student
 from makd.core.losses import NonFiniteLossError
 from makd.core.objective import MaKDObjective, check_compatible
 from makd.core.trainer import DistillTrainer, loss_history
@@ -58,6 +61,14 @@ def run(args: DistillConfig, callbacks: list | None = None, command: str | None 
     started = time.time()
     size = args.size()
     out = Path(args.out) if args.out else default_out(args, size)
+    training = args.objective != "none"
+    needed = estimate_run_bytes(params_hint(args.teacher), trainings=int(training), save_student=args.save_student)
+    with run_folder(out, needed=needed, command=command):   # locked, writable, room enough: before any loading
+        return _run(args, out, size, started, callbacks, command)
+
+
+def _run(args: DistillConfig, out: Path, size: dict[str, Any], started: float, callbacks: list | None,
+         command: str | None) -> dict[str, Any]:
     # the dev subsample (--max-dev) is fixed (seed 0) so runs with different seeds are evaluated on the same rows
     task = load_task(args.task, data_dir=args.data_dir, max_dev=args.max_dev, seed=0)
     if args.objective != "none" and task.train is None:
@@ -73,19 +84,22 @@ def run(args: DistillConfig, callbacks: list | None = None, command: str | None 
     if args.max_train and train is not None:
         train = train.shuffle(seed=args.seed).select(range(min(len(train), args.max_train)))
     calibration = None
-    if args.weighting == "activation":
+    if args.weighting != "none":
         collate = DataCollatorWithPadding(tok)
-        rows = [{k: v for k, v in train[i].items() if k != "labels"} for i in range(min(64, len(train)))]
+        rows = [{k: v for k, v in train[i].items() if k != "labels"}
+                for i in range(min(args.calibration_examples, len(train)))]
         calibration = collate(rows)
     if args.student == "svd":
-        student = fz.factorize(teacher.model, weighting=args.weighting, calibration=calibration,
-                               factorize_embeddings=args.factorize_embeddings, **size)
+        student = fz.factorize(teacher.model, calibration=calibration, factorize_embeddings=args.factorize_embeddings,
+                               **args.init_options(), **size)
     else:
         student = dense_student(args.student, teacher.model, tok, teacher.model.config.num_labels)
         check_depth(args.objective, student.config.num_hidden_layers, teacher.model.config.num_hidden_layers)
     if student.config.num_hidden_layers == teacher.model.config.num_hidden_layers:
         check_compatible(teacher.model, student)
     totals = fz.report_totals(student, teacher.model)
+    check_free_space(out, estimate_run_bytes(totals["student_params"], trainings=int(args.objective != "none"),
+                                             save_student=args.save_student))
 
     objective = None if args.objective == "none" else objective_from(args, student.config.num_hidden_layers)
     targs = training_args(out / "checkpoints", seed=args.seed, epochs=args.epochs, lr=args.lr,
@@ -103,15 +117,15 @@ def run(args: DistillConfig, callbacks: list | None = None, command: str | None 
                              compute_metrics=metrics_fn(task), callbacks=callbacks)
     train_info: dict[str, Any] = {"steps": 0}
     if objective is not None:
-        resume = args.resume and any((out / "checkpoints").glob("checkpoint-*"))
+        resume = last_checkpoint(out / "checkpoints") if args.resume else None   # the newest complete one
         try:
-            result = trainer.train(resume_from_checkpoint=True if resume else None)
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except NonFiniteLossError as err:
             write_json(out / "error.json", {"error": str(err), "step": trainer.state.global_step,
                                             "checkpoints": sorted(map(str, (out / "checkpoints").glob("checkpoint-*")))})
             raise
         train_info = {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
-                      "resumed": bool(resume), "history": loss_history(trainer)}
+                      "resumed": resume is not None, "history": loss_history(trainer)}
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     config = args.to_dict() | ({"command": command} if command else {}) | {"size": size}
     record = make_record(config, seed=args.seed, data_files=task.files,
@@ -130,9 +144,10 @@ def run(args: DistillConfig, callbacks: list | None = None, command: str | None 
     if trainer.is_world_process_zero():
         if args.save_student and hasattr(student, "makd_factorization"):
             save_student(student, out / "student", tok)
-        elif args.save_student:  # dense student: a plain transformers folder
-            student.save_pretrained(out / "student")
-            tok.save_pretrained(out / "student")
+        elif args.save_student:  # dense student: a plain transformers folder, replaced atomically too
+            with replacing_folder(out / "student") as folder:
+                student.save_pretrained(folder)
+                tok.save_pretrained(folder)
         write_json(out / "metrics.json", result)
         log.info("wrote %s", out / "metrics.json")
     return result

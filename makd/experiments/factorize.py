@@ -9,6 +9,7 @@ import pandas as pd
 
 from makd.assets.models import load_model
 from makd.core.checkpoint import save_student
+from makd.core.errors import UsageError
 from makd.core.factorize import factorize, report, report_totals
 from makd.experiments.config import FactorizeConfig
 from makd.experiments.options import build_parser as config_parser
@@ -31,20 +32,21 @@ def build_parser():
     return config_parser(FactorizeConfig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m makd factorize``: a wrong option, or a size the teacher cannot reach, is an argparse error."""
-    args = parse_config(FactorizeConfig, argv)
+def main(argv: list[str] | None = None, config: FactorizeConfig | None = None) -> int:
+    """``python -m makd factorize``; ``config``: ``argv`` already parsed (by :mod:`makd.cli`). A wrong option is
+    an argparse error (exit 2) before the teacher is loaded; a size the teacher cannot reach a UsageError."""
+    args = config or parse_config(FactorizeConfig, argv)
     texts = CALIBRATION_TEXT
     if args.calibration_text is not None:
         texts = [t.strip() for t in Path(args.calibration_text).read_text().splitlines() if t.strip()]
     teacher, tok = load_model(args.teacher, head="base")
     calibration = (dict(tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt"))
-                   if args.weighting == "activation" else None)
+                   if args.weighting != "none" else None)
     try:
-        student = factorize(teacher, weighting=args.weighting, calibration=calibration,
-                            factorize_embeddings=args.factorize_embeddings, **args.size())
-    except ValueError as err:
-        build_parser().error(str(err))                      # a command: exit 2 with the message
+        student = factorize(teacher, calibration=calibration, factorize_embeddings=args.factorize_embeddings,
+                            **args.init_options(), **args.size())
+    except ValueError as err:                               # unreachable budget, rank above full rank, ...
+        raise UsageError(f"{err}; give another --layer-ratio, --budget or --rank") from None
     table, totals = report(student, teacher), report_totals(student, teacher)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.precision", 4):
         print(table.drop(columns=["module"]).to_string(index=False))

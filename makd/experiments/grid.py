@@ -30,10 +30,10 @@ fine-tuning on another CPU type, thread count or library version may still not b
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -41,19 +41,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from makd.assets.files import write_json
+from makd.assets.runfolder import run_folder
+from makd.core.errors import RunFolderError
 from makd.experiments import stats, teachers  # the teacher-checkpoint check after each finished cell
 from makd.experiments.distill import distill
-from makd.experiments.grid_plan import (GROUPS, SIZE_KEYS, VOLATILE, budget_of, cell_options, check_options,  # noqa: F401
-                                        coerce_types, config_hash, load_grid, plan, resolve_options, validate_grid)
+from makd.experiments.grid_budget import budget_of, resolve_options  # noqa: F401
+from makd.experiments.grid_plan import (GROUPS, SIZE_KEYS, VOLATILE, _parse_set, build_parser, cell_options,  # noqa: F401
+                                        check_options, coerce_types, config_hash, load_grid, plan, validate_grid)
 
 log = logging.getLogger("makd.experiments.grid")
 
-EPILOG = """examples:
-  python -m makd grid grids/smoke.yaml --out runs/grid-smoke            # seconds: tiny-bert, fixtures
-  python -m makd grid grids/rt-polarity.yaml --out results/grid --list  # show cells, options and budgets
-  python -m makd grid grids/rt-polarity.yaml --out results/grid --only makd svd-finetune --seeds 0
-  python -m makd grid grids/glue.yaml --out results/grid --tasks rte mrpc --set data_dir=../shared/data
-Re-running the same command skips finished cells and resumes interrupted ones."""
+
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -78,19 +76,30 @@ def status(folder: Path, digest: str) -> str:
 def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: list[str] | None = None,
              seeds: list[int] | None = None, tasks: list[str] | None = None,
              overrides: dict[str, Any] | None = None, stop_on_error: bool = False, keep_checkpoints: bool = False,
-             run_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+             run_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print,
+             command: str | None = None) -> dict[str, Any]:
     """Run (or skip / resume) every cell; returns {"runs": [...], "cpu_s", "wall_s", counts}.
 
     ``run_fn(**options)`` defaults to :func:`makd.experiments.distill.distill` (tests pass a wrapper to interrupt
     a run). A failing cell is recorded in its ``cell.json`` (status "error") and the grid goes on unless
     ``stop_on_error``. A finished cell's checkpoints (needed only to resume) are deleted unless
-    ``keep_checkpoints``. The summary is also merged into ``OUT/grid_run.json``.
+    ``keep_checkpoints``. The summary is also merged into ``OUT/grid_run.json``. ``OUT`` is locked for the
+    whole run (:func:`makd.assets.runfolder.run_folder`; ``command`` is shown to a second runner, which is refused
+    with a RunFolderError); a lock left by a killed runner is taken over.
     """
     if not isinstance(grid, dict):
         grid = load_grid(grid)
     run_fn = distill if run_fn is None else run_fn
     out_dir = Path(out_dir)
     jobs = plan(grid, only=only, seeds=seeds, tasks=tasks, overrides=overrides)
+    # one grid runner per folder (a second one would run the same cells); each cell's run locks its own folder
+    with run_folder(out_dir, command=command, what="the grid"):
+        return _run_jobs(grid, jobs, out_dir, stop_on_error=stop_on_error, keep_checkpoints=keep_checkpoints,
+                         run_fn=run_fn, echo=echo)
+
+
+def _run_jobs(grid: dict[str, Any], jobs: list[dict[str, Any]], out_dir: Path, *, stop_on_error: bool,
+              keep_checkpoints: bool, run_fn: Callable[..., dict], echo: Callable[[str], None]) -> dict[str, Any]:
     budgets: dict = {}
     runs, t_grid, cpu_grid = [], time.time(), time.process_time()
     done_walls: list[float] = []
@@ -187,40 +196,10 @@ def cpu_seconds(out_dir: str | Path, task: str | None = None) -> float:
     return sum(json.loads(p.read_text()).get("cpu_s") or 0.0 for p in root.rglob("cell.json"))
 
 
-# ------------------------------------------------------------------------------------------ CLI
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: use KEY=VALUE (VALUE parsed as JSON when possible)")
-        key, value = item.split("=", 1)
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m makd grid", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("grid", help="grid file (YAML or JSON): tasks, seeds, shared options, cells")
-    p.add_argument("--out", required=True, help="results folder: OUT/<task>/<cell>/s<seed>/metrics.json")
-    p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells")
-    p.add_argument("--seeds", nargs="+", type=int, help="override the grid's seeds")
-    p.add_argument("--tasks", nargs="+", help="override the grid's tasks")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline option for every cell (e.g. data_dir=../shared/data max_steps=5)")
-    p.add_argument("--list", action="store_true", help="print the planned cells with their state and options; run nothing")
-    p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing cell")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep a finished cell's checkpoints (deleted by default: they only serve to resume)")
-    p.add_argument("--verbose", action="store_true", help="keep the pipeline's progress bars and logs")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command = "python -m makd grid " + shlex.join(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         grid = load_grid(args.grid)
@@ -236,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:                       # unset ${VAR}, unreachable budget_of, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunFolderError as err:                   # another runner holds OUT, not writable, no space
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _run_cli(args, grid: dict[str, Any], jobs: list[dict[str, Any]], overrides: dict[str, Any]) -> int:
@@ -250,7 +232,8 @@ def _run_cli(args, grid: dict[str, Any], jobs: list[dict[str, Any]], overrides: 
                   f"{extra}: {json.dumps(shown, sort_keys=True)}")
         return 0
     summary = run_grid(grid, args.out, only=args.only, seeds=args.seeds, tasks=args.tasks, overrides=overrides,
-                       stop_on_error=args.stop_on_error, keep_checkpoints=args.keep_checkpoints)
+                       stop_on_error=args.stop_on_error, keep_checkpoints=args.keep_checkpoints,
+                       command=args.command)
     return 1 if summary["counts"]["error"] else 0
 
 

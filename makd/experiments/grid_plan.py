@@ -1,13 +1,16 @@
 """A grid file turned into runs: validation (structure, option names, types and ranges: each cell builds a
 :class:`makd.experiments.config.DistillConfig`), option merging, ``budget_of`` resolution and the config hash.
 
-Used by :mod:`makd.experiments.grid` (which runs the cells). Every error is a ValueError naming the grid file and
+Light (no torch, no model): :func:`precheck` lets the command line refuse a bad grid file, option or ``--set``
+before the heavy :mod:`makd.experiments.grid` (which runs the cells) is imported; ``budget_of`` is resolved by
+:mod:`makd.experiments.grid_budget`. Every error is a ValueError naming the grid file and
 the cell, raised before any cell runs. The config hash (sha256 of the resolved options without the VOLATILE ones)
 is what a finished cell is recognised by: it is unchanged from the first grids (tests/test_config.py recomputes
 the committed cells' hashes).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -15,13 +18,10 @@ from typing import Any
 
 import yaml
 
-from makd.assets.models import load_model
 from makd.assets.paths import expand_env
-from makd.core.factorize import count_parameters
+from makd.core.errors import ArgumentParser, DataError, MissingInputError, UsageError
 from makd.experiments.config import SIZE_KEYS, DistillConfig
 from makd.experiments.options import coerce_numbers, config_from_kwargs, field_names
-from makd.experiments.students import dense_student
-from makd.tasks.glue import load_task
 
 # options that change where/how a run is reported, never its result: left out of the config hash
 VOLATILE = ("out", "resume", "quiet", "report_to", "save_student", "logging_steps", "save_steps", "eval_steps")
@@ -32,12 +32,18 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     """Read and validate a grid file (.yaml/.yml/.json); returns the dict with defaults filled in."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} does not exist (examples: grids/*.yaml)")
+        raise MissingInputError(f"grid file {path} does not exist: give a grid file (examples: grids/*.yaml)")
     text = path.read_text()
-    if path.suffix == ".json":
-        grid = json.loads(text)
-    else:
-        grid = yaml.safe_load(text)
+    fix = "Fix the file (examples: grids/*.yaml; the grid format: python -m makd grid --help)"
+    try:
+        grid = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}). {fix}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise DataError(f"{path}{line}: not valid YAML ({problem}). {fix}") from None
     return validate_grid(grid, where=str(path))
 
 
@@ -126,39 +132,6 @@ def cell_options(grid: dict[str, Any], cell: dict[str, Any], task: str, seed: in
     return {**opts, "task": task, "seed": seed}
 
 
-def budget_of(student: str, teacher: str = "minilm-l6", num_labels: int = 2) -> int:
-    """Exact total parameter count of the dense student ``student`` (``layers:K`` or a model name) with a
-    ``num_labels`` classification head, built as :mod:`makd.experiments.distill` builds it (the fine-tuned teacher
-    has the same shapes as the pretrained one, so the count does not need the fine-tuning)."""
-    model, tok = load_model(teacher, head="cls", num_labels=num_labels)
-    return count_parameters(dense_student(student, model, tok, num_labels))
-
-
-def _num_labels(task: str, data_dir: str | None) -> int:
-    t = load_task(task, data_dir=data_dir, max_dev=8, seed=0)
-    return 1 if t.is_regression else t.num_labels
-
-
-def resolve_options(opts: dict[str, Any], cache: dict | None = None) -> dict[str, Any]:
-    """Replace ``budget: {budget_of: SPEC}`` by the dense student's exact count (memoised in ``cache``) and
-    ``${VAR}`` in string options by the environment variable (an unset one is an error saying what to set)."""
-    try:
-        opts = coerce_types({k: expand_env(v, k) for k, v in opts.items()})
-    except ValueError as err:
-        raise ValueError(str(err).replace("or pass -p", "or pass --set").replace(" VALUE", "=VALUE")) from None
-    b = opts.get("budget")
-    if not isinstance(b, dict):
-        return opts
-    if set(b) != {"budget_of"}:
-        raise ValueError(f"budget {b!r}: a mapping budget must be {{budget_of: STUDENT}} (e.g. layers:3)")
-    teacher = opts.get("teacher", "minilm-l6")
-    key = (b["budget_of"], teacher, opts["task"], opts.get("data_dir"))
-    cache = {} if cache is None else cache
-    if key not in cache:
-        cache[key] = budget_of(b["budget_of"], teacher, _num_labels(opts["task"], opts.get("data_dir")))
-    return {**opts, "budget": cache[key], "budget_of": b["budget_of"]}
-
-
 def coerce_types(opts: dict[str, Any]) -> dict[str, Any]:
     """Give each number the type of its DistillConfig field (``epochs: 1`` in YAML -> 1.0), so a grid cell and the
     same command line produce the same run config (and the same cached-teacher key)."""
@@ -191,3 +164,52 @@ def plan(grid: dict[str, Any], *, only: list[str] | None = None, seeds: list[int
     return jobs
 
 
+# ------------------------------------------------------------------------------ the command line
+EPILOG = """examples:
+  python -m makd grid grids/smoke.yaml --out runs/grid-smoke            # seconds: tiny-bert, fixtures
+  python -m makd grid grids/rt-polarity.yaml --out results/grid --list  # show cells, options and budgets
+  python -m makd grid grids/rt-polarity.yaml --out results/grid --only makd svd-finetune --seeds 0
+  python -m makd grid grids/glue.yaml --out results/grid --tasks rte mrpc --set data_dir=../shared/data
+Re-running the same command skips finished cells and resumes interrupted ones."""
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: use KEY=VALUE (VALUE parsed as JSON when possible)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m makd grid", description="baselines and ablations declared as data, run over "
+                       "tasks × seeds, resumable (python -m makd grid --help)",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", help="grid file (YAML or JSON): tasks, seeds, shared options, cells")
+    p.add_argument("--out", required=True, help="results folder: OUT/<task>/<cell>/s<seed>/metrics.json")
+    p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells")
+    p.add_argument("--seeds", nargs="+", type=int, help="override the grid's seeds")
+    p.add_argument("--tasks", nargs="+", help="override the grid's tasks")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline option for every cell (e.g. data_dir=../shared/data max_steps=5)")
+    p.add_argument("--list", action="store_true", help="print the planned cells with their state and options; run nothing")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing cell")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep a finished cell's checkpoints (deleted by default: they only serve to resume)")
+    p.add_argument("--verbose", action="store_true", help="keep the pipeline's progress bars and logs")
+    return p
+
+
+def precheck(argv: list[str]) -> None:
+    """Everything the command line alone can refuse, before torch is imported: the options, the grid file, the
+    cells' options and the ``--set`` overrides (a UsageError naming the file and cell: exit 2, like ``grid``'s own)."""
+    args = build_parser().parse_args(argv)
+    try:
+        plan(load_grid(args.grid), only=args.only, seeds=args.seeds, tasks=args.tasks, overrides=_parse_set(args.set))
+    except (ValueError, FileNotFoundError) as err:   # a bad grid file is a usage error of grid, as in its main
+        raise UsageError(str(err)) from None

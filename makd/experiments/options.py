@@ -13,11 +13,11 @@ frozen dataclass deriving from :class:`Config` whose fields are declared with :f
             super().check()
 
 On construction every field is converted and checked against its annotation (``int``, ``float`` — an int is
-accepted and made a float —, ``bool``, ``str`` — an ``os.PathLike`` too when ``path=True`` —, ``dict`` — a JSON
-string too when ``json=True`` —, ``tuple[int, int]``, ``tuple[T, ...]`` — one or more values, ``nargs="+"`` on
-the command line, a single value accepted —, each optionally ``| None``), its ``choices`` (per item for a tuple)
-and its range;
-then ``check()`` runs. Every failure is one ``ValueError`` naming the option and what to give instead.
+accepted and made a float —, ``int | float`` — a count or a fraction, kept as given: ``2`` vs ``2.0`` on the
+command line —, ``bool``, ``str`` — an ``os.PathLike`` too when ``path=True`` —, ``dict`` — a JSON string too
+when ``json=True`` —, ``tuple[int, int]``, ``tuple[T, ...]`` — one or more values, ``nargs="+"`` on the command
+line, a single value accepted —, each optionally ``| None``), its ``choices`` (per item for a tuple) and its
+range; then ``check()`` runs. Every failure is one ``ValueError`` naming the option and what to give instead.
 """
 from __future__ import annotations
 
@@ -30,18 +30,35 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from makd.core.errors import ArgumentParser
+
 C = TypeVar("C", bound="Config")
 _NONE = type(None)
 
 
+class Number:
+    """The base type of an ``int | float`` field: a count (int) or a fraction (float), kept as given."""
+
+
+def number(text: str) -> int | float:
+    """A command-line value of an ``int | float`` field: ``"2"`` -> 2 (a count), ``"2.0"``/``"0.5"`` -> a float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def option(default: Any, help: str = "", *, choices: tuple | None = None, low: float | None = None,
            high: float | None = None, low_open: bool = False, high_open: bool = False, json: bool = False,
-           path: bool = False, group: str | None = None, metavar: str | tuple | None = None) -> Any:
+           path: bool = False, model: bool = False, group: str | None = None,
+           metavar: str | tuple | None = None) -> Any:
     """A configuration field: default, help text and what is valid (``choices``; ``low``/``high`` bounds,
     inclusive unless ``*_open``); ``json``: a string value is parsed as JSON; ``path``: an ``os.PathLike`` is
-    accepted as a string; ``group``: the argparse group (default: the declaring class's ``GROUP``)."""
+    accepted as a string; ``model``: a model name, folder or hub id, where an existing folder must hold a
+    ``config.json``; ``group``: the argparse group (default: the declaring class's ``GROUP``)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
-            "high_open": high_open, "json": json, "path": path, "group": group, "metavar": metavar}
+            "high_open": high_open, "json": json, "path": path, "model": model, "group": group,
+            "metavar": metavar}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -49,6 +66,8 @@ def _kind(hint: Any) -> tuple[Any, tuple, bool]:
     """(base type, tuple item types, optional) of an annotation such as ``int | None`` or ``tuple[int, int]``."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     optional = _NONE in args
+    if int in args and float in args:                 # int | float: a count or a fraction, the type kept
+        return Number, (), optional
     base = next(a for a in args if a is not _NONE)
     if typing.get_origin(base) is tuple:
         return tuple, typing.get_args(base), optional
@@ -81,8 +100,9 @@ def _convert(name: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
         return value
-    if base in (int, float):
-        value = _number(name, value, base)
+    if base in (int, float, Number):
+        value = value if base is Number and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else _number(name, value, float if base is Number else base)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
         return value
@@ -119,6 +139,10 @@ def _item(name: str, value: Any, item: type) -> Any:
 def _check_value(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     if value is None:
         return
+    if meta.get("model") and os.path.isdir(os.path.expanduser(value)) and not os.path.isfile(
+            os.path.join(os.path.expanduser(value), "config.json")):
+        raise ValueError(f"{name} {value} is a folder without config.json, not a model: give a save_pretrained "
+                         "folder (config.json, weights, tokenizer), an embedded name or a hub id")
     choices = meta.get("choices")
     for v in value if isinstance(value, tuple) and choices is not None else (value,):
         if choices is not None and v not in choices:
@@ -203,7 +227,7 @@ def build_parser(cls: type[Config], *, prog: str | None = None, description: str
     True), grouped by part; only the options given reach the dataclass, which supplies the defaults."""
     doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())      # the first paragraph, one line
     prog = prog or cls.PROG
-    p = argparse.ArgumentParser(prog=prog, usage=f"{prog} [OPTIONS]  (--help lists them)",
+    p = ArgumentParser(prog=prog, usage=f"{prog} [OPTIONS]  (--help lists them)",
                                 description=description or doc, epilog=epilog or cls.EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -226,6 +250,8 @@ def build_parser(cls: type[Config], *, prog: str | None = None, description: str
             kw.update(nargs="+" if items[-1:] == (Ellipsis,) else len(items), type=items[0])
         elif base in (int, float):
             kw["type"] = base
+        elif base is Number:
+            kw["type"] = number
         if f.metadata.get("choices") is not None:
             kw["choices"] = f.metadata["choices"]
         if f.metadata.get("metavar") is not None:
@@ -236,7 +262,7 @@ def build_parser(cls: type[Config], *, prog: str | None = None, description: str
 
 def parse_config(cls: type[C], argv: list[str] | None = None, *, prog: str | None = None,
                  description: str | None = None, epilog: str | None = None) -> C:
-    """Parse ``argv`` into ``cls``: a wrong type, choice or range is an argparse ``error:`` (exit 2)."""
+    """Parse ``argv`` into ``cls``: a wrong type, choice or range is one ``error:`` line (exit 2, argparse's)."""
     parser = build_parser(cls, prog=prog, description=description, epilog=epilog)
     namespace = parser.parse_args(argv)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from makd.core.errors import ArgumentParser
 from makd.experiments.published import as_points
 from makd.experiments.stats import (ablation_deltas, across_tasks, budget_comparisons, collect, mean_pm_std,
                                     summarize, versus_best_baseline)
@@ -168,7 +169,7 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m makd stats",
         description="Report of a grid's results folder as markdown: cells × tasks (mean ± std over seeds), "
                     "MaKD vs the best baseline per task (paired t-test + bootstrap CI), ablation deltas, "

@@ -7,16 +7,25 @@ never typed: the README's tables are this command's output.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from makd.core.errors import ArgumentParser, DataError, MissingInputError
 from makd.experiments.tables import markdown_table
 
 ROW_NAMES = {"none": "SVD student, no training", "finetune": "SVD student + fine-tuning (no teacher)",
              "model-only": "SVD student + logit KD", "hierarchical": "SVD student + MaKD (hierarchical)"}
+
+
+def _read(path: Path) -> dict:
+    """One metrics.json; a file that is not JSON is a DataError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}). Delete or re-create it (a run that was "
+                        "interrupted while writing: run it again)") from None
 
 
 def collect(root: str | Path = "results") -> pd.DataFrame:
@@ -27,7 +36,7 @@ def collect(root: str | Path = "results") -> pd.DataFrame:
     for path in sorted(root.rglob("metrics.json")):
         if any(g in path.parents for g in grids):
             continue
-        d = json.loads(path.read_text())
+        d = _read(path)
         if not {"task", "objective", "teacher", "student"} <= set(d):
             continue
         metric = d["metric"]
@@ -107,7 +116,7 @@ def collect_decoder(root: str | Path = "results") -> pd.DataFrame:
     """One row per ``python -m makd decoder`` result (``OUT/<method>/metrics.json``) under ``root``."""
     rows = []
     for path in sorted(Path(root).rglob("metrics.json")):
-        d = json.loads(path.read_text())
+        d = _read(path)
         if not {"method", "eval", "generation"} <= set(d) or "rougeL" not in d["eval"]:
             continue
         cfg = d.get("record", {}).get("config", {})
@@ -145,10 +154,13 @@ def decoder_markdown(df: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m makd results", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m makd results", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", default="results", help="folder searched for metrics.json (default results)")
     p.add_argument("--csv", help="also write the rows as CSV here")
     args = p.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        raise MissingInputError(f"no folder {args.folder}: give a folder holding metrics.json files (default: "
+                                "results, the committed runs; run from the repository root)")
     df = collect(args.folder)
     if args.csv:
         df.to_csv(args.csv, index=False)

@@ -25,6 +25,7 @@ from transformers import DataCollatorWithPadding
 
 from makd.assets.files import write_json
 from makd.assets.models import load_model
+from makd.assets.runfolder import check_free_space, estimate_run_bytes, last_checkpoint, params_hint, run_folder
 from makd.core import factorize as fz
 from makd.core.checkpoint import save_student
 from makd.core.losses import NonFiniteLossError
@@ -88,6 +89,15 @@ def run(args: SquadConfig, callbacks: list | None = None, command: str | None = 
     tag = "teacher" if args.teacher_only else f"{args.objective}-" + "-".join(f"{k.replace('_', '')}{v}"
                                                                              for k, v in size.items())
     out = Path(args.out) if args.out else Path("runs") / "squad" / f"v{args.version}-{tag}-s{args.seed}"
+    trains = not args.teacher_only
+    needed = estimate_run_bytes(params_hint(args.teacher), trainings=int(trains and args.objective != "none"),
+                                save_student=trains and args.save_student)
+    with run_folder(out, needed=needed, command=command):   # locked, writable, room enough: before any loading
+        return _run(args, out, size, started, callbacks, command)
+
+
+def _run(args: SquadConfig, out: Path, size: dict[str, Any], started: float, callbacks: list | None,
+         command: str | None) -> dict[str, Any]:
     device = resolve_device(args.device)
     squad = load_data(args)
     preflight(args, size)
@@ -114,6 +124,8 @@ def run(args: SquadConfig, callbacks: list | None = None, command: str | None = 
         student = fz.factorize(teacher.model, factorize_embeddings=args.factorize_embeddings, **size)
         check_compatible(teacher.model, student)
         totals = fz.report_totals(student, teacher.model)
+        check_free_space(out, estimate_run_bytes(totals["student_params"], trainings=int(args.objective != "none"),
+                                                 save_student=args.save_student))
         if args.objective != "none":
             feats = prepare_train_features(squad.train, tok, args.max_length, args.stride, padding=False)
             feats = _subsample(feats, args.max_train_features, args.seed, "student train features", notes)
@@ -147,14 +159,14 @@ def train_student(args, student, teacher_model, feats, tok, out: Path, device: s
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     trainer = DistillTrainer(model=student, args=targs, teacher=teacher_model, objective=objective,
                              train_dataset=feats, data_collator=DataCollatorWithPadding(tok), callbacks=callbacks)
-    resume = args.resume and any((out / "checkpoints").glob("checkpoint-*"))
+    resume = last_checkpoint(out / "checkpoints") if args.resume else None   # the newest complete one
     try:
-        res = trainer.train(resume_from_checkpoint=True if resume else None)
+        res = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except NonFiniteLossError as err:
         write_json(out / "error.json", {"error": str(err), "step": trainer.state.global_step})
         raise
     return trainer, {"steps": trainer.state.global_step, "runtime_s": round(res.metrics["train_runtime"], 1),
-                     "features": len(feats), "resumed": bool(resume), "history": loss_history(trainer)}
+                     "features": len(feats), "resumed": resume is not None, "history": loss_history(trainer)}
 
 
 def distill_squad(**options: Any) -> dict[str, Any]:

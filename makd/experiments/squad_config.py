@@ -28,7 +28,7 @@ class SquadDataConfig(Config):
         None, "split the dev set by article into train / held-out (default when no train file is available: "
         "38 10 for v1.1, 28 7 for v2.0; stated in every result)", low=1, metavar=("N_TRAIN", "N_HELDOUT"))
     teacher: str = option("minilm-l6", "embedded name (minilm-l6), local folder or hub id; an encoder with a QA "
-                          "head or none", path=True)
+                          "head or none", path=True, model=True)
     max_length: int = option(384, "tokens per window (question + context slice)", low=8)
     stride: int = option(128, "overlap between consecutive windows (tokens), smaller than max_length", low=0)
     max_train_features: int | None = option(None, "subsample the student's train windows (seeded)", low=1)

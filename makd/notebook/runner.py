@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from makd.assets.paths import REPO_ROOT, expand_env, resolve_path
+from makd.core.errors import ArgumentParser
 from makd.notebook import helpers as nbk
 from makd.notebook.plotting import publish
 from makd.notebook.profiles import PROFILES, parse_parameters, profile_overrides, validate
@@ -252,7 +253,7 @@ def list_notebooks(notebooks: str | Path | None = None, profiles: dict | None = 
 
 def build_parser() -> argparse.ArgumentParser:
     head, tail = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m makd reproduce", description=head, epilog=tail,
+    p = ArgumentParser(prog="python -m makd reproduce", description=head, epilog=tail,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="demo", help=f"one of {', '.join(PROFILES)} (default demo)")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (numbers or stems)")

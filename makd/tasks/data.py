@@ -4,7 +4,10 @@ message part that says where it looked, the seeded subsample and the embedded-as
 
 Every loader returns the HF hub's schema and label order whatever the source, records the sha256 of
 every file it read (for run records), and fails with ONE :class:`TaskDataUnavailableError` naming the
-files looked for, the hub id and the fix when neither a local copy nor the hub is reachable.
+files looked for, the hub id and the fix when neither a local copy nor the hub is reachable. A data file that
+is there but broken (empty, header only, a missing column or field, a bad label, malformed JSON) is ONE
+:class:`makd.core.errors.DataError` naming the file, the line or row, and what to do, raised while the data is
+loaded: before any teacher folder is created or any training starts.
 """
 from __future__ import annotations
 
@@ -15,10 +18,35 @@ import datasets
 import numpy as np
 
 from makd.assets import fetch as assets
+from makd.assets.paths import data_dir as _paths_data_dir
+from makd.core.errors import DataError, MissingInputError
 
 
-class TaskDataUnavailableError(FileNotFoundError):
+class TaskDataUnavailableError(MissingInputError):
     """Neither a local copy nor the hub could provide the data; the message says what was tried."""
+
+
+def data_root(explicit=None) -> Path | None:
+    """The data folder (``explicit``, else ``$MAKD_DATA_DIR``, else None); one that does not exist is a
+    :class:`MissingInputError` saying what to pass."""
+    try:
+        return _paths_data_dir(explicit)
+    except FileNotFoundError as err:
+        raise MissingInputError(str(err)) from None
+
+
+def bad_file(path, where: str, problem: str, fix: str) -> DataError:
+    """The one error of a broken data file: ``<path>[:<where>]: <problem>. <fix>``."""
+    return DataError(f"{path}{':' + where if where else ''}: {problem}. {fix[:1].upper()}{fix[1:]}")
+
+
+def require(record, keys, path, where: str, fix: str) -> None:
+    """``record`` is a JSON object holding every one of ``keys``, else a DataError naming the file and ``where``."""
+    if not isinstance(record, dict):
+        raise bad_file(path, where, f"expected a JSON object, got {type(record).__name__}", fix)
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise bad_file(path, where, f"missing field(s) {missing} (found {sorted(record)})", fix)
 
 
 def _where(looked: list, expected: str) -> str:
@@ -49,7 +77,21 @@ def fetch_asset(name: str) -> Path:
             "reachable") from e
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """One JSON object per non-empty line."""
+def read_jsonl(path: Path, fields: tuple[str, ...] = (), fix: str = "check or re-download the file") -> list[dict]:
+    """One JSON object per non-empty line, each holding ``fields``; an empty file, a line that is not JSON or
+    not an object, or a missing field is a DataError naming the file and the line."""
+    rows = []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise bad_file(path, f"{n}", f"not valid JSON ({err.msg}, column {err.colno}); a JSONL file "
+                               "holds one JSON object per line", fix) from None
+            require(row, fields, path, f"{n}", fix)
+            rows.append(row)
+    if not rows:
+        raise bad_file(path, "", "the file is empty (no JSON line)", fix)
+    return rows

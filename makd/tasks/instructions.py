@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 
 from makd.assets.files import sha256_file
-from makd.assets.paths import data_dir as _data_dir, hub_reachable
-from makd.tasks.data import TaskDataUnavailableError, _where, fetch_asset, read_jsonl
+from makd.assets.paths import hub_reachable
+from makd.tasks.data import TaskDataUnavailableError, _where, bad_file, data_root, fetch_asset, read_jsonl
 
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")
 DOLLY_HUB = "databricks/databricks-dolly-15k"
@@ -66,7 +66,11 @@ def read_chatterbot(folder: str | os.PathLike) -> list[dict]:
     ``conversations`` entry (a statement answers the one before it); non-list entries are skipped."""
     rows = []
     for f in _chatterbot_files(Path(folder)):
-        doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        try:
+            doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise bad_file(f, "", f"not valid YAML ({' '.join(str(err).split())})", "delete the cached asset and "
+                           "run `python -m makd fetch-assets chatterbot` to fetch it again") from None
         for c, conv in enumerate(doc.get("conversations") or []):
             if not isinstance(conv, list):
                 continue
@@ -83,8 +87,14 @@ def _eval_set(name: str, root: Path | None):
     if path is None:
         raise TaskDataUnavailableError(f"{name}: {_where(looked, 'instruct/' + fname)}. Fix: put {fname} in "
                                        "<data_dir>/instruct/ and pass --data-dir (or set MAKD_DATA_DIR)")
-    raw = read_jsonl(path)
+    fix = f"give the {fname} of the data README (one JSON object per line) or download it again"
+    raw = read_jsonl(path, ("id", "instruction", "instances") if name == "selfinst" else ("question_id", "text"), fix)
     if name == "selfinst":
+        for n, t in enumerate(raw, 1):
+            if not isinstance(t["instances"], list) or not t["instances"] or not all(
+                    isinstance(i, dict) for i in t["instances"]):
+                raise bad_file(path, f"task {n} ({t['id']})", "'instances' must be a non-empty list of "
+                               "{input, output} objects", fix)
         rows = [{"id": t["id"] if len(t["instances"]) == 1 else f"{t['id']}-{j}", "instruction": t["instruction"],
                  "input": inst.get("input", ""), "output": inst.get("output", ""), "reference_kind": "human",
                  "category": t.get("motivation_app", "")} for t in raw for j, inst in enumerate(t["instances"])]
@@ -100,7 +110,8 @@ def _dolly(root: Path | None, source: str, seed: int):
     """databricks-dolly-15k, filtered and split: ({split: rows}, source, files, notes)."""
     local = sorted((root / "dolly").glob("*.jsonl")) if root is not None and (root / "dolly").is_dir() else []
     if local and source in ("auto", "local"):
-        raw, src = [r for p in local for r in read_jsonl(p)], f"local:{local[0].parent}"
+        fix = "give databricks-dolly-15k.jsonl (instruction, context, response, category per line) or download it again"
+        raw, src = [r for p in local for r in read_jsonl(p, ("instruction",), fix)], f"local:{local[0].parent}"
         files = {str(p): sha256_file(p) for p in local}
     else:
         where = _where([root / "dolly" / "*.jsonl"] if root is not None else [], "dolly/*.jsonl")
@@ -160,7 +171,7 @@ def load_instructions(name: str, data_dir=None, limit: int | None = None, *, sou
         raise ValueError(f"limit must be positive, got {limit}")
     if source not in ("auto", "local", "hub"):
         raise ValueError(f"source must be 'auto', 'local' or 'hub' (the hub: dolly only), got {source!r}")
-    root = _data_dir(data_dir)
+    root = data_root(data_dir)
     if name in ("selfinst", "vicuna"):
         test, src, files, notes = _eval_set(name, root)
         splits = {"train": None, "dev": None, "test": test}

@@ -23,8 +23,8 @@ import datasets
 import numpy as np
 
 from makd.assets.files import sha256_file
-from makd.assets.paths import data_dir as _data_dir, hub_reachable
-from makd.tasks.data import TaskDataUnavailableError, _where
+from makd.assets.paths import hub_reachable
+from makd.tasks.data import TaskDataUnavailableError, _where, bad_file, data_root, require
 from makd.tasks.metrics import squad_metrics
 
 SQUAD_SPLIT = "article-gss-v1"  # the name of the by-article split below; bump when its draw changes
@@ -58,21 +58,35 @@ class SquadData:
 
 def read_squad_json(path: str | os.PathLike) -> datasets.Dataset:
     """Official SQuAD JSON -> one row per question: id, title, context, question, answers{text, answer_start}
-    (v2.0 unanswerable questions have empty answer lists; ``plausible_answers`` are ignored)."""
+    (v2.0 unanswerable questions have empty answer lists; ``plausible_answers`` are ignored). A file that is not
+    JSON, not SQuAD's layout, or has a question without ``answers`` is a DataError naming the file and where."""
+    fix = "give the official SQuAD file (rajpurkar.github.io/SQuAD-explorer) or download it again"
     with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict) or "data" not in data:
-        raise ValueError(f"{path}: not an official SQuAD JSON file (no top-level 'data')")
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise bad_file(path, f"{err.lineno}", f"not valid JSON ({err.msg}, column {err.colno})", fix) from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise bad_file(path, "", "not an official SQuAD JSON file (no top-level 'data' list)", fix)
     rows = {k: [] for k in SQUAD_FEATURES}
-    for article in data["data"]:
-        for para in article["paragraphs"]:
+    for i, article in enumerate(data["data"]):
+        require(article, ("paragraphs",), path, f"data[{i}]", fix)
+        for j, para in enumerate(article["paragraphs"]):
+            require(para, ("context", "qas"), path, f"data[{i}].paragraphs[{j}]", fix)
             for qa in para["qas"]:
+                where = f"data[{i}].paragraphs[{j}], question {qa.get('id', '?') if isinstance(qa, dict) else '?'}"
+                require(qa, ("id", "question", "answers"), path, where, fix + " (a v2.0 unanswerable question "
+                        "has \"answers\": [])")
+                for a in qa["answers"]:
+                    require(a, ("text", "answer_start"), path, where, fix)
                 rows["id"].append(qa["id"])
                 rows["title"].append(article.get("title", ""))
                 rows["context"].append(para["context"])
                 rows["question"].append(qa["question"])
                 rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
                                         "answer_start": [int(a["answer_start"]) for a in qa["answers"]]})
+    if not rows["id"]:
+        raise bad_file(path, "", "no questions (every article's paragraphs hold no 'qas')", fix)
     return datasets.Dataset.from_dict(rows, features=SQUAD_FEATURES)
 
 
@@ -121,7 +135,7 @@ def load_squad(version: str = "1.1", source: str = "auto", data_dir=None, split_
     split = split_dev_by_article
     if split is not None and (len(split) != 2 or not all(isinstance(n, int) for n in split)):
         raise ValueError(f"split_dev_by_article must be (n_train_articles, n_dev_articles), got {split!r}")
-    root = _data_dir(data_dir)
+    root = data_root(data_dir)
     looked = [] if root is None else [root / "squad" / f"dev-v{version}.json", root / f"dev-v{version}.json"]
     where, fix = _where(looked, f"squad/dev-v{version}.json"), (
         f"put the official dev-v{version}.json in <data_dir>/squad/ and pass --data-dir (or set MAKD_DATA_DIR)")

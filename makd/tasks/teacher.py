@@ -8,12 +8,22 @@ with the same key reuses it. The new task head is initialised from the teacher s
 same CPU reproduces the checkpoint bit for bit whatever ran before it. ``check_teacher`` refuses a teacher whose
 dev score is at chance level. :func:`finetune_cached` is the one cached fine-tuning behind it and behind the SQuAD
 teacher (:func:`makd.experiments.squad_teacher.finetune_qa_teacher`): a :class:`TeacherSpec` says what differs.
+
+The cache verifies itself. ``teacher_info.json`` is written last and atomically, with the sha256 of the weight
+files (:func:`makd.assets.files.sha256_folder`): a fine-tuning killed midway leaves no info and is redone. On
+reuse the weights are hashed again (about 0.1 s per 100 MB) and loaded; a hash that differs from the stored one
+(flipped bytes, a truncated file) or a file that cannot be read gives one warning naming the folder and the
+cause, the folder is removed and the teacher fine-tuned again under the same key. A folder saved before the hash
+was stored has it recorded on its first reuse (trust on first use, said in one log line). The hash a run record
+states is always the hash of the weights that were loaded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +31,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer,
                           DataCollatorWithPadding, Trainer, TrainingArguments)
 
 from makd.assets.models import load_model, resolve
 from makd.assets.paths import cache_dir
 from makd.assets.files import sha256_folder, write_json
+from makd.core.errors import CacheError, MakdError
 from makd.tasks.glue import tokenize_task
 
 log = logging.getLogger(__name__)
@@ -38,7 +50,7 @@ DEFAULT_SETTINGS = {"epochs": 1.0, "lr": 5e-5, "batch_size": 32, "max_length": 1
 _AUTO = {"cls": AutoModelForSequenceClassification, "qa": AutoModelForQuestionAnswering}
 
 
-class TeacherAtChanceError(RuntimeError):
+class TeacherAtChanceError(MakdError, RuntimeError):
     """The fine-tuned teacher scores at chance level on dev: distilling it would teach nothing."""
 
 
@@ -176,19 +188,14 @@ def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dic
     path = cache_dir() / "teachers" / spec_key(teacher, spec, settings, seed)
     info_path = path / "teacher_info.json"
     if info_path.is_file() and not force_retrain:
-        info = json.loads(info_path.read_text())
-        model = _AUTO[spec.head].from_pretrained(path, dtype=torch.float32)
-        model = (model.to(device) if device else model).eval()
-        tok = AutoTokenizer.from_pretrained(path)
-        if spec.eval_key is None:
-            metrics = info["metrics"]
+        try:
+            model, tok, info, digest = _load_cached(path, spec.head)
+        except _Unusable as why:
+            log.warning("cached teacher %s is unusable (%s): removing it and fine-tuning the teacher again under "
+                        "the same key", path, why)
+            _remove(path, why)
         else:
-            if spec.eval_key not in info["evals"]:
-                info["evals"][spec.eval_key] = evaluate(model, tok, None)
-                write_json(info_path, info)
-            metrics = info["evals"][spec.eval_key]
-        log.info("reusing fine-tuned teacher %s (dev %s)", path, metrics)
-        return TeacherResult(model, tok, path, metrics, info["checkpoint_sha256"], settings, reused=True)
+            return _reuse(model.to(device) if device else model, tok, info, digest, path, spec, settings, evaluate)
 
     started = time.time()
     head_kw = {"num_labels": spec.num_labels} if spec.num_labels is not None else {}
@@ -219,3 +226,73 @@ def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dic
     trainer.accelerator.wait_for_everyone()
     digest = json.loads(info_path.read_text())["checkpoint_sha256"]
     return TeacherResult(model.eval(), tok, path, metrics, digest, settings)
+
+
+class _Unusable(Exception):
+    """Why a cached teacher cannot be reused (the message names the cause)."""
+
+
+def _load_cached(path: Path, head: str) -> tuple[Any, Any, dict, str]:
+    """(model, tokenizer, info, sha256 of the weight files) of the teacher cached in ``path``.
+
+    :class:`_Unusable` when ``teacher_info.json`` or the weights cannot be read, or the weights do not hash to
+    the ``checkpoint_sha256`` stored when they were saved.
+    """
+    try:
+        info = json.loads((path / "teacher_info.json").read_text())
+        digest = sha256_folder(path)
+    except (OSError, ValueError) as err:
+        raise _Unusable(f"{type(err).__name__}: {err}") from err
+    if not isinstance(info, dict):
+        raise _Unusable("teacher_info.json does not hold a JSON object")
+    stored = info.get("checkpoint_sha256")
+    if stored is not None and stored != digest:
+        raise _Unusable(f"its weights hash to {digest[:12]}..., not to the {stored[:12]}... stored when they "
+                        "were saved: the file was changed or truncated")
+    try:
+        model = _AUTO[head].from_pretrained(path, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        reason = (str(err).splitlines() or [""])[0]
+        raise _Unusable(f"it cannot be read: {type(err).__name__}: {reason}") from err
+    return model, tok, info, digest
+
+
+def _reuse(model, tok, info: dict, digest: str, path: Path, spec: TeacherSpec, settings: dict[str, Any],
+           evaluate: Callable) -> TeacherResult:
+    """The cached teacher as a result; records a missing hash (trust on first use) or a new evaluation set."""
+    changed = "checkpoint_sha256" not in info
+    if changed:
+        info["checkpoint_sha256"] = digest
+        log.info("cached teacher %s has no stored checkpoint sha256 (saved by an earlier makd): recorded %s, "
+                 "trusting it from now on", path, digest)
+    if spec.eval_key is None:
+        metrics = info["metrics"]
+    else:
+        if spec.eval_key not in info["evals"]:
+            info["evals"][spec.eval_key] = evaluate(model.eval(), tok, None)
+            changed = True
+        metrics = info["evals"][spec.eval_key]
+    if changed and _is_main_process():
+        write_json(path / "teacher_info.json", info)
+    log.info("reusing fine-tuned teacher %s (dev %s)", path, metrics)
+    return TeacherResult(model.eval(), tok, path, metrics, digest, settings, reused=True)
+
+
+def _is_main_process() -> bool:
+    """Process zero of a torchrun / accelerate launch (or the only process): the one that writes the cache."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _remove(path: Path, why: Exception) -> None:
+    """Move a broken teacher folder aside (one atomic rename), then delete it; only process zero does."""
+    if not _is_main_process():
+        return
+    aside = path.with_name(path.name + ".broken")
+    try:
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+    except OSError as err:
+        raise CacheError(f"cached teacher {path} is unusable ({why}) and could not be removed ({err}): delete "
+                         "it and run again") from err
+    shutil.rmtree(aside, ignore_errors=True)
