@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from makd.core import factorize as fz  # noqa: E402
+from makd.core.local import local_stage  # noqa: E402
 from makd.experiments import decoder as lm  # noqa: E402
 from makd.tasks.instructions import load_instructions  # noqa: E402
 from makd.assets.models import load_model  # noqa: E402
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--damping", type=float, default=1e-4, help="whitening damping λ (of the mean diagonal)")
     p.add_argument("--rank-rules", nargs="+", default=["uniform", "auto"], choices=fz.RANK_RULES,
                    help="uniform ranks, and/or ranks by budget (auto; weighted factorisations only)")
+    p.add_argument("--local-epochs", type=int, default=0,
+                   help="also score each uniform-rank student of --local-for after this many epochs of the "
+                        "layer-local stage on the calibration pairs (makd.core.local; 0: none)")
+    p.add_argument("--local-for", nargs="+", default=["whiten"], choices=fz.WEIGHTINGS)
+    p.add_argument("--local-lr", type=float, default=1e-4)
+    p.add_argument("--local-batch", type=int, default=8, help="calibration pairs per layer-local step")
     p.add_argument("--examples", type=int, default=16, help="held-out pairs scored")
     p.add_argument("--calibration", type=int, default=128, help="training pairs calibrating the weighted SVDs")
     p.add_argument("--max-length", type=int, default=128)
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.teacher, args.ratios, args.examples, args.calibration = "tiny-llama", [0.9, 0.5], 4, 4
+        args.local_epochs = args.local_epochs and 1
     teacher, tok = load_model(args.teacher, head="lm")
     teacher.eval()
     train = load_instructions("chatterbot", None, seed=0).train
@@ -86,10 +94,24 @@ def main(argv: list[str] | None = None) -> int:
                              "factorise_s": round(time.perf_counter() - t0, 1)})
                 print(rows[-1], flush=True)
                 out.write_text(json.dumps(result, indent=1) + "\n")        # after every row: nothing lost
+                if args.local_epochs and rule == "uniform" and weighting in args.local_for:
+                    t0 = time.perf_counter()
+                    batches = [{k: v[i:i + args.local_batch] for k, v in calib.items()}
+                               for i in range(0, len(calib["input_ids"]), args.local_batch)]
+                    hist = local_stage(student, teacher, batches, epochs=args.local_epochs, lr=args.local_lr,
+                                       progress=False)
+                    rows.append({**rows[-1], "local_epochs": args.local_epochs, "local_lr": args.local_lr,
+                                 "local_steps": len(hist), "local_loss_block": [hist[0]["loss_block"],
+                                                                                hist[-1]["loss_block"]],
+                                 "response_ce": response_ce(student.eval(), held),
+                                 "local_s": round(time.perf_counter() - t0, 1)})
+                    print(rows[-1], flush=True)
+                    out.write_text(json.dumps(result, indent=1) + "\n")
                 del student
     out.write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
-        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:17s} {r.get('ranks', '-'):7s} "
+        local = f"+local {r['local_epochs']} ep" if r.get("local_epochs") else ""
+        print(f"{r['model']:12s} ratio {r['layer_ratio']:.2f} {r['weighting']:17s} {r.get('ranks', '-'):7s} {local:12s}"
               f"{r['params'] / 1e6:7.1f} M  "
               f"CE {r['response_ce']:.2f}")
     print(f"uniform guess: CE {result['uniform_ce']:.2f}; wrote {out}")

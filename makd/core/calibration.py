@@ -15,12 +15,14 @@ So the matrix aspect with teacher forcing is solved in closed form at initialisa
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["input_statistics", "activation_scales", "input_grams", "whitening_factor"]
+__all__ = ["input_statistics", "activation_scales", "input_grams", "whitening_factor", "layer_calls",
+           "layer_input_grams"]
 
 _LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
@@ -105,3 +107,81 @@ def whitening_factor(gram: torch.Tensor, damping: float = 1e-4, tries: int = 8) 
         lam = max(lam * 10, 1e-10)
     raise ValueError(f"the input Gram matrix is not positive definite even with damping {lam / 10:g}: "
                      "give more calibration tokens")
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def layer_calls(model: nn.Module, layers: nn.ModuleList, calibration) -> list[list[tuple[tuple, dict]]]:
+    """How each of ``layers`` is called on each calibration batch: ``[batch][layer] = (args, kwargs)``, from one
+    no-grad pass (``args[0]`` or ``kwargs["hidden_states"]``: the layer's input; the rest — attention mask,
+    position embeddings — is what calling the layer alone needs). Lets a layer-by-layer procedure run one layer
+    at a time instead of the whole model once per layer."""
+    calls: list[list[tuple[tuple, dict]]] = []
+    current: list[tuple[tuple, dict] | None] = []
+
+    def hook(i):
+        def pre(_mod, args, kwargs):
+            current[i] = (tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs))
+        return pre
+
+    device = next(model.parameters()).device
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in _batches(calibration):
+                current[:] = [None] * len(layers)
+                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in _LABEL_KEYS}
+                if "use_cache" in inspect.signature(model.forward).parameters:
+                    inputs["use_cache"] = False            # no KV cache: each recorded call replays on its own
+                model(**inputs)
+                calls.append(list(current))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
+def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:
+    return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+
+def layer_input_grams(layer: nn.Module, names: dict[str, nn.Module], calls: list[tuple[tuple, dict]],
+                      hidden: list[torch.Tensor], masks: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+    """G = Σ x xᵀ (float64) of the inputs of the modules ``names`` (name -> module inside ``layer``) when
+    ``layer`` alone runs on ``hidden[b]`` with the rest of its recorded call ``calls[b]``, valid tokens only."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name, b):
+        def pre(_mod, args):
+            x = args[0].detach()                                              # (B, T, d_in)
+            mask = masks[b]
+            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask]                                                   # (N, d_in)
+            x = x.reshape(-1, x.shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.T @ x
+        return pre
+
+    with torch.no_grad():
+        for b, (args, kwargs) in enumerate(calls):
+            handles = [m.register_forward_pre_hook(hook(n, b)) for n, m in names.items()]
+            try:
+                layer(*_with_hidden(args, kwargs, hidden[b])[0], **_with_hidden(args, kwargs, hidden[b])[1])
+            finally:
+                for h in handles:
+                    h.remove()
+    return sums
+
+
+def layer_outputs(layer: nn.Module, calls: list[tuple[tuple, dict]], hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``layer`` alone on ``hidden[b]`` with the rest of its recorded call: its output hidden states per batch."""
+    with torch.no_grad():
+        return [_first(layer(*_with_hidden(a, k, h)[0], **_with_hidden(a, k, h)[1])) for (a, k), h in zip(calls, hidden)]

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from makd.core import families
-from makd.core.calibration import activation_scales, input_grams, whitening_factor
+from makd.core.calibration import (activation_scales, input_grams, layer_calls, layer_input_grams, layer_outputs,
+                                   whitening_factor)
 # re-exported here: makd.core.factorize.solve_ranks / LowRankLinear / ... keep working
 from makd.core.budget import (EMBED, allocate_ranks, count_parameters, floor_parameters, plan_ranks,  # noqa: F401
                               solve_ranks, targets)
@@ -98,17 +99,14 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
             spectra[n] = torch.linalg.svdvals(w) ** 2
         ranks.update(allocate_ranks(spectra, tg, sum(ranks[n] * (tg[n]["d_in"] + tg[n]["d_out"]) for n in linear)))
     student = copy.deepcopy(model).requires_grad_(True)   # trainable even if the teacher was frozen (DistillTrainer)
-    # the whitening factors: all from the teacher at once, or one layer at a time from the student being built
-    stages = ([linear] if weighting == "whiten" else
-              [[n for n in linear if tg[n]["layer"] == layer] for layer in sorted({tg[n]["layer"] for n in linear})]
-              if weighting == "whiten-sequential" else [])
     lams: dict[str, float] = {}
-    for stage in stages:
-        grams = input_grams(student, stage, calibration)[0] if weighting == "whiten-sequential" else {}
-        for name in stage:
-            chol, lams[name] = forced.pop(name) if weighting == "whiten" else whitening_factor(grams.pop(name), damping)
-            new = LowRankLinear.from_linear(student.get_submodule(name), ranks[name], whiten=chol)
-            student.set_submodule(name, new, strict=True)
+    if weighting == "whiten":                      # all whitening factors from the teacher's inputs
+        for name in linear:
+            chol, lams[name] = forced.pop(name)
+            student.set_submodule(name, LowRankLinear.from_linear(student.get_submodule(name), ranks[name],
+                                                                  whiten=chol), strict=True)
+    elif weighting == "whiten-sequential":
+        lams = _whiten_sequentially(student, linear, tg, ranks, calibration, damping)
     for name, r in ranks.items():
         if name in lams:
             continue
@@ -125,6 +123,33 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
         **({"damping": damping, "damping_max_used": max(lams.values())} if lams else {}),
     }
     return student
+
+
+def _whiten_sequentially(student: nn.Module, linear: list[str], tg: dict, ranks: dict[str, int], calibration,
+                         damping: float) -> dict[str, float]:
+    """Factorise ``student``'s matrices layer by layer, each layer whitened on the inputs it gets from the
+    already-factorised layers below it. One pass records how every layer is called; then each layer runs alone
+    (O(layers) layer evaluations, not a whole forward per layer). Returns the damping used per matrix."""
+    layers = families.get_layers(student)
+    batches = [calibration] if isinstance(calibration, dict) or hasattr(calibration, "keys") else list(calibration)
+    calls = layer_calls(student, layers, batches)                      # [batch][layer] = (args, kwargs)
+    masks = [b["attention_mask"].bool().to(next(student.parameters()).device) if "attention_mask" in b else None
+             for b in batches]
+    hidden = [(c[0][0][0] if c[0][0] else c[0][1]["hidden_states"]) for c in calls]   # inputs of layer 0
+    lams: dict[str, float] = {}
+    for index, layer in enumerate(layers):
+        stage = [n for n in linear if tg[n]["layer"] == index]
+        here = [c[index] for c in calls]
+        if stage:
+            prefix = families.layer_prefix(student) + f".{index}."
+            grams = layer_input_grams(layer, {n: layer.get_submodule(n[len(prefix):]) for n in stage}, here, hidden,
+                                      masks)
+            for name in stage:
+                chol, lams[name] = whitening_factor(grams.pop(name), damping)
+                student.set_submodule(name, LowRankLinear.from_linear(student.get_submodule(name), ranks[name],
+                                                                      whiten=chol), strict=True)
+        hidden = layer_outputs(layer, here, hidden)
+    return lams
 
 
 def factorized_modules(model: nn.Module) -> dict[str, LowRankLinear]:
