@@ -27,7 +27,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from makd.core.errors import MakdError, one_line           # standard library only
+from makd.assets.paths import data_dir as find_data_dir    # standard library only
+from makd.core.errors import MakdError, MissingInputError, one_line   # standard library only
 from makd.experiments.options import parse_config          # standard library only
 
 COMMANDS = {
@@ -97,6 +98,11 @@ def _dispatch(argv: list[str]) -> int:
     if name in CONFIGS:
         light, cls = CONFIGS[name]
         config = parse_config(getattr(importlib.import_module(light), cls), rest)   # usage error: exit 2
+        if hasattr(config, "data_dir"):   # the data folder (or $MAKD_DATA_DIR) exists: checked before torch loads
+            try:
+                find_data_dir(config.data_dir)
+            except FileNotFoundError as err:
+                raise MissingInputError(str(err)) from None
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest, config=config) or 0)
     if name in PRECHECKS and not {"-h", "--help"} & set(rest):

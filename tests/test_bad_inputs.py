@@ -8,6 +8,7 @@ that a wrong option is refused in well under 5 s without importing torch.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -369,3 +370,16 @@ def test_a_failure_during_a_run_is_one_line(monkeypatch, capsys):
                                    "Fine-tune it longer (--teacher-epochs)")
     monkeypatch.setattr(distill, "run", chance)
     assert_one_error(*run_cli(["distill"], capsys), 1, "at chance level", "--teacher-epochs")
+
+
+@pytest.mark.parametrize("command", ["distill", "squad", "decoder"])
+def test_a_missing_data_folder_is_refused_before_torch_is_imported(command, tmp_path):
+    env = {**os.environ, "MAKD_DATA_DIR": str(tmp_path / "gone")}
+    code = ("import sys, time; t = time.time(); from makd import cli; rc = cli.main([%r]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(rc, round(time.time() - t, 2))" % command)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rc, seconds = proc.stdout.split()
+    assert rc == "1" and float(seconds) < 5
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: data folder") and "unset MAKD_DATA_DIR" in lines[0]
