@@ -36,7 +36,8 @@ tasks — data, metrics and the teacher per task
     tasks.squad_data   SQuAD v1.1 / v2.0 (JSON or hub) and its versioned split of the dev set by article
     tasks.instructions instruction-following sets (Self-Instruct, Vicuna, Dolly, ChatterBot) in one schema
     tasks.qa           SQuAD features and answer post-processing
-    tasks.metrics      GLUE, SQuAD (offline) and Rouge-L metrics
+    tasks.metrics      GLUE, SQuAD (offline) and Rouge-L metrics; held-out LM cross-entropy / perplexity
+    tasks.wiki         the embedded Wikipedia articles: wiki markup to text, split by article, causal-LM windows
     tasks.prompts      instruction prompts (chat or Alpaca template), response-only training features, collator
     tasks.generate     frozen generation settings, generation, Rouge-L evaluation
     tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD), its hash checked on reuse

@@ -33,6 +33,9 @@ def test_decoder_svd_benchmark_writes_a_row_per_ratio_and_weighting(tmp_path):
                                          for rule in ("uniform", "auto")]
     assert kinds == [(1.0, "-", None)] + [(ratio, w, rule) for ratio in (0.9, 0.5) for w, rule in per_ratio]
     assert all(r["response_ce"] > 0 for r in res["rows"]) and res["uniform_ce"] > 0
+    assert all(_positive(r["wiki_ce"]) for r in res["rows"])            # held-out Wikipedia LM CE, every model
+    wiki = res["wiki_heldout"]
+    assert wiki["windows"] == 4 and wiki["window_tokens"] == res["max_length"] and wiki["held_out_titles"]
     assert all(_positive(r["factorise_s"]) or r["factorise_s"] == 0 for r in res["rows"][1:])
     params = {(r["layer_ratio"], r["weighting"], r.get("ranks")): r["params"] for r in res["rows"]}
     assert params[(1.0, "-", None)] > params[(0.9, "none", "uniform")] > params[(0.5, "none", "uniform")]

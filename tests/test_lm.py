@@ -2,9 +2,12 @@
 comparison (command and notebook 10), its configuration and the SeqKD decoding rule."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +16,7 @@ from makd.experiments import decoder
 from makd.experiments import decoder_config
 from makd.experiments import decoder_methods as lm
 from makd.experiments.decoder_config import DecoderConfig
-from makd.tasks import instructions
+from makd.tasks import instructions, wiki
 from makd.tasks.generate import GenerationSettings, encode_prompts, evaluate_rouge, generate
 from makd.tasks.prompts import prompt_text, sft_features
 
@@ -23,6 +26,16 @@ ROWS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"number 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MAKD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+WIKI_PAGES = Path(__file__).resolve().parent / "fixtures" / "wiki" / "pages.xml"   # 6 articles: 5 train, 1 held out
+
+
+@pytest.fixture(autouse=True)
+def _tiny_wiki(monkeypatch):
+    """The held-out Wikipedia windows come from the fixture export (the private cache holds no `wiki` asset)."""
+    monkeypatch.setattr(decoder, "heldout_windows",
+                        lambda tok, n, length: wiki.heldout_windows(tok, n, length, path=WIKI_PAGES))
 
 
 @pytest.fixture(params=["tiny-gpt2", "tiny-llama"])
@@ -209,3 +222,34 @@ def test_a_whitened_student_with_a_local_stage_and_the_untrained_control(tmp_pat
     assert res["sft"]["train"]["steps"] == 2 and res["sft"]["student_init"]["init"]["ranks"] == "auto"
     with pytest.raises(ValueError, match="ranks 'auto' spreads"):
         DecoderConfig(rank=4, ranks="auto")
+
+
+def test_every_model_reports_its_held_out_wikipedia_perplexity(tmp_path, monkeypatch):
+    model, tok = load_model("tiny-llama", head="lm")
+    cfg = _tiny_config(tmp_path, methods=["untrained", "sft"], wiki_windows=3, eval_set="chatterbot")
+    data = decoder.DecoderData(ROWS[:8], ["Say hi."], ["hi"], "human", "x", "x", "x")
+    res = decoder.compare_methods(cfg, model, tok, data)
+    for name in ("teacher", decoder.UNTRAINED, "untrained", "sft"):
+        w = res[name]["wiki_heldout"]
+        assert w["tokens"] == 3 * (cfg.max_length - 1) and math.isfinite(w["ce"]) and w["ce"] > 0, name
+        assert w["ppl"] == pytest.approx(math.exp(w["ce"]))
+    assert res["untrained"]["wiki_heldout"] == pytest.approx(res[decoder.UNTRAINED]["wiki_heldout"])
+    assert res["sft"]["wiki_heldout"]["ce"] != res["untrained"]["wiki_heldout"]["ce"]   # the trained student scored
+    off = decoder.compare_methods(dataclasses.replace(cfg, wiki_windows=0, methods=("untrained",)), model, tok, data)
+    assert not any("wiki_heldout" in r for r in off.values())
+    fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
+    monkeypatch.setattr(decoder, "load_instructions", lambda *a, **k: fake)
+    decoder.run(dataclasses.replace(cfg, methods=("untrained",)), command="test")
+    for name in ("teacher", "untrained"):
+        saved = json.loads((tmp_path / "run" / name / "metrics.json").read_text())
+        assert saved["wiki_heldout"]["ce"] == pytest.approx(res[name]["wiki_heldout"]["ce"], rel=1e-4)
+        held = saved["wiki_heldout_set"]
+        assert held["windows"] == 3 and held["window_tokens"] == cfg.max_length and len(held["held_out_titles"]) == 1
+        assert held["train_articles"] == 5 and held["files"] == {str(WIKI_PAGES): wiki.sha256_file(WIKI_PAGES)}
+
+
+def test_the_wiki_windows_option():
+    assert decoder_config.parse([]).wiki_windows == 16
+    assert decoder_config.parse(["--wiki-windows", "0"]).wiki_windows == 0
+    with pytest.raises(ValueError, match="wiki_windows must be >= 0"):
+        DecoderConfig(wiki_windows=-1)

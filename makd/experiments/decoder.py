@@ -3,8 +3,12 @@
 :func:`compare_methods` is the experiment, shared by the command (:func:`run`) and notebook 10: the teacher is
 scored, then for each method a fresh student (the same one: seeded, built from the same teacher) is trained
 (:mod:`makd.experiments.decoder_methods`) and scored by Rouge-L with ONE frozen generation setting, plus its
-response cross-entropy on a few training examples. SeqKD's teacher generations decode like the evaluation,
-first seed only (:func:`makd.experiments.decoder_methods.seqkd_decoding` says why).
+response cross-entropy on a few training examples and its language-model cross-entropy / perplexity on held-out
+Wikipedia windows (``wiki_windows``; :mod:`makd.tasks.wiki`: the embedded articles split by article, the held-out
+titles recorded in every metrics.json). Training stays on instruction pairs: Wikipedia windows have no prompt
+(SeqKD has nothing to generate from), so they are an evaluation set here, not a ``train_set``. SeqKD's teacher
+generations decode like the evaluation, first seed only (:func:`makd.experiments.decoder_methods.seqkd_decoding`
+says why).
 
 One prompt template per run (the tokenizer's chat template when it has one, else MiniLLM's Alpaca-style
 template) is recorded in every result, with the generation settings (:mod:`makd.tasks.generate`). The options
@@ -38,7 +42,9 @@ from makd.experiments.runrecord import make_record
 from makd.experiments.students import check_size
 from makd.tasks.generate import GenerationSettings, evaluate_rouge, generate
 from makd.tasks.instructions import load_instructions
+from makd.tasks.metrics import lm_perplexity
 from makd.tasks.prompts import CausalCollator, prompt_text, sft_features, template_name
+from makd.tasks.wiki import heldout_windows
 
 log = logging.getLogger("makd.decoder")
 UNTRAINED = "SVD student, untrained"   # the response-CE row of the student before any training
@@ -109,26 +115,46 @@ def ce_batch(cfg: DecoderConfig, tokenizer, rows: list[dict], device) -> dict[st
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def wiki_heldout(cfg: DecoderConfig, tokenizer) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """``cfg.wiki_windows`` evenly spaced windows of ``cfg.max_length`` tokens of the held-out Wikipedia articles and
+    the description of the set (articles, titles, windows, file sha256); ``(None, None)`` when ``wiki_windows`` is 0."""
+    if not cfg.wiki_windows:
+        return None, None
+    return heldout_windows(tokenizer, cfg.wiki_windows, cfg.max_length)
+
+
+def scores(cfg: DecoderConfig, model, batch: dict[str, torch.Tensor], wiki) -> dict[str, Any]:
+    """``response_ce`` and, with held-out Wikipedia windows, ``wiki_heldout``: {"ce", "ppl", "tokens"}."""
+    out: dict[str, Any] = {"response_ce": response_ce(model, batch)}
+    if wiki is not None:
+        out["wiki_heldout"] = lm_perplexity(model, wiki, batch_size=cfg.batch_size)
+    return out
+
+
 def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *,
-                    on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+                    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+                    wiki: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
     """The teacher, then each of ``cfg.methods`` on a fresh copy of the same student, scored alike.
 
     Returns ``{name: {"eval": evaluate_rouge(...), "params": int, "response_ce": float, "train": info,
     "student_init": how the student was prepared}}`` for ``teacher`` and each method (``train`` and
     ``student_init`` for methods only; the control ``untrained`` is not trained), plus ``UNTRAINED``
     ({"response_ce", "params", "init", "local"}) for the prepared student before training
-    (:func:`prepare_student`). Students live on the teacher's device; checkpoints go to
-    ``cfg.out/<method>/``. ``on_result(name, result)`` is called as soon as a model is scored."""
+    (:func:`prepare_student`). With ``cfg.wiki_windows`` every entry also holds ``wiki_heldout`` = {"ce", "ppl",
+    "tokens"} on the held-out Wikipedia windows (``wiki``: those of :func:`wiki_heldout`, built here when None).
+    Students live on the teacher's device; checkpoints go to ``cfg.out/<method>/``. ``on_result(name, result)`` is
+    called as soon as a model is scored."""
     settings = generation_settings(cfg)
     device = next(teacher.parameters()).device
     batch = ce_batch(cfg, tokenizer, data.rows, device)
+    wiki = wiki if wiki is not None else wiki_heldout(cfg, tokenizer)[0]
     results: dict[str, dict[str, Any]] = {"teacher": {
         "eval": evaluate_rouge(teacher, tokenizer, data.prompts, data.references, settings),
-        "params": fz.count_parameters(teacher), "response_ce": response_ce(teacher, batch)}}
+        "params": fz.count_parameters(teacher), **scores(cfg, teacher, batch, wiki)}}
     if on_result:
         on_result("teacher", results["teacher"])
     base, prepared = prepare_student(cfg, teacher, tokenizer, data.rows, device)
-    results[UNTRAINED] = {"response_ce": response_ce(base, batch), "params": fz.count_parameters(base), **prepared}
+    results[UNTRAINED] = {**scores(cfg, base, batch, wiki), "params": fz.count_parameters(base), **prepared}
     for method in cfg.methods:
         torch.manual_seed(cfg.seed)
         student = copy.deepcopy(base)                   # every method starts from this same student
@@ -139,7 +165,7 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
             template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
             save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet, mse=cfg.mse)
         results[method] = {"eval": evaluate_rouge(student, tokenizer, data.prompts, data.references, settings),
-                           "params": fz.count_parameters(student), "response_ce": response_ce(student, batch),
+                           "params": fz.count_parameters(student), **scores(cfg, student, batch, wiki),
                            "train": info, "student_init": prepared}
         log.info("%s: Rouge-L %.2f (teacher %.2f)", method, results[method]["eval"]["rougeL"],
                  results["teacher"]["eval"]["rougeL"])
@@ -206,11 +232,15 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
     preflight(cfg, teacher)
     data = load_data(cfg, teacher, tok)
     settings = generation_settings(cfg)
+    wiki, wiki_set = wiki_heldout(cfg, tok)
     options = {**cfg.to_dict(), "command": command}
     common = {"eval_set": data.eval_set, "eval_source": data.eval_source, "reference": data.reference_kind,
               "train_set": data.train_set, "train_is_proxy": data.train_set == "chatterbot",
               "template": template_name(tok, cfg.template), "generation": settings.as_dict(), "notes": data.notes,
               "seqkd_generation": seqkd_decoding(settings).as_dict()}
+    files = {**data.files, **(wiki_set["files"] if wiki_set else {})}   # the run record hashes the wiki file too
+    if wiki_set is not None:
+        common["wiki_heldout_set"] = wiki_set
 
     t_params = fz.count_parameters(teacher)
 
@@ -220,9 +250,10 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
                   "student_init": res["student_init"]})
         write_json(out / name / "metrics.json", {
             **common, "method": name, "params": res["params"], "response_ce": res["response_ce"], "eval": res["eval"],
-            **extra, "record": make_record(options, seed=cfg.seed, data_files=data.files, started=started)})
+            **({"wiki_heldout": res["wiki_heldout"]} if "wiki_heldout" in res else {}),
+            **extra, "record": make_record(options, seed=cfg.seed, data_files=files, started=started)})
 
-    results = compare_methods(cfg, teacher, tok, data, on_result=write)
+    results = compare_methods(cfg, teacher, tok, data, on_result=write, wiki=wiki)
     scored = {k: v for k, v in results.items() if k != UNTRAINED}
     write_json(out / "speed.json", {"what": f"generation tokens/s, batch {settings.batch_size}, prompts ≤ "
                                     f"{settings.max_prompt_tokens} tokens, ≤ {settings.max_new_tokens} new tokens, "

@@ -37,6 +37,9 @@ class DecoderDataConfig(Config):
     max_eval: int = option(40, "evaluation prompts (first N)", low=1)
     max_length: int = option(256, "training sequence length (prompt + response)", low=8)
     max_prompt_tokens: int = option(256, "prompt tokens kept (the last ones) in training and generation", low=1)
+    wiki_windows: int = option(16, "held-out Wikipedia windows of max_length tokens (embedded `wiki` asset, split by "
+                               "article, makd.tasks.wiki) on which every model's LM cross-entropy and perplexity are "
+                               "reported beside response_ce; 0: off", low=0)
 
 
 @dataclass(frozen=True)

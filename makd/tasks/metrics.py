@@ -7,10 +7,13 @@ scripts live on the hub).
 - SQuAD: the official evaluation scripts' normalisation and EM/F1 (× 100), v2 no-answer handling and
   best-threshold search.
 - Rouge-L: ``rouge_score`` with the Porter stemmer, F-measure × 100, mean over examples (MiniLLM protocol).
+- Language-model cross-entropy and perplexity on held-out windows (``lm_perplexity``: pure torch, no_grad), the
+  model's own shifted loss weighted by tokens across windows.
 """
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 from typing import Mapping, Sequence
@@ -170,3 +173,46 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str | Sequence[str]
                              "(drop the example or use the teacher's output as the reference)")
         total += max(scorer.score(r, pred or "")["rougeL"].fmeasure for r in refs)
     return 100.0 * total / len(references)
+
+
+# ---------------------------------------------------------------- held-out language-model perplexity
+def lm_perplexity(model, windows: Mapping, batch_size: int = 8) -> dict:
+    """Held-out cross-entropy (nats per token) and perplexity of a causal LM, token-weighted across windows.
+
+    CE = −(1/N) Σ_windows Σ_{t : y_{t+1} ≠ −100} log p_θ(y_{t+1} | y_{≤t}),  ppl = exp(CE),
+    N = the number of scored (shifted) tokens: the model's own shifted LM loss (HF ``ForCausalLMLoss``), summed over
+    all windows and divided once — not a mean of per-window means. ``windows``: ``{"input_ids": (W, L), "labels":
+    (W, L), "attention_mask": (W, L)}`` (:func:`makd.tasks.wiki.lm_windows`; labels default to input_ids, the mask
+    to all ones; other keys are ignored). Evaluated in eval mode (restored after) without gradients, on the
+    model's device. Returns ``{"ce": float, "ppl": float, "tokens": int}``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if batch_size < 1:
+        raise ValueError(f"lm_perplexity: batch_size must be at least 1, got {batch_size}")
+    ids = windows["input_ids"]
+    labels, mask = windows.get("labels", ids), windows.get("attention_mask")
+    if ids.ndim != 2 or len(ids) == 0 or ids.shape[1] < 2:
+        raise ValueError(f"lm_perplexity: need windows of shape (W, L) with W >= 1 and L >= 2, got "
+                         f"{tuple(ids.shape)}; build them with makd.tasks.wiki.lm_windows")
+    device = next(model.parameters()).device
+    was_training, total, count = model.training, torch.zeros((), dtype=torch.float64), 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in range(0, len(ids), batch_size):
+                batch = {"input_ids": ids[s:s + batch_size].to(device)}                       # (B, L)
+                if mask is not None:
+                    batch["attention_mask"] = mask[s:s + batch_size].to(device)               # (B, L)
+                logits = model(**batch, use_cache=False).logits[:, :-1].float()             # (B, L-1, V)
+                target = labels[s:s + batch_size, 1:].to(device)                              # (B, L-1)
+                total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                         ignore_index=-100, reduction="sum").double().cpu()
+                count += int((target != -100).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("lm_perplexity: no token to score (every shifted label is -100)")
+    ce = float(total) / count
+    return {"ce": ce, "ppl": math.exp(ce), "tokens": count}
