@@ -122,7 +122,9 @@ table = pd.DataFrame([{"model": k, "Rouge-L": v["eval"]["rougeL"], "± std": v["
                        "tokens/s": v["eval"]["tokens_per_s"], "prompts truncated": v["eval"]["truncated_prompts"]}
                       for k, v in scored.items()])
 show(table)
-show(pd.DataFrame([{"model": k, "response CE (16 train ex.)": v} for k, v in ce.items()]
+wiki = {k: v["wiki_heldout"]["ppl"] for k, v in results.items() if v.get("wiki_heldout")}
+show(pd.DataFrame([{"model": k, "response CE (16 train ex.)": v, "held-out Wikipedia perplexity": wiki.get(k)}
+                   for k, v in ce.items()]
                   + [{"model": "uniform guess, ln |V|", "response CE (16 train ex.)": math.log(len(tok))}]))
 
 # %% [markdown]
@@ -161,5 +163,5 @@ write_metrics(run_dir, "10_decoder_rouge", {
     "rougeL": {k: v["eval"]["rougeL"] for k, v in scored.items()},
     "rougeL_std": {k: v["eval"]["rougeL_std"] for k, v in scored.items()},
     "tokens_per_s": {k: v["eval"]["tokens_per_s"] for k, v in scored.items()},
-    "response_ce": ce, "params": {k: v["params"] for k, v in scored.items()}, "steps": max_steps,
+    "response_ce": ce, "wiki_ppl": wiki, "params": {k: v["params"] for k, v in scored.items()}, "steps": max_steps,
 })
