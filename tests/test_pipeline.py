@@ -54,6 +54,9 @@ def test_end_to_end_writes_metrics_run_record_and_every_loss_term(tmp_path):
     assert any(p.endswith("SST-2/dev.tsv") for p in rec["data_files_sha256"])
     assert str(tmp_path) not in json.dumps(rec) and str(ROOT) not in json.dumps(rec)   # no machine paths
     assert rec["config"]["data_dir"] == "$MAKD_DATA_DIR" and "$MAKD_DATA_DIR/SST-2/dev.tsv" in rec["data_files_sha256"]
+    text = (tmp_path / "run" / "metrics.json").read_text()   # the whole file: teacher folder and source too
+    assert str(tmp_path) not in text and str(ROOT) not in text and str(os.environ["MAKD_CACHE_DIR"]) not in text
+    assert saved["teacher"]["path"].startswith("$MAKD_CACHE_DIR/teachers/") and res["teacher"]["path"].startswith("/")
     logged = set().union(*[set(e) for e in saved["train"]["history"]])
     # hierarchical on 2 layers: matrix aspects on layer 0, layer aspects on layer 1, the model aspect
     assert {"loss_mha", "loss_ffn", "loss_attn", "loss_hidn", "loss_pred", "loss_kd", "loss_ce"} <= logged

@@ -18,7 +18,7 @@ import pytest
 from makd.assets import runfolder as rf
 from makd.core.errors import RunFolderError
 from makd.experiments import decoder, distill as pipeline, squad, students
-from makd.experiments.runrecord import REPO_ROOT, make_record
+from makd.experiments.runrecord import REPO_ROOT, make_record, portable
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -196,6 +196,13 @@ def test_a_run_record_names_no_absolute_machine_path(tmp_path, monkeypatch):
                                         "--teacher org/m")
     assert rec["config"]["out"] == "results/x" and rec["config"]["teacher"] == "$MAKD_CACHE_DIR/models/t"
     assert rec["config"]["weights"] == {"mha": 0} and set(rec["paths"]) >= {"$MAKD_DATA_DIR", "$MAKD_CACHE_DIR"}
+
+
+def test_text_that_only_looks_like_a_path_is_kept():
+    roots = [("/data", "$MAKD_DATA_DIR")]
+    note = "12752 snippets split 80%/20% train/dev (fresh=1/positive, rotten=0/negative); see https://x.org/a"
+    assert portable(note, roots) == note
+    assert portable("local:/data/glue/RTE", roots) == "local:$MAKD_DATA_DIR/glue/RTE"
 
 
 def test_the_command_line_shows_a_busy_folder_as_one_error_line(tmp_path):

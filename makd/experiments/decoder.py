@@ -38,7 +38,7 @@ from makd.experiments.decoder_config import DecoderConfig, parse
 from makd.experiments.decoder_methods import (calibration_batches, check_pair, make_student, seqkd_decoding,
                                               train_student)
 from makd.experiments.options import config_from_kwargs
-from makd.experiments.runrecord import make_record
+from makd.experiments.runrecord import make_record, write_metrics
 from makd.experiments.students import check_size
 from makd.tasks.generate import GenerationSettings, evaluate_rouge, generate
 from makd.tasks.instructions import load_instructions
@@ -248,10 +248,10 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
         extra = ({"model": cfg.teacher} if name == "teacher" else
                  {"student": cfg.student, "teacher_params": t_params, "train": res["train"],
                   "student_init": res["student_init"]})
-        write_json(out / name / "metrics.json", {
+        write_metrics(out / name / "metrics.json", {
             **common, "method": name, "params": res["params"], "response_ce": res["response_ce"], "eval": res["eval"],
             **({"wiki_heldout": res["wiki_heldout"]} if "wiki_heldout" in res else {}),
-            **extra, "record": make_record(options, seed=cfg.seed, data_files=files, started=started)})
+            **extra, "record": make_record(options, seed=cfg.seed, data_files=files, started=started)}, cfg.data_dir)
 
     results = compare_methods(cfg, teacher, tok, data, on_result=write, wiki=wiki)
     scored = {k: v for k, v in results.items() if k != UNTRAINED}

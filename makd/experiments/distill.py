@@ -31,7 +31,7 @@ from makd.core.trainer import DistillTrainer, loss_history
 from makd.experiments.config import DistillConfig
 from makd.experiments.options import build_parser as config_parser
 from makd.experiments.options import config_from_kwargs, parse_config
-from makd.experiments.runrecord import make_record
+from makd.experiments.runrecord import make_record, write_metrics
 from makd.experiments.students import check_depth, dense_student, objective_from, preflight
 from makd.tasks.glue import load_task, tokenize_task
 from makd.tasks.teacher import check_teacher, finetune_teacher, metrics_fn, training_args
@@ -148,7 +148,7 @@ def _run(args: DistillConfig, out: Path, size: dict[str, Any], started: float, c
             with replacing_folder(out / "student") as folder:
                 student.save_pretrained(folder)
                 tok.save_pretrained(folder)
-        write_json(out / "metrics.json", result)
+        write_metrics(out / "metrics.json", result, args.data_dir)
         log.info("wrote %s", out / "metrics.json")
     return result
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pathlib import Path
 
+from makd.assets.files import write_json
 from makd.assets.paths import REPO_ROOT, cache_dir
 from makd.assets.paths import data_dir as find_data_dir
 
@@ -66,7 +67,8 @@ def machine() -> dict[str, Any]:
 ROOTS_LEGEND = {"$MAKD_DATA_DIR": "the data folder (data_dir or $MAKD_DATA_DIR)",
                 "$MAKD_CACHE_DIR": "the makd cache (embedded assets, teachers)",
                 ".": "the repository root", "~": "the home folder", "<outside>": "elsewhere (file name only)"}
-_ABSOLUTE = re.compile(r"(?<![\w$}/.~-])(~?/(?!/)[^\s'\"=,;]+)")
+# an absolute path starts a string or follows a separator (space, quote, =, :, (, [, comma): "80%/20%" is no path
+_ABSOLUTE = re.compile(r"(?<![^\s'\"=:(\[,])(~?/(?!/)[^\s'\"=,;]+)")
 
 
 def path_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
@@ -127,3 +129,9 @@ def make_record(config: dict[str, Any], *, seed: int, data_files: dict[str, str]
         record["wall_time_s"] = round(time.time() - started, 2)
     record.update(portable(extra, roots))
     return record
+
+
+def write_metrics(path: str | os.PathLike, result: dict[str, Any], data_dir: str | os.PathLike | None = None) -> Path:
+    """Write a run's ``metrics.json`` (atomically) with every absolute machine path made portable, the record's
+    and the rest's (teacher folder, data source, notes) alike; ``result`` itself is left as it is."""
+    return write_json(path, portable(result, path_roots(data_dir)))

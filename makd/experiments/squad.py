@@ -33,7 +33,7 @@ from makd.core.objective import check_compatible
 from makd.core.trainer import DistillTrainer, loss_history
 from makd.experiments.options import build_parser as config_parser
 from makd.experiments.options import config_from_kwargs, parse_config
-from makd.experiments.runrecord import make_record
+from makd.experiments.runrecord import make_record, write_metrics
 from makd.experiments.squad_config import SquadConfig
 from makd.experiments.squad_teacher import (check_qa_teacher, check_qa_teacher_model, evaluate_qa,
                                             finetune_qa_teacher, resolve_device)
@@ -141,7 +141,7 @@ def _run(args: SquadConfig, out: Path, size: dict[str, Any], started: float, cal
     if trainer is None or trainer.is_world_process_zero():
         if student is not None and args.save_student:
             save_student(student, out / "student", tok)
-        write_json(out / "metrics.json", result)
+        write_metrics(out / "metrics.json", result, args.data_dir)
         log.info("wrote %s", out / "metrics.json")
     return result
 
