@@ -21,13 +21,25 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from makd.core.capture import LABEL_KEYS
+
 __all__ = ["input_statistics", "activation_scales", "input_grams", "whitening_factor", "layer_calls",
            "layer_input_grams"]
 
-_LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
-def _batches(calibration) -> list[Mapping]:
+def model_inputs(batch: Mapping, device) -> dict:
+    """``batch`` without its label keys, tensors moved to ``device``: what the model's forward takes."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in LABEL_KEYS}
+
+
+def first_output(output):
+    """The hidden states a transformer layer returns (a tensor, or the first item of a tuple)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def as_batches(calibration) -> list[Mapping]:
+    """A batch dict (or BatchEncoding) or a non-empty list of them, as a list of batches."""
     batches = [calibration] if isinstance(calibration, Mapping) else list(calibration)  # BatchEncoding too
     if not batches or not all(isinstance(b, Mapping) for b in batches):
         raise ValueError("calibration must be a dict of model inputs or a non-empty list of such dicts")
@@ -60,8 +72,8 @@ def input_statistics(model: nn.Module, names, calibration,
     try:
         model.eval()
         with torch.no_grad():
-            for batch in _batches(calibration):
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in _LABEL_KEYS}
+            for batch in as_batches(calibration):
+                batch = model_inputs(batch, device)
                 mask = batch.get("attention_mask")
                 state["mask"] = mask.bool() if mask is not None else None
                 model(**batch)
@@ -109,10 +121,6 @@ def whitening_factor(gram: torch.Tensor, damping: float = 1e-4, tries: int = 8) 
                      "give more calibration tokens")
 
 
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 def layer_calls(model: nn.Module, layers: nn.ModuleList, calibration) -> list[list[tuple[tuple, dict]]]:
     """How each of ``layers`` is called on each calibration batch: ``[batch][layer] = (args, kwargs)``, from one
     no-grad pass (``args[0]`` or ``kwargs["hidden_states"]``: the layer's input; the rest — attention mask,
@@ -132,9 +140,9 @@ def layer_calls(model: nn.Module, layers: nn.ModuleList, calibration) -> list[li
     try:
         model.eval()
         with torch.no_grad():
-            for batch in _batches(calibration):
+            for batch in as_batches(calibration):
                 current[:] = [None] * len(layers)
-                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in _LABEL_KEYS}
+                inputs = model_inputs(batch, device)
                 if "use_cache" in inspect.signature(model.forward).parameters:
                     inputs["use_cache"] = False            # no KV cache: each recorded call replays on its own
                 model(**inputs)
@@ -184,4 +192,4 @@ def layer_input_grams(layer: nn.Module, names: dict[str, nn.Module], calls: list
 def layer_outputs(layer: nn.Module, calls: list[tuple[tuple, dict]], hidden: list[torch.Tensor]) -> list[torch.Tensor]:
     """``layer`` alone on ``hidden[b]`` with the rest of its recorded call: its output hidden states per batch."""
     with torch.no_grad():
-        return [_first(layer(*_with_hidden(a, k, h)[0], **_with_hidden(a, k, h)[1])) for (a, k), h in zip(calls, hidden)]
+        return [first_output(layer(*_with_hidden(a, k, h)[0], **_with_hidden(a, k, h)[1])) for (a, k), h in zip(calls, hidden)]

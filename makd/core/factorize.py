@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from makd.core import families
-from makd.core.calibration import (activation_scales, input_grams, layer_calls, layer_input_grams, layer_outputs,
-                                   whitening_factor)
+from makd.core.calibration import (activation_scales, as_batches, input_grams, layer_calls, layer_input_grams,
+                                   layer_outputs, whitening_factor)
 # re-exported here: makd.core.factorize.solve_ranks / LowRankLinear / ... keep working
 from makd.core.budget import (EMBED, allocate_ranks, count_parameters, floor_parameters, plan_ranks,  # noqa: F401
                               solve_ranks, targets)
@@ -131,7 +131,7 @@ def _whiten_sequentially(student: nn.Module, linear: list[str], tg: dict, ranks:
     already-factorised layers below it. One pass records how every layer is called; then each layer runs alone
     (O(layers) layer evaluations, not a whole forward per layer). Returns the damping used per matrix."""
     layers = families.get_layers(student)
-    batches = [calibration] if isinstance(calibration, dict) or hasattr(calibration, "keys") else list(calibration)
+    batches = as_batches(calibration)
     calls = layer_calls(student, layers, batches)                      # [batch][layer] = (args, kwargs)
     masks = [b["attention_mask"].bool().to(next(student.parameters()).device) if "attention_mask" in b else None
              for b in batches]

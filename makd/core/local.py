@@ -20,29 +20,18 @@ paper's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from makd.core import families
+from makd.core.calibration import first_output, model_inputs
 from makd.core.lowrank import LowRankLinear, dense_weight
 
 __all__ = ["block_io", "local_stage"]
 
-_LABEL_KEYS = ("labels", "start_positions", "end_positions")
-
-
 class _Stop(Exception):
     """Raised by the last block's hook: nothing after the blocks needs computing."""
-
-
-def _first(output: Any) -> Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _inputs(batch: Mapping, device) -> dict[str, Tensor]:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in _LABEL_KEYS}
 
 
 def block_io(model: nn.Module, batch: Mapping, *, matrices: Iterable[str] = (), forced: list[Tensor] | None = None,
@@ -73,7 +62,7 @@ def block_io(model: nn.Module, batch: Mapping, *, matrices: Iterable[str] = (), 
 
     def post(i):
         def hook(_mod, _args, output):
-            outs[i] = _first(output)
+            outs[i] = first_output(output)
             if i == len(layers) - 1:
                 raise _Stop
         return hook
@@ -90,7 +79,7 @@ def block_io(model: nn.Module, batch: Mapping, *, matrices: Iterable[str] = (), 
         handles.append(model.get_submodule(name).register_forward_pre_hook(mat_hook(name)))
     try:
         with torch.set_grad_enabled(grad):
-            model(**_inputs(batch, next(model.parameters()).device))
+            model(**model_inputs(batch, next(model.parameters()).device))
     except _Stop:
         pass
     finally:
