@@ -41,6 +41,8 @@ tasks — data, metrics and the teacher per task
     tasks.prompts      instruction prompts (chat or Alpaca template), response-only training features, collator
     tasks.generate     frozen generation settings, generation, Rouge-L evaluation
     tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD), its hash checked on reuse
+students — students that are not SVD factors of the teacher: subquadratic token mixers (arXiv 2504.14366)
+    students.mixers.base  the contract of a mixer: parallel form, recurrent step, materialised mixing matrix, padding
 experiments — runs that write metrics.json with a run record
     experiments.options    typed-configuration machinery: option(), checked frozen dataclasses, parse_config
     experiments.config     the typed configuration: shared parts (size, objective, training, teacher) and DistillConfig

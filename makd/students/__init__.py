@@ -1,0 +1,1 @@
+"""Students that are not truncated-SVD factors of the teacher: subquadratic token mixers in place of attention."""
