@@ -43,6 +43,9 @@ tasks — data, metrics and the teacher per task
     tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD), its hash checked on reuse
 students — students that are not SVD factors of the teacher: subquadratic token mixers (arXiv 2504.14366)
     students.mixers.base  the contract of a mixer: parallel form, recurrent step, materialised mixing matrix, padding
+    students.mixers.deltanet  DeltaNet: the delta rule, chunked by the UT transform; shared short convolution
+    students.mixers.gated_deltanet  Gated DeltaNet: the delta rule with a data-dependent scalar decay per head
+    students.mixers.mamba2  Mamba2 (SSD): scalar-decay state space, short convolution, chunked scan
 experiments — runs that write metrics.json with a run record
     experiments.options    typed-configuration machinery: option(), checked frozen dataclasses, parse_config
     experiments.config     the typed configuration: shared parts (size, objective, training, teacher) and DistillConfig
@@ -53,6 +56,7 @@ experiments — runs that write metrics.json with a run record
     experiments.squad      ``python -m makd squad``: the same for extractive QA
     experiments.squad_teacher  QA evaluation (Trainer.predict, EM/F1) and the cached SQuAD teacher
     experiments.decoder_config  DecoderConfig: student size, training, instruction data, methods, one generation setting
+    experiments.decoder_data  a comparison's data: instruction rows, evaluation sets, response-CE batch, wiki windows
     experiments.decoder_methods  SFT / KD / SeqKD / MaKD for causal LMs: students, objectives, SeqKD data, training
     experiments.decoder    ``python -m makd decoder``: compare_methods (notebook 10 too), Rouge-L, response CE
     experiments.grid       ``python -m makd grid``: baselines and ablations over seeds, resumable

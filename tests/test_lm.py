@@ -13,7 +13,7 @@ import pytest
 
 from makd.assets.models import load_model
 from makd.experiments import decoder
-from makd.experiments import decoder_config
+from makd.experiments import decoder_config, decoder_data
 from makd.experiments import decoder_methods as lm
 from makd.experiments.decoder_config import DecoderConfig
 from makd.tasks import instructions, wiki
@@ -34,7 +34,7 @@ WIKI_PAGES = Path(__file__).resolve().parent / "fixtures" / "wiki" / "pages.xml"
 @pytest.fixture(autouse=True)
 def _tiny_wiki(monkeypatch):
     """The held-out Wikipedia windows come from the fixture export (the private cache holds no `wiki` asset)."""
-    monkeypatch.setattr(decoder, "heldout_windows",
+    monkeypatch.setattr(decoder_data, "heldout_windows",
                         lambda tok, n, length: wiki.heldout_windows(tok, n, length, path=WIKI_PAGES))
 
 
@@ -185,7 +185,7 @@ def test_compare_methods_gives_seqkd_the_evaluation_setting(tmp_path, monkeypatc
 
 def test_the_command_and_the_notebook_share_one_comparison(tmp_path, monkeypatch):
     fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
-    monkeypatch.setattr(decoder, "load_instructions", lambda *a, **k: fake)
+    monkeypatch.setattr(decoder_data, "load_instructions", lambda *a, **k: fake)
     cfg = _tiny_config(tmp_path, methods=["sft", "makd"], eval_set="chatterbot")
     seen = []
     model, tok = load_model("tiny-llama", head="lm")
@@ -217,7 +217,7 @@ def test_a_whitened_student_with_a_local_stage_and_the_untrained_control(tmp_pat
     assert prepared["init"]["weighting"] == "whiten" and prepared["init"]["calibration_examples"] == 8
     assert prepared["local"]["steps"] == 2 * len(lm.calibration_batches(
         ROWS[:8], tok, 8, batch_size=4, max_length=48, max_prompt_tokens=256))
-    assert res["untrained"]["train"] == {"steps": 0}
+    assert res["untrained"]["train"] == {"steps": 0, "seed": cfg.seed}
     assert res["untrained"]["response_ce"] == pytest.approx(prepared["response_ce"])   # the control is not trained
     assert res["sft"]["train"]["steps"] == 2 and res["sft"]["student_init"]["init"]["ranks"] == "auto"
     with pytest.raises(ValueError, match="ranks 'auto' spreads"):
@@ -238,7 +238,7 @@ def test_every_model_reports_its_held_out_wikipedia_perplexity(tmp_path, monkeyp
     off = decoder.compare_methods(dataclasses.replace(cfg, wiki_windows=0, methods=("untrained",)), model, tok, data)
     assert not any("wiki_heldout" in r for r in off.values())
     fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
-    monkeypatch.setattr(decoder, "load_instructions", lambda *a, **k: fake)
+    monkeypatch.setattr(decoder_data, "load_instructions", lambda *a, **k: fake)
     decoder.run(dataclasses.replace(cfg, methods=("untrained",)), command="test")
     for name in ("teacher", "untrained"):
         saved = json.loads((tmp_path / "run" / name / "metrics.json").read_text())
@@ -254,3 +254,33 @@ def test_the_wiki_windows_option():
     assert decoder_config.parse(["--wiki-windows", "0"]).wiki_windows == 0
     with pytest.raises(ValueError, match="wiki_windows must be >= 0"):
         DecoderConfig(wiki_windows=-1)
+
+
+def test_training_seeds_controls_extra_sets_and_resume(tmp_path, monkeypatch):
+    fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
+    monkeypatch.setattr(decoder_data, "load_instructions", lambda *a, **k: fake)
+    cfg = _tiny_config(tmp_path, methods=["init", "untrained", "sft"], train_seeds=[1, 2], weighting="whiten",
+                       calibration_examples=8, local_epochs=1, eval_set="chatterbot", extra_eval=["dolly"],
+                       wiki_windows=0)
+    assert decoder.run_names(cfg) == ["teacher", "init", "untrained", "sft/seed-1", "sft/seed-2"]
+    decoder.run(cfg, command="test")
+    run = tmp_path / "run"
+    saved = {n: json.loads((run / n / "metrics.json").read_text()) for n in decoder.run_names(cfg)}
+    assert [saved[f"sft/seed-{s}"]["record"]["seed"] for s in (1, 2)] == [1, 2]
+    assert saved["sft/seed-1"]["method"] == "sft" and saved["sft/seed-2"]["train"]["steps"] == 2
+    assert saved["init"]["train"] == {"steps": 0, "seed": cfg.seed}
+    assert saved["init"]["response_ce"] != pytest.approx(saved["untrained"]["response_ce"])   # local stage moved it
+    ev = saved["sft/seed-1"]["eval"]
+    assert len(ev["rougeL_per_prompt"]) == ev["n"] == 2 and len(ev["outputs"]) == 2
+    assert sum(ev["rougeL_per_prompt"]) / 2 == pytest.approx(ev["rougeL"], abs=1e-3)
+    assert saved["teacher"]["eval_sets"]["dolly"]["n"] == 2                               # every model, every set
+    # resume: finished models are kept (nothing trained again), a new seed is added
+    monkeypatch.setattr(decoder, "train_student", lambda *a, **k: {"steps": 7})
+    more = dataclasses.replace(cfg, train_seeds=(1, 2, 3), resume=True)
+    decoder.run(more, command="test")
+    again = {n: json.loads((run / n / "metrics.json").read_text()) for n in decoder.run_names(more)}
+    assert again["sft/seed-1"] == saved["sft/seed-1"] and again["sft/seed-3"]["train"]["steps"] == 7
+    with pytest.raises(ValueError, match="other options .*lr"):
+        decoder.run(dataclasses.replace(more, lr=1e-3), command="test")
+    with pytest.raises(ValueError, match="needs --local-epochs"):
+        DecoderConfig(methods=("init",))

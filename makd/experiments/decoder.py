@@ -17,11 +17,11 @@ are the fields of :class:`makd.experiments.decoder_config.DecoderConfig`: ``pyth
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,98 +29,31 @@ import torch
 
 from makd.assets.files import write_json
 from makd.assets.models import load_model
-from makd.assets.paths import data_dir as find_data_dir
 from makd.assets.runfolder import estimate_run_bytes, params_hint, run_folder
 from makd.core import factorize as fz
 from makd.core.families import num_layers
+from makd.core.errors import UsageError
 from makd.core.local import local_stage
 from makd.experiments.decoder_config import DecoderConfig, parse
-from makd.experiments.decoder_methods import (calibration_batches, check_pair, make_student, seqkd_decoding,
-                                              train_student)
+from makd.experiments.decoder_data import (DecoderData, EvalSet, ce_batch, generation_settings, load_data,
+                                           resolve_eval_set, wiki_heldout)
+from makd.experiments.decoder_methods import (CONTROLS, calibration_batches, check_pair, make_student,
+                                              seqkd_decoding, train_student)
 from makd.experiments.options import config_from_kwargs
-from makd.experiments.runrecord import make_record, write_metrics
+from makd.experiments.runrecord import make_record, path_roots, portable, write_metrics
 from makd.experiments.students import check_size
-from makd.tasks.generate import GenerationSettings, evaluate_rouge, generate
-from makd.tasks.instructions import load_instructions
+from makd.tasks.generate import evaluate_rouge
 from makd.tasks.metrics import lm_perplexity
-from makd.tasks.prompts import CausalCollator, prompt_text, sft_features, template_name
-from makd.tasks.wiki import heldout_windows
+from makd.tasks.prompts import template_name
 
 log = logging.getLogger("makd.decoder")
 UNTRAINED = "SVD student, untrained"   # the response-CE row of the student before any training
-
-
-@dataclass
-class DecoderData:
-    """What every model of a comparison is trained and scored on."""
-    rows: list[dict]                 # training examples {instruction, input, output}
-    prompts: list[str]               # evaluation prompts, templated
-    references: list[str]            # one reference answer per prompt
-    reference_kind: str              # "human" or "teacher answers (...)": Vicuna has no references
-    eval_set: str
-    eval_source: str
-    train_set: str
-    files: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def generation_settings(cfg: DecoderConfig) -> GenerationSettings:
-    """The one frozen generation setting of the evaluation (greedy, or sampling with the config's seeds)."""
-    common = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_new_tokens=cfg.max_new_tokens,
-                  batch_size=cfg.gen_batch_size)
-    if cfg.decoding == "greedy":
-        return GenerationSettings.greedy(**common)
-    return GenerationSettings(do_sample=True, seeds=tuple(cfg.seeds), **common)
-
-
-def resolve_eval_set(eval_set: str, data_dir: str | None) -> str:
-    """``auto``: Self-Instruct when the data folder holds it, else the embedded ChatterBot test split."""
-    if eval_set != "auto":
-        return eval_set
-    root = find_data_dir(data_dir)
-    return "selfinst" if root and (Path(root) / "instruct" / "selfinst-252.jsonl").is_file() else "chatterbot"
-
-
-def load_data(cfg: DecoderConfig, teacher, tokenizer) -> DecoderData:
-    """Training rows, templated evaluation prompts and their references (the teacher's greedy answers where the
-    set has none: Vicuna — never comparable with the paper's numbers)."""
-    train = load_instructions(cfg.train_set, cfg.data_dir, seed=cfg.seed).train
-    if train is None:
-        raise ValueError(f"{cfg.train_set} has no train split; use train_set chatterbot or dolly")
-    eval_set = resolve_eval_set(cfg.eval_set, cfg.data_dir)
-    ev = load_instructions(eval_set, cfg.data_dir, seed=cfg.seed)
-    test = ev.test.select(range(min(len(ev.test), cfg.max_eval)))
-    prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), cfg.template) for r in test]
-    references, kind = [r["output"] for r in test], "human"
-    if ev.reference_kind == "none":
-        settings = generation_settings(cfg)
-        references = generate(teacher, tokenizer, prompts, GenerationSettings.greedy(
-            max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=settings.max_new_tokens), seed=0)["texts"]
-        kind = "teacher answers (not comparable with the paper)"
-    return DecoderData(list(train.select(range(min(len(train), cfg.max_train)))), prompts, references, kind,
-                       ev.name, ev.source, cfg.train_set, dict(ev.files), list(ev.notes))
 
 
 def response_ce(model, batch: dict[str, torch.Tensor]) -> float:
     """The model's mean cross-entropy on the response tokens of ``batch`` (labels −100 on the prompt)."""
     with torch.no_grad():
         return float(model(**batch).loss)
-
-
-def ce_batch(cfg: DecoderConfig, tokenizer, rows: list[dict], device) -> dict[str, torch.Tensor]:
-    """The first ``cfg.ce_examples`` training examples, tokenised like training, as one padded batch."""
-    features, _ = sft_features(rows[:cfg.ce_examples], tokenizer, max_length=cfg.max_length,
-                               max_prompt_tokens=cfg.max_prompt_tokens, template=cfg.template)
-    batch = CausalCollator(tokenizer.pad_token_id)([features[i] for i in range(len(features))])
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def wiki_heldout(cfg: DecoderConfig, tokenizer) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
-    """``cfg.wiki_windows`` evenly spaced windows of ``cfg.max_length`` tokens of the held-out Wikipedia articles and
-    the description of the set (articles, titles, windows, file sha256); ``(None, None)`` when ``wiki_windows`` is 0."""
-    if not cfg.wiki_windows:
-        return None, None
-    return heldout_windows(tokenizer, cfg.wiki_windows, cfg.max_length)
 
 
 def scores(cfg: DecoderConfig, model, batch: dict[str, torch.Tensor], wiki) -> dict[str, Any]:
@@ -131,53 +64,86 @@ def scores(cfg: DecoderConfig, model, batch: dict[str, torch.Tensor], wiki) -> d
     return out
 
 
+def run_names(cfg: DecoderConfig) -> list[str]:
+    """The scored models of a comparison, in order: ``teacher``, then each method — ``method/seed-S`` per training
+    seed when ``train_seeds`` is given (controls are not trained: scored once, under their own name)."""
+    names = ["teacher"]
+    for method in cfg.methods:
+        if method in CONTROLS or not cfg.train_seeds:
+            names.append(method)
+        else:
+            names += [f"{method}/seed-{s}" for s in cfg.train_seeds]
+    return names
+
+
 def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *,
                     on_result: Callable[[str, dict[str, Any]], None] | None = None,
-                    wiki: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
-    """The teacher, then each of ``cfg.methods`` on a fresh copy of the same student, scored alike.
+                    wiki: dict[str, torch.Tensor] | None = None,
+                    done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The teacher, then each of ``cfg.methods`` (once per training seed) on a fresh copy of the same student.
 
     Returns ``{name: {"eval": evaluate_rouge(...), "params": int, "response_ce": float, "train": info,
-    "student_init": how the student was prepared}}`` for ``teacher`` and each method (``train`` and
-    ``student_init`` for methods only; the control ``untrained`` is not trained), plus ``UNTRAINED``
-    ({"response_ce", "params", "init", "local"}) for the prepared student before training
-    (:func:`prepare_student`). With ``cfg.wiki_windows`` every entry also holds ``wiki_heldout`` = {"ce", "ppl",
-    "tokens"} on the held-out Wikipedia windows (``wiki``: those of :func:`wiki_heldout`, built here when None).
-    Students live on the teacher's device; checkpoints go to ``cfg.out/<method>/``. ``on_result(name, result)`` is
-    called as soon as a model is scored."""
+    "student_init": how the student was prepared}}`` for every name of :func:`run_names` (``train`` and
+    ``student_init`` for methods only; the controls are not trained: ``untrained`` is the prepared student,
+    ``init`` the student before the layer-local stage), plus ``UNTRAINED`` ({"response_ce", "params", "init",
+    "local"}) for the prepared student (:func:`prepare_student`; left out when every name is in ``done``). With
+    ``cfg.extra_eval`` each entry holds ``eval_sets`` = {set: evaluate_rouge(...)}; with ``cfg.wiki_windows``
+    ``wiki_heldout`` = {"ce", "ppl", "tokens"} on the held-out Wikipedia windows (``wiki``: those of
+    :func:`wiki_heldout`, built here when None). ``done``: results already scored (a resumed run), kept as they
+    are. Students live on the teacher's device; checkpoints go to ``cfg.out/<name>/``. ``on_result(name,
+    result)`` is called as soon as a model is scored."""
     settings = generation_settings(cfg)
     device = next(teacher.parameters()).device
     batch = ce_batch(cfg, tokenizer, data.rows, device)
     wiki = wiki if wiki is not None else wiki_heldout(cfg, tokenizer)[0]
-    results: dict[str, dict[str, Any]] = {"teacher": {
-        "eval": evaluate_rouge(teacher, tokenizer, data.prompts, data.references, settings),
-        "params": fz.count_parameters(teacher), **scores(cfg, teacher, batch, wiki)}}
-    if on_result:
-        on_result("teacher", results["teacher"])
-    base, prepared = prepare_student(cfg, teacher, tokenizer, data.rows, device)
-    results[UNTRAINED] = {**scores(cfg, base, batch, wiki), "params": fz.count_parameters(base), **prepared}
-    for method in cfg.methods:
-        torch.manual_seed(cfg.seed)
-        student = copy.deepcopy(base)                   # every method starts from this same student
-        info = {"steps": 0} if method == "untrained" else train_student(
-            method, teacher, student, tokenizer, data.rows, out=Path(cfg.out) / method, seed=cfg.seed,
-            epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
-            grad_accum=cfg.grad_accum, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens,
-            template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
-            save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet, mse=cfg.mse)
-        results[method] = {"eval": evaluate_rouge(student, tokenizer, data.prompts, data.references, settings),
-                           "params": fz.count_parameters(student), **scores(cfg, student, batch, wiki),
-                           "train": info, "student_init": prepared}
-        log.info("%s: Rouge-L %.2f (teacher %.2f)", method, results[method]["eval"]["rougeL"],
-                 results["teacher"]["eval"]["rougeL"])
+    done = dict(done or {})
+
+    def evaluate(model) -> dict[str, Any]:
+        res = {"eval": evaluate_rouge(model, tokenizer, data.prompts, data.references, settings),
+               "params": fz.count_parameters(model), **scores(cfg, model, batch, wiki)}
+        if data.extra:
+            res["eval_sets"] = {k: evaluate_rouge(model, tokenizer, e.prompts, e.references, settings)
+                                for k, e in data.extra.items()}
+        return res
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in run_names(cfg):
+        if name in done:
+            results[name] = done[name]
+            log.info("%s: kept from the earlier run (Rouge-L %.2f)", name, done[name]["eval"]["rougeL"])
+            continue
+        if name == "teacher":
+            results[name] = evaluate(teacher)
+        else:
+            if UNTRAINED not in results:
+                base, prepared, before_local = prepare_student(cfg, teacher, tokenizer, data.rows, device)
+                results[UNTRAINED] = {**scores(cfg, base, batch, wiki), "params": fz.count_parameters(base),
+                                      **prepared}
+            method, _, seed = name.partition("/seed-")
+            seed = int(seed) if seed else cfg.seed
+            torch.manual_seed(seed)
+            student = copy.deepcopy(before_local if method == "init" else base)   # every method starts alike
+            info = {"steps": 0} if method in CONTROLS else train_student(
+                method, teacher, student, tokenizer, data.rows, out=Path(cfg.out) / name, seed=seed,
+                epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                grad_accum=cfg.grad_accum, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens,
+                template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
+                save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet,
+                mse=cfg.mse)
+            results[name] = {**evaluate(student), "train": {**info, "seed": seed}, "student_init": prepared}
+            log.info("%s: Rouge-L %.2f (teacher %.2f)", name, results[name]["eval"]["rougeL"],
+                     results["teacher"]["eval"]["rougeL"])
         if on_result:
-            on_result(method, results[method])
+            on_result(name, results[name])
     return results
 
 
-def prepare_student(cfg: DecoderConfig, teacher, tokenizer, rows: list[dict], device) -> tuple[Any, dict[str, Any]]:
+def prepare_student(cfg: DecoderConfig, teacher, tokenizer, rows: list[dict], device
+                    ) -> tuple[Any, dict[str, Any], Any]:
     """The student every method starts from: the factorised teacher (``cfg.weighting`` calibrated on the first
     ``cfg.calibration_examples`` training examples, ``cfg.ranks``) or a dense layer copy, then ``cfg.local_epochs``
-    of the layer-local stage. Returns it (seeded with ``cfg.seed``) and what was done to it, with timings."""
+    of the layer-local stage. Returns it (seeded with ``cfg.seed``), what was done to it (with timings) and, when
+    the control ``init`` is asked for, a copy from before the layer-local stage (else None)."""
     torch.manual_seed(cfg.seed)
     needs_batches = cfg.student == "svd" and cfg.weighting != "none" or cfg.local_epochs > 0
     batches = [{k: v.to(device) for k, v in b.items()} for b in calibration_batches(
@@ -194,6 +160,7 @@ def prepare_student(cfg: DecoderConfig, teacher, tokenizer, rows: list[dict], de
     check_pair(teacher, tokenizer, student, tokenizer)
     info: dict[str, Any] = {"init": {"weighting": cfg.weighting, "ranks": cfg.ranks, "factorise_s": round(
         time.perf_counter() - t0, 1), "calibration_examples": cfg.calibration_examples if batches else 0}}
+    before = copy.deepcopy(student) if "init" in cfg.methods else None
     if cfg.local_epochs:
         t0 = time.perf_counter()
         history = local_stage(student, teacher, batches, epochs=cfg.local_epochs, lr=cfg.local_lr,
@@ -201,7 +168,7 @@ def prepare_student(cfg: DecoderConfig, teacher, tokenizer, rows: list[dict], de
         info["local"] = {"epochs": cfg.local_epochs, "lr": cfg.local_lr, "steps": len(history),
                          "runtime_s": round(time.perf_counter() - t0, 1), "history": history,
                          "loss_block_first": history[0]["loss_block"], "loss_block_last": history[-1]["loss_block"]}
-    return student, info
+    return student, info, before
 
 
 def preflight(cfg: DecoderConfig, teacher) -> None:
@@ -221,7 +188,7 @@ def run(cfg: DecoderConfig, command: str | None = None) -> dict[str, Any]:
                         "config_from_kwargs(DecoderConfig, ...) or call compare(**options)")
     started, out = time.time(), Path(cfg.out)
     # one training per method, each keeping save_total_limit=1 checkpoint: locked and checked before any loading
-    needed = estimate_run_bytes(params_hint(cfg.teacher), save_total_limit=1, trainings=len(cfg.methods),
+    needed = estimate_run_bytes(params_hint(cfg.teacher), save_total_limit=1, trainings=len(run_names(cfg)) - 1,
                                 save_student=False)
     with run_folder(out, needed=needed, command=command):
         return _run(cfg, out, started, command)
@@ -248,12 +215,15 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
         extra = ({"model": cfg.teacher} if name == "teacher" else
                  {"student": cfg.student, "teacher_params": t_params, "train": res["train"],
                   "student_init": res["student_init"]})
+        seed = res.get("train", {}).get("seed", cfg.seed)
         write_metrics(out / name / "metrics.json", {
-            **common, "method": name, "params": res["params"], "response_ce": res["response_ce"], "eval": res["eval"],
-            **({"wiki_heldout": res["wiki_heldout"]} if "wiki_heldout" in res else {}),
-            **extra, "record": make_record(options, seed=cfg.seed, data_files=files, started=started)}, cfg.data_dir)
+            **common, "method": name.split("/")[0], "run": name, "params": res["params"],
+            "response_ce": res["response_ce"], "eval": res["eval"],
+            **{k: res[k] for k in ("eval_sets", "wiki_heldout") if k in res},
+            **extra, "record": make_record(options, seed=seed, data_files=files, started=started)}, cfg.data_dir)
 
-    results = compare_methods(cfg, teacher, tok, data, on_result=write, wiki=wiki)
+    done = earlier_results(cfg, out, options) if cfg.resume else {}
+    results = compare_methods(cfg, teacher, tok, data, on_result=write, wiki=wiki, done=done)
     scored = {k: v for k, v in results.items() if k != UNTRAINED}
     write_json(out / "speed.json", {"what": f"generation tokens/s, batch {settings.batch_size}, prompts ≤ "
                                     f"{settings.max_prompt_tokens} tokens, ≤ {settings.max_new_tokens} new tokens, "
@@ -261,6 +231,32 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
                                     "models": {k: {"tokens_per_s": v["eval"]["tokens_per_s"], "params": v["params"]}
                                                for k, v in scored.items()}})
     return {k: v["eval"] for k, v in scored.items()}
+
+
+# options that do not change a model's numbers: a resumed run may differ in them
+RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "command", "report_to",
+             "logging_steps", "save_steps")
+
+
+def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models of :func:`run_names` already scored in ``out`` by a run of the same configuration (``--resume``):
+    {name: result}. A model scored under another configuration is refused (one line naming the options that
+    differ), one without an ``extra_eval`` set asked for now is scored again."""
+    now = portable(options, path_roots(cfg.data_dir))
+    found: dict[str, dict[str, Any]] = {}
+    for name in run_names(cfg):
+        path = out / name / "metrics.json"
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        then = res.get("record", {}).get("config", {})
+        differ = sorted(k for k in set(now) | set(then) if k not in RESUMABLE and now.get(k) != then.get(k))
+        if differ:
+            raise UsageError(f"{path} was scored with other options ({', '.join(differ)} differ): resume with the "
+                             "same options, or give another --out")
+        if set(cfg.extra_eval) - {res.get("eval_set")} <= set(res.get("eval_sets", {})):
+            found[name] = res
+    return found
 
 
 def compare(**options: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from makd.experiments.options import Config, build_parser as _options_parser, op
 
 # kept here so that validating imports nothing heavy; tests/test_lm.py checks them against the heavy modules
 METHODS = ("sft", "kd", "seqkd", "makd")                        # makd.experiments.decoder_methods.METHODS
-CONTROLS = ("untrained",)                                       # makd.experiments.decoder_methods.CONTROLS
+CONTROLS = ("untrained", "init")                               # makd.experiments.decoder_methods.CONTROLS
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")  # makd.tasks.instructions.INSTRUCTION_SETS
 TRAIN_SETS = ("chatterbot", "dolly")                            # the sets with a train split
 
@@ -37,6 +37,9 @@ class DecoderDataConfig(Config):
     max_eval: int = option(40, "evaluation prompts (first N)", low=1)
     max_length: int = option(256, "training sequence length (prompt + response)", low=8)
     max_prompt_tokens: int = option(256, "prompt tokens kept (the last ones) in training and generation", low=1)
+    extra_eval: tuple[str, ...] = option((), "further evaluation sets: every model is also scored on each "
+                                         "(results under eval_sets.<name>; vicuna: the teacher's answers as "
+                                         "references)", choices=INSTRUCTION_SETS, metavar="SET")
     wiki_windows: int = option(16, "held-out Wikipedia windows of max_length tokens (embedded `wiki` asset, split by "
                                "article, makd.tasks.wiki) on which every model's LM cross-entropy and perplexity are "
                                "reported beside response_ce; 0: off", low=0)
@@ -68,8 +71,13 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
   python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
 """
     methods: tuple[str, ...] = option(METHODS, "methods to train, each on a fresh copy of the same student; "
-                                      "'untrained' scores that student without training (a control)",
+                                      "controls: 'untrained' scores that student without training, 'init' the "
+                                      "student as factorised, before the layer-local stage",
                                       choices=METHODS + CONTROLS, group="methods and student")
+    train_seeds: tuple[int, ...] = option((), "training seeds: every method trained once per seed into "
+                                          "OUT/<method>/seed-<S>/ (teacher and controls scored once; with "
+                                          "--resume, finished seeds are kept); empty: --seed only, "
+                                          "OUT/<method>/", low=0, metavar="SEED", group="methods and student")
     student: str = option("svd", "'svd' (the factorised teacher at the size below) or 'layers:K' (dense copy of K "
                           "evenly spaced teacher layers)", group="methods and student")
     mse: str = option("relative", "MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, "
@@ -99,6 +107,15 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
                              "the 512 tokens of a generation: give at most 511")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods lists one twice: {list(self.methods)}")
+        if len(set(self.train_seeds)) != len(self.train_seeds):
+            raise ValueError(f"train_seeds lists one twice: {list(self.train_seeds)}")
+        if "init" in self.methods and not self.local_epochs:
+            raise ValueError("the control 'init' is the student before the layer-local stage: it needs "
+                             "--local-epochs > 0 (without it, 'untrained' is that student)")
+
+    def seed_list(self) -> tuple[int, ...]:
+        """The training seeds: ``train_seeds``, or ``(seed,)``."""
+        return self.train_seeds or (self.seed,)
 
 
 def build_parser():

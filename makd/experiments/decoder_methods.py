@@ -36,7 +36,8 @@ from makd.tasks.teacher import training_args
 
 log = logging.getLogger("makd.decoder")
 METHODS = ("sft", "kd", "seqkd", "makd")
-CONTROLS = ("untrained",)   # the student as prepared (factorised, layer-local stage if any), not trained
+CONTROLS = ("untrained", "init")   # not trained: the student as prepared (factorised, layer-local stage if any) /
+                                   # as factorised, before the layer-local stage
 
 
 def make_student(teacher, kind: str = "svd", **size: Any):

@@ -58,7 +58,7 @@ def option(default: Any, help: str = "", *, choices: tuple | None = None, low: f
     ``config.json``; ``group``: the argparse group (default: the declaring class's ``GROUP``)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
             "high_open": high_open, "json": json, "path": path, "model": model, "group": group,
-            "metavar": metavar}
+            "metavar": metavar, "empty": default == ()}   # a tuple option whose default is () may stay empty
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -118,7 +118,7 @@ def _convert(name: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -
         return dict(value)
     if base is tuple and items[-1:] == (Ellipsis,):      # tuple[T, ...]: one or more values of type T
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        if not values:
+        if not values and not meta.get("empty"):
             raise ValueError(f"{name} needs at least one value")
         return tuple(_item(name, v, items[0]) for v in values)
     if base is tuple:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from makd.tasks.metrics import rouge_l
+from makd.tasks.metrics import rouge_l_scores
 
 
 @dataclass(frozen=True)
@@ -115,19 +115,22 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSetti
 
 def evaluate_rouge(model, tokenizer, prompts: Sequence[str], references: Sequence[str],
                    settings: GenerationSettings) -> dict[str, Any]:
-    """Rouge-L (× 100) of the generations against ``references``, mean ± std over ``settings.seeds``."""
+    """Rouge-L (× 100) of the generations against ``references``, mean ± std over ``settings.seeds``; the first
+    seed's per-prompt scores (``rougeL_per_prompt``, for paired tests over prompts) and texts (``outputs``)."""
     if len(prompts) != len(references):
         raise ValueError(f"{len(prompts)} prompts for {len(references)} references")
     empty = [i for i, r in enumerate(references) if not r or not r.strip()]
     if empty:
         raise ValueError(f"references {empty[:5]} are empty: Rouge-L needs a reference for every prompt "
                          "(drop them, or use the teacher's answers as references and say so)")
-    scores, runs = [], []
+    per_prompt, runs = [], []
     for seed in settings.seeds:
         g = generate(model, tokenizer, prompts, settings, seed=seed)
-        scores.append(rouge_l(g["texts"], references))
+        per_prompt.append(rouge_l_scores(g["texts"], references))
         runs.append(g)
+    scores = [float(np.mean(p)) for p in per_prompt]
     return {"rougeL": float(np.mean(scores)), "rougeL_std": float(np.std(scores)), "rougeL_per_seed": scores,
+            "rougeL_per_prompt": [round(x, 4) for x in per_prompt[0]], "outputs": runs[0]["texts"],
             "n": len(prompts), "truncated_prompts": runs[0]["truncated"],
             "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in runs])),
             "examples": [{"prompt": p, "reference": r, "output": o}

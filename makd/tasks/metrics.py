@@ -156,23 +156,29 @@ def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Seque
 
 
 # ---------------------------------------------------------------- Rouge-L
-def rouge_l(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
-    """Mean Rouge-L F-measure × 100 (``RougeScorer(["rougeL"], use_stemmer=True)``; with several references
-    per example, the best one). Raises ValueError on an empty reference, naming its index."""
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> list[float]:
+    """Rouge-L F-measure × 100 of each prediction (``RougeScorer(["rougeL"], use_stemmer=True)``; with several
+    references per example, the best one). Raises ValueError on an empty reference, naming its index."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references) or not references:
         raise ValueError(f"rouge_l: {len(predictions)} predictions for {len(references)} references "
                          "(need the same, non-zero number)")
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    total = 0.0
+    scores = []
     for i, (pred, refs) in enumerate(zip(predictions, references)):
         refs = [refs] if isinstance(refs, str) else list(refs)
         if not refs or any(not r or not r.strip() for r in refs):
             raise ValueError(f"rouge_l: reference {i} is empty; Rouge-L needs a reference text "
                              "(drop the example or use the teacher's output as the reference)")
-        total += max(scorer.score(r, pred or "")["rougeL"].fmeasure for r in refs)
-    return 100.0 * total / len(references)
+        scores.append(100.0 * max(scorer.score(r, pred or "")["rougeL"].fmeasure for r in refs))
+    return scores
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
+    """Mean Rouge-L F-measure × 100 over the examples (:func:`rouge_l_scores`)."""
+    scores = rouge_l_scores(predictions, references)
+    return sum(scores) / len(scores)
 
 
 # ---------------------------------------------------------------- held-out language-model perplexity
