@@ -17,6 +17,7 @@ core — the method, imports nothing else of the package
     core.compat        check_compatible: can this student be distilled from this teacher
     core.local         the layer-local stage: each block trained alone on the teacher's block inputs (block-local grads)
     core.trainer       a transformers.Trainer that logs every loss term (training and, optionally, evaluation)
+    core.livelog       in a notebook: one loss table updated in place instead of a printed dict per log
     core.checkpoint    save / load students (safetensors + factorisation record), replaced atomically
     core.errors        the errors a user can fix (MakdError and kinds) and an ArgumentParser that reports like them
 assets — where things live and how real models and data arrive
@@ -59,6 +60,7 @@ experiments — runs that write metrics.json with a run record
     experiments.decoder_data  a comparison's data: instruction rows, evaluation sets, response-CE batch, wiki windows
     experiments.decoder_methods  SFT / KD / SeqKD / MaKD for causal LMs: students, objectives, SeqKD data, training
     experiments.decoder    ``python -m makd decoder``: compare_methods (notebook 10 too), Rouge-L, response CE
+    experiments.decoder_stats  ``python -m makd decoder-stats``: a seeded decoder comparison, paired tests, verdicts
     experiments.grid       ``python -m makd grid``: baselines and ablations over seeds, resumable
     experiments.grid_plan  a grid file validated into cells (light: options, config hash, the pre-check of `grid`)
     experiments.grid_budget  budget_of made exact (the dense student counted) and a cell's options resolved

@@ -8,6 +8,7 @@ Commands (each has its own ``--help``):
   grid           baselines and ablations declared as data, over seeds (skips finished cells)
   stats          a grid's results as markdown: cells × tasks, MaKD vs best baseline, ablations, verdicts
   decoder        causal-LM distillation (SFT / KD / SeqKD / MaKD) and Rouge-L
+  decoder-stats  a decoder comparison over training seeds: mean ± std, paired tests, verdicts, targets
   results        the README's result tables, regenerated from the committed metrics.json files
   reproduce      run the notebooks headless with a profile (the batch entry point)
 
@@ -39,6 +40,8 @@ COMMANDS = {
     "grid": ("makd.experiments.grid", "run a declared grid of baselines/ablations over seeds (skips finished cells)"),
     "stats": ("makd.experiments.report", "report a grid's results folder: mean ± std, paired tests, verdicts (markdown)"),
     "decoder": ("makd.experiments.decoder", "decoder distillation (SFT / KD / SeqKD / MaKD) and Rouge-L evaluation"),
+    "decoder-stats": ("makd.experiments.decoder_stats", "a seeded decoder comparison: mean ± std, paired tests, "
+                      "verdicts, the issue's targets"),
     "results": ("makd.experiments.results", "the result tables from the metrics.json files under a folder"),
     "reproduce": ("makd.notebook.runner", "execute the notebooks headless with a profile"),
 }

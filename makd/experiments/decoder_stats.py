@@ -1,0 +1,186 @@
+"""``python -m makd decoder-stats OUT``: a decoder comparison trained with several seeds (``python -m makd decoder
+--train-seeds ...``), summarised like the GLUE grid: mean ± std over training seeds per method, paired comparisons
+over seeds (paired t-test + bootstrap CI, the grid's verdict rule: :func:`makd.experiments.verdicts.direction`),
+a prompt-level paired test beside it, the targets of the decoder issue checked from the numbers, and a figure.
+
+Rouge-L is on 0–100; the paired machinery of :mod:`makd.experiments.stats` works on fractions, so differences are
+computed on Rouge-L / 100 and reported in points again. The controls (``untrained``, ``init``) are not trained:
+one run each, compared with every seed of a method (their value repeated).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from makd.assets.files import write_json
+from makd.core.errors import ArgumentParser, MissingInputError
+from makd.experiments.stats import mean_pm_std, paired
+from makd.experiments.tables import markdown_table
+from makd.experiments.verdicts import describe_diff, direction
+
+ORDER = ("teacher", "init", "untrained", "sft", "kd", "seqkd", "makd")
+LABELS = {"teacher": "teacher", "init": "student as factorised (no training)",
+          "untrained": "student after the layer-local stage (no end-to-end training)", "sft": "SFT (no teacher)",
+          "kd": "KD (token KL)", "seqkd": "SeqKD", "makd": "MaKD (hierarchical)"}
+TARGETS = {"makd": 0.75, "every method": 0.50}          # share of the teacher's Rouge-L (the issue's targets)
+
+
+def collect(root: str | Path) -> pd.DataFrame:
+    """One row per scored model under ``root`` (``<name>/metrics.json`` or ``<method>/seed-S/metrics.json``)."""
+    rows = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        d = json.loads(path.read_text())
+        if not {"method", "eval", "generation"} <= set(d):
+            continue
+        extra = {f"rougeL_{k}": v["rougeL"] for k, v in d.get("eval_sets", {}).items()}
+        wiki = d.get("wiki_heldout", {})
+        rows.append({"run": d.get("run", d["method"]), "method": d["method"],
+                     "seed": d.get("train", {}).get("seed", d["record"].get("seed")),
+                     "rougeL": d["eval"]["rougeL"], "per_prompt": d["eval"].get("rougeL_per_prompt"),
+                     "response_ce": d.get("response_ce"), "wiki_ppl": wiki.get("ppl"), "wiki_ce": wiki.get("ce"),
+                     "params": d["params"], "steps": d.get("train", {}).get("steps"),
+                     "train_s": d.get("train", {}).get("runtime_s"), "eval_set": d.get("eval_set"),
+                     "n_prompts": d["eval"].get("n"), "train_set": d.get("train_set"), **extra})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise MissingInputError(f"no decoder results under {root}: give the --out folder of `python -m makd "
+                                "decoder` (it holds <method>/metrics.json or <method>/seed-S/metrics.json)")
+    return df
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method: runs, mean and std over seeds of every score, and the share of the teacher's Rouge-L."""
+    scores = [c for c in df.columns if c.startswith("rougeL") and c != "rougeL"] + ["rougeL", "response_ce",
+                                                                                     "wiki_ppl", "wiki_ce"]
+    g = df.groupby("method", sort=False)
+    out = g[scores].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out["runs"] = g.size()
+    out["params"] = g["params"].first()
+    out["train_s"] = g["train_s"].mean()
+    teacher = out.loc["teacher", "rougeL_mean"] if "teacher" in out.index else np.nan
+    out["share_of_teacher"] = out["rougeL_mean"] / teacher
+    return out.reindex([m for m in ORDER if m in out.index] + [m for m in out.index if m not in ORDER])
+
+
+def _by_seed(df: pd.DataFrame, method: str) -> pd.DataFrame:
+    return df[df["method"] == method].sort_values("seed")
+
+
+def compare(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
+    """Paired comparison of methods ``a`` and ``b`` on Rouge-L/100 over the training seeds they share (a control,
+    scored once, is paired with every seed), plus a prompt-level paired t-test over (prompt, seed) pairs."""
+    ra, rb = _by_seed(df, a), _by_seed(df, b)
+    if len(ra) == 1 and len(rb) > 1:
+        ra = pd.concat([ra] * len(rb)).assign(seed=rb["seed"].to_numpy())
+    if len(rb) == 1 and len(ra) > 1:
+        rb = pd.concat([rb] * len(ra)).assign(seed=ra["seed"].to_numpy())
+    both = ra.merge(rb, on="seed", suffixes=("_a", "_b"))
+    res = paired(both["rougeL_a"] / 100, both["rougeL_b"] / 100)
+    prompts_a = [x for p in both["per_prompt_a"] if isinstance(p, list) for x in p]
+    prompts_b = [x for p in both["per_prompt_b"] if isinstance(p, list) for x in p]
+    if prompts_a and len(prompts_a) == len(prompts_b):
+        pp = paired(np.asarray(prompts_a) / 100, np.asarray(prompts_b) / 100, n_boot=2000)
+        res["prompt_level"] = {k: pp[k] for k in ("n", "mean_diff", "p", "ci_low", "ci_high", "wins")}
+    return {"a": a, "b": b, **res, "verdict": direction(res)}
+
+
+def comparisons(df: pd.DataFrame, method: str = "makd") -> list[dict[str, Any]]:
+    """``method`` against every other student method and control present."""
+    present = set(df["method"])
+    return [compare(df, method, b) for b in ORDER if b in present and b not in ("teacher", method)]
+
+
+def targets(table: pd.DataFrame) -> list[str]:
+    """The issue's targets after training (MaKD ≥ 75 % of the teacher's Rouge-L, every method ≥ 50 %), checked."""
+    lines = []
+    trained = [m for m in table.index if m in ("sft", "kd", "seqkd", "makd")]
+    if "makd" in table.index:
+        share = table.loc["makd", "share_of_teacher"]
+        lines.append(f"MaKD reaches {100 * share:.0f} % of the teacher's Rouge-L (target ≥ "
+                     f"{100 * TARGETS['makd']:.0f} %): {'met' if share >= TARGETS['makd'] else 'not met'}.")
+    if trained:
+        low = [m for m in trained if table.loc[m, "share_of_teacher"] < TARGETS["every method"]]
+        shares = ", ".join(f"{m} {100 * table.loc[m, 'share_of_teacher']:.0f} %" for m in low)
+        lines.append(f"Every trained method ≥ {100 * TARGETS['every method']:.0f} % of the teacher: "
+                     + ("met." if not low else f"not met ({shares})."))
+    return lines
+
+
+def report(root: str | Path) -> tuple[str, dict[str, Any]]:
+    """The markdown report of a comparison folder and the numbers behind it."""
+    df = collect(root)
+    table = summary(df)
+    extra = [c[:-5] for c in table.columns if c.startswith("rougeL_") and c.endswith("_mean") and c != "rougeL_mean"]
+    rows = []
+    for m, r in table.iterrows():
+        row = [LABELS.get(m, m), int(r["runs"]), mean_pm_std(r["rougeL_mean"], r["rougeL_std"], scale=1, digits=2),
+               f"{100 * r['share_of_teacher']:.0f} %"]
+        row += [mean_pm_std(r[f"{c}_mean"], r[f"{c}_std"], scale=1, digits=2) for c in extra]
+        row += [mean_pm_std(r["response_ce_mean"], r["response_ce_std"], scale=1, digits=3),
+                "–" if pd.isna(r["wiki_ppl_mean"]) else mean_pm_std(r["wiki_ppl_mean"], r["wiki_ppl_std"], scale=1),
+                f"{r['params'] / 1e6:.1f} M", "–" if pd.isna(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"]
+        rows.append(row)
+    first = df.iloc[0]
+    cols = ["model", "runs", f"Rouge-L {first['eval_set']} ({first['n_prompts']})", "of teacher"]
+    cols += [f"Rouge-L {c.removeprefix('rougeL_')}" for c in extra]
+    cols += ["response CE", "wiki ppl", "params", "train time"]
+    comps = comparisons(df)
+    lines = [f"# Decoder comparison: {root}", "", markdown_table(pd.DataFrame(rows, columns=cols)), "",
+             "Mean ± std over training seeds (controls: one run). Paired over seeds; the verdict needs the bootstrap "
+             "CI and the paired t-test to agree (the GLUE grid's rule); the prompt-level test pools (prompt, seed) "
+             "pairs and is shown for information.", ""]
+    for c in comps:
+        pl = c.get("prompt_level")
+        extra_pl = (f"; prompt level {100 * pl['mean_diff']:+.2f} points over {pl['n']} pairs, p = {pl['p']:.3g}"
+                    if pl else "")
+        lines.append(f"- MaKD vs {LABELS.get(c['b'], c['b'])}: **{c['verdict']}** — {describe_diff(c)}{extra_pl}.")
+    lines += [""] + [f"- {t}" for t in targets(table)]
+    numbers = {"summary": json.loads(table.to_json(orient="index")), "comparisons": comps,
+               "targets": targets(table)}
+    return "\n".join(lines) + "\n", numbers
+
+
+def plot(df: pd.DataFrame):
+    """Rouge-L per method: one dot per training seed, the mean as a bar, the teacher as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in ORDER if m in set(df["method"]) and m != "teacher"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, m in enumerate(methods):
+        vals = _by_seed(df, m)["rougeL"].to_numpy()
+        ax.bar(i, vals.mean(), color="C0" if m not in ("init", "untrained") else "0.7", alpha=0.6)
+        ax.scatter(np.full(len(vals), i), vals, color="k", s=12, zorder=3)
+    if "teacher" in set(df["method"]):
+        ax.axhline(float(df.loc[df["method"] == "teacher", "rougeL"].iloc[0]), color="k", ls="--", lw=1,
+                   label="teacher")
+        ax.legend()
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("Rouge-L (dots: training seeds)")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m makd decoder-stats", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="the --out folder of a `python -m makd decoder` run")
+    p.add_argument("--write", action="store_true", help="also write FOLDER/REPORT.md, FOLDER/summary.json and "
+                   "FOLDER/rouge.png")
+    args = p.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        raise MissingInputError(f"no folder {args.folder}: give the --out folder of `python -m makd decoder`")
+    text, numbers = report(args.folder)
+    print(text)
+    if args.write:
+        (Path(args.folder) / "REPORT.md").write_text(text)
+        write_json(Path(args.folder) / "summary.json", numbers)
+        plot(collect(args.folder)).savefig(Path(args.folder) / "rouge.png", dpi=120, bbox_inches="tight")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The seeded decoder comparison's statistics (``python -m makd decoder-stats``) on hand-made metrics files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from makd.cli import main as cli
+from makd.experiments import decoder_stats as ds
+
+
+def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0):
+    d = root / run
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "method": method, "run": run, "eval_set": "selfinst", "train_set": "chatterbot", "params": 100,
+        "generation": {}, "response_ce": ce, "wiki_heldout": {"ppl": 50.0, "ce": 3.9},
+        "eval": {"rougeL": rouge, "n": 2, "rougeL_per_prompt": per_prompt or [rouge - 1, rouge + 1]},
+        "eval_sets": {"vicuna": {"rougeL": rouge / 2}},
+        "train": {"seed": seed, "steps": 0 if method in ("teacher", "untrained") else 5, "runtime_s": 60},
+        "record": {"seed": seed}}))
+
+
+@pytest.fixture
+def comparison(tmp_path):
+    _write(tmp_path, "teacher", "teacher", 20.0)
+    _write(tmp_path, "untrained", "untrained", 5.0)
+    for seed, (sft, makd) in zip((1, 2, 3), ((8.0, 16.0), (9.0, 15.5), (8.5, 16.5))):
+        _write(tmp_path, f"sft/seed-{seed}", "sft", sft, seed)
+        _write(tmp_path, f"makd/seed-{seed}", "makd", makd, seed)
+    return tmp_path
+
+
+def test_summary_means_over_seeds_and_share_of_the_teacher(comparison):
+    table = ds.summary(ds.collect(comparison))
+    assert list(table.index) == ["teacher", "untrained", "sft", "makd"]
+    assert table.loc["makd", "rougeL_mean"] == pytest.approx(16.0) and table.loc["makd", "runs"] == 3
+    assert table.loc["sft", "rougeL_std"] == pytest.approx(0.5)
+    assert table.loc["makd", "share_of_teacher"] == pytest.approx(0.8)
+    assert table.loc["makd", "rougeL_vicuna_mean"] == pytest.approx(8.0)
+
+
+def test_paired_over_seeds_with_the_grid_verdict_rule(comparison):
+    df = ds.collect(comparison)
+    res = ds.compare(df, "makd", "sft")
+    assert res["n"] == 3 and res["mean_diff"] == pytest.approx((8 + 6.5 + 8) / 300)
+    assert res["verdict"] == "higher" and res["prompt_level"]["n"] == 6
+    control = ds.compare(df, "makd", "untrained")              # one control run paired with every seed
+    assert control["n"] == 3 and control["mean_b"] == pytest.approx(0.05)
+    assert ds.compare(df, "sft", "makd")["verdict"] == "lower"
+
+
+def test_targets_are_checked_from_the_numbers(comparison):
+    lines = ds.targets(ds.summary(ds.collect(comparison)))
+    assert lines[0].startswith("MaKD reaches 80 %") and lines[0].endswith("): met.")
+    assert "not met (sft 42 %)" in lines[1]
+
+
+def test_the_command_writes_the_report(comparison, capsys):
+    assert cli(["decoder-stats", str(comparison), "--write"]) == 0
+    text = (comparison / "REPORT.md").read_text()
+    assert "MaKD vs SFT (no teacher): **higher**" in text and "Rouge-L vicuna" in text
+    assert json.loads((comparison / "summary.json").read_text())["summary"]["makd"]["runs"] == 3
+    assert (comparison / "rouge.png").stat().st_size > 1000
+    assert cli(["decoder-stats", str(comparison / "nowhere")]) == 1
+    assert "no folder" in capsys.readouterr().err
