@@ -83,3 +83,17 @@ def test_step_benchmark_measures_each_presets_peak_memory(tmp_path):
     by = _check_step(_run("bench_step.py", tmp_path / "s.json"))
     for r in by.values():                           # a peak minus the resident size before it: never negative
         assert math.isfinite(r["peak_rss_delta_mib"]) and r["peak_rss_delta_mib"] >= 0 and r["memory_method"]
+
+
+def test_subquadratic_benchmark_times_every_student_and_counts_states(tmp_path):
+    res = _run("bench_subquadratic.py", tmp_path / "q.json", "--mixers", "gla", "mamba2")
+    assert set(res["params"]) == {"teacher", "gla", "mamba2"}
+    for T in ("32", "64"):
+        assert all(_positive(v["seconds"]) for v in res["prefill"][T].values())
+    kv = {C: res["generation"][C]["teacher"]["state_bytes"] for C in ("32", "64")}
+    assert kv["64"] == 2 * kv["32"] > 0                                   # the KV cache grows with the context
+    for name in ("gla", "mamba2"):                                        # a recurrent state does not
+        states = {res["generation"][C][name]["state_bytes"] for C in ("32", "64")}
+        assert len(states) == 1 and states.pop() > 0
+        assert all(_positive(res["generation"][C][name]["seconds_per_token"]) for C in ("32", "64"))
+    assert (tmp_path / "q.png").stat().st_size > 1000

@@ -56,6 +56,10 @@ class Mixer(nn.Module):
         """The state before the first token (zeros, or the mixer's stated initial values)."""
         raise NotImplementedError
 
+    def reset_buffers(self) -> None:
+        """Recompute non-persistent buffers (fixed decays and the like): transformers' ``from_pretrained`` leaves
+        them uninitialised, then calls the model's ``_init_weights``, which calls this. Default: none to compute."""
+
     # -- shared helpers -------------------------------------------------------------------------------------------
     def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> int:
         """Bytes of the recurrent state for ``batch`` sequences: constant in the sequence length."""

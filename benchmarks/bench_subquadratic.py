@@ -1,0 +1,184 @@
+"""Inference scaling of the Transformer teacher and its subquadratic students (issue 21): prefill time and peak
+memory over the prompt length, per-token generation latency and the generation state over the context length.
+
+    python benchmarks/bench_subquadratic.py                      # embedded SmolLM2-135M, T = 256 1k 4k 8k, batch 1
+    python benchmarks/bench_subquadratic.py --quick              # tiny random Llama, seconds
+    python benchmarks/bench_subquadratic.py --mixers gla mlstm --lengths 256 1024
+
+Writes benchmarks/results/subquadratic.json (``--out``) and a log-log figure beside it (``.png``). The teacher runs
+with its default attention (SDPA) and KV cache; every student prefills with its chunked parallel form and
+generates through its recurrent form (:mod:`makd.students.subquadratic`). Models are timed in interleaved rounds
+(each round times every model once), the median reported, so load from other processes hits all alike.
+
+Peak memory is the process's peak resident set above its resident set before the call (Linux: the peak is reset
+through ``/proc/self/clear_refs`` before each timed call; elsewhere it is not measured). The generation state is
+counted exactly: the teacher's KV cache tensors, the students' recurrent states.
+
+Targets (reported, not asserted; README table): at T = 8k every student's prefill ≤ 1/2 of the teacher's time; the
+state constant in T and ≤ 1/10 of the teacher's KV cache at 8k; per-token latency at context 8k ≤ 1/2 of the
+teacher's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from makd.assets.models import load_model  # noqa: E402
+from makd.students import qkv  # noqa: E402
+from makd.students.mixers.registry import NAMES  # noqa: E402
+
+
+def _status(field: str) -> int | None:
+    """A VmRSS / VmHWM line of /proc/self/status in bytes (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measured(fn):
+    """(seconds, peak resident bytes above the start or None, result) of one call."""
+    ok = _reset_peak()
+    before = _status("VmRSS")
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = _status("VmHWM") if ok else None
+    return seconds, (max(0, peak - before) if peak is not None and before is not None else None), out
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of a generation cache: a transformers DynamicCache's key/value tensors or a MixerCache's states."""
+    if hasattr(cache, "state_bytes"):
+        return cache.state_bytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if isinstance(t, torch.Tensor))
+
+
+def prefill(model, ids):
+    return model(input_ids=ids, use_cache=True)
+
+
+def decode(model, ids, steps: int) -> tuple[float, int]:
+    """(median seconds per new token, state bytes after the prompt) for ``steps`` greedy tokens after ``ids``."""
+    out = model(input_ids=ids, use_cache=True)
+    cache, state = out.past_key_values, cache_bytes(out.past_key_values)
+    token = out.logits[:, -1:].argmax(-1)
+    mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        out = model(input_ids=token, past_key_values=cache, attention_mask=mask, use_cache=True)
+        times.append(time.perf_counter() - t0)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        mask = torch.cat([mask, mask[:, :1]], dim=1)
+    return statistics.median(times), state
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--teacher", default="smollm2-135m-instruct", help="Llama-family teacher (embedded name)")
+    p.add_argument("--mixers", nargs="+", default=list(NAMES), choices=NAMES, help="students to time (default all)")
+    p.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096, 8192], help="prefill lengths")
+    p.add_argument("--contexts", nargs="+", type=int, default=[1024, 4096, 8192], help="generation contexts")
+    p.add_argument("--steps", type=int, default=8, help="generated tokens timed per context (median)")
+    p.add_argument("--runs", type=int, default=1, help="interleaved rounds per measurement (median)")
+    p.add_argument("--quick", action="store_true", help="tiny random Llama, short lengths (a smoke run)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "subquadratic.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.teacher, args.lengths, args.contexts, args.steps = "tiny-llama", [32, 64], [32, 64], 3
+    torch.manual_seed(0)
+    teacher, _ = load_model(args.teacher, head="lm")
+    teacher.eval()
+    models = {"teacher": teacher, **{m: qkv.make_student(teacher, m) for m in args.mixers}}
+    params = {k: qkv.count(v) for k, v in models.items()}
+    vocab = teacher.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    result: dict = {"what": "prefill (batch 1) and greedy generation, CPU, float32", "teacher": args.teacher,
+                    "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
+                    "platform": platform.platform(), "torch": torch.__version__, "runs": args.runs,
+                    "params": params, "prefill": {}, "generation": {}}
+    with torch.inference_mode():
+        for T in args.lengths:
+            ids = torch.randint(3, vocab, (1, T), generator=g)
+            rounds: dict[str, list] = {k: [] for k in models}
+            for _ in range(args.runs):
+                for name, model in models.items():
+                    seconds, peak, _ = measured(lambda: prefill(model, ids))
+                    rounds[name].append((seconds, peak))
+                    print(f"prefill T={T:5d} {name:15s} {seconds:8.3f} s  peak +{(peak or 0) / 2**20:8.1f} MiB",
+                          flush=True)
+            result["prefill"][str(T)] = {k: {"seconds": statistics.median(s for s, _ in v),
+                                             "peak_bytes": max((m for _, m in v if m is not None), default=None)}
+                                         for k, v in rounds.items()}
+        for C in args.contexts:
+            ids = torch.randint(3, vocab, (1, C), generator=g)
+            entry = {}
+            for name, model in models.items():
+                per_token, state = decode(model, ids, args.steps)
+                entry[name] = {"seconds_per_token": per_token, "state_bytes": state}
+                print(f"generate C={C:5d} {name:15s} {1000 * per_token:8.1f} ms/token  state "
+                      f"{state / 2**20:8.2f} MiB", flush=True)
+            result["generation"][str(C)] = entry
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    figure(result, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def figure(result: dict, path: Path) -> None:
+    """Log-log: prefill seconds vs T, per-token latency vs context, state bytes vs context."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    names = list(result["params"])
+    for name in names:
+        style = dict(color="k", lw=2.2) if name == "teacher" else dict(lw=1.2)
+        T = sorted(int(t) for t in result["prefill"])
+        axes[0].plot(T, [result["prefill"][str(t)][name]["seconds"] for t in T], marker="o", label=name, **style)
+        C = sorted(int(c) for c in result["generation"])
+        axes[1].plot(C, [1000 * result["generation"][str(c)][name]["seconds_per_token"] for c in C], marker="o",
+                     **style)
+        axes[2].plot(C, [result["generation"][str(c)][name]["state_bytes"] / 2**20 for c in C], marker="o", **style)
+    for ax, (x, y) in zip(axes, [("prompt length T", "prefill time (s)"), ("context", "ms per generated token"),
+                                 ("context", "generation state (MiB)")]):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result['teacher']} and its subquadratic students (batch 1, {result['threads']} CPU threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

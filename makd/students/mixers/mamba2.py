@@ -1,0 +1,141 @@
+"""Mamba2 (Dao & Gu 2024, arXiv 2405.21060): the SSD layer, a selective state space with one scalar decay per head.
+
+Per head, with x_t = the value (P = head_dim channels), B_t = the key and C_t = the query (N = head_dim state size),
+Δ_t = softplus(dt_proj(u_t) + dt_bias) > 0 (u_t the mixer's input), A = −exp(A_log) < 0 and a_t = exp(Δ_t A) ∈ (0, 1):
+
+    S_t = a_t S_{t-1} + B_t (Δ_t x_t)ᵀ      (N, P),        y_t = S_tᵀ C_t + D x_t
+
+Materialised, with L_ij = a_{j+1}⋯a_i for i ≥ j (the segment-sum decay) and y = M x per head:
+
+    M = (C Bᵀ ⊙ L) · diag(Δ) + D I        (SSD's 1-semiseparable matrix plus the skip on the diagonal)
+
+Chunked form (SSD, §6): inside a chunk of C tokens the quadratic form above; across chunks the state, carried by a
+loop over T/C chunks: O(T·C·d + T·d²) work, never a (T, T) matrix.
+
+Around the core, as in the reference Mamba2 block (``mamba_ssm``) with one B/C group per head, so that a teacher's
+heads map one to one (QKV copy: Q → C = ``q_proj``, K → B = ``k_proj``, V → x = ``v_proj``): x, B and C pass a short
+causal depthwise convolution (kernel ``conv_size`` = 4, with bias, PyTorch's default init) and SiLU; its last
+``conv_size − 1`` inputs are part of the recurrent state (``conv_size=0`` drops convolution and SiLU). The output is
+gated and normalised, RMSNorm(y ⊙ SiLU(z)) per head (``norm_before_gate=False``; weight ones, eps 1e-5;
+z = ``g_proj``(x); ``gate=False`` / ``output_norm=False`` drop either), then ``o_proj``.
+Initialisation as in ``mamba_ssm``: A ~ U(1, 16), A_log = log A; dt_bias = softplus⁻¹(Δ0), Δ0 log-uniform in
+[1e-3, 1e-1] floored at 1e-4; D = 1; ``dt_proj`` (hidden → heads, no bias) and ``g_proj`` PyTorch's default Linear init.
+**M excludes** the convolution/SiLU (it acts on x after them), the gate, the norm and ``o_proj``; it includes Δ and D.
+
+The SSD core is our own, checked in the tests against transformers' ``mamba2_chunk_scan`` (same A, Δ, B, C, x,
+initial state): that function always computes in float32 and has no padding rule, so it is a reference, not reused.
+Padding: Δ = 0 at a padded token (a = 1, nothing written); the convolution runs over each row's real tokens only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from makd.students.mixers.base import Mixer, State, valid_mask
+from makd.students.mixers.deltanet import ShortConv, check_sizes, decay_matrix, dt_bias_init
+
+
+def ssd_chunked(c_: torch.Tensor, b_: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, log_a: torch.Tensor,
+                state: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """C, B (B, H, T, N), x (B, H, T, P), Δ and log a (B, H, T), state (B, H, N, P)
+    -> (y without the D skip (B, H, T, P), state after the last token)."""
+    bsz, h, t, _ = x.shape
+    c = max(1, min(chunk_size, t))
+    pad = (-t) % c
+    xdt = x * dt[..., None]  # (B, H, T, P)
+    if pad:  # identity steps at the end: log a = 0, nothing written
+        c_, b_, xdt = (F.pad(z, (0, 0, 0, pad)) for z in (c_, b_, xdt))
+        log_a = F.pad(log_a, (0, pad))
+    n = (t + pad) // c
+    c_, b_, xdt = (z.reshape(bsz, h, n, c, -1) for z in (c_, b_, xdt))  # (B, H, N, C, ·)
+    log_a = log_a.reshape(bsz, h, n, c)
+    cum = log_a.cumsum(-1)  # (B, H, N, C): log of the decay since the chunk's start
+    intra = (c_ @ b_.transpose(-1, -2) * decay_matrix(log_a)) @ xdt  # (B, H, N, C, P)
+    c_in = c_ * cum.exp()[..., None]  # reads the chunk's start state
+    b_out = b_ * (cum[..., -1:] - cum).exp()[..., None]  # writes into the chunk's end state
+    out = []
+    for i in range(n):
+        out.append(intra[:, :, i] + c_in[:, :, i] @ state)  # (B, H, C, P)
+        state = state * cum[:, :, i, -1].exp()[..., None, None] + b_out[:, :, i].transpose(-1, -2) @ xdt[:, :, i]
+    return torch.stack(out, 2).reshape(bsz, h, n * c, -1)[:, :, :t], state
+
+
+class Mamba2(Mixer):
+    """Mamba2 (SSD) mixer. State: ``S`` (B, H, N, P) and, with a convolution, ``conv`` (B, conv_size − 1, 3·H·d),
+    the last inputs of the x|B|C convolution."""
+    name = "mamba2"
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *, conv_size: int = 4,
+                 gate: bool = True, output_norm: bool = True, chunk_size: int = 64, norm_eps: float = 1e-5) -> None:
+        check_sizes(hidden_size, num_heads, head_dim, chunk_size, conv_size)
+        super().__init__(hidden_size, num_heads, head_dim)
+        h, d = self.num_heads, self.head_dim
+        self.chunk_size, self.conv_size, self.norm_eps = chunk_size, conv_size, norm_eps
+        self.q_proj = nn.Linear(hidden_size, h * d, bias=False)  # C
+        self.k_proj = nn.Linear(hidden_size, h * d, bias=False)  # B
+        self.v_proj = nn.Linear(hidden_size, h * d, bias=False)  # x
+        self.o_proj = nn.Linear(h * d, hidden_size, bias=False)
+        self.dt_proj = nn.Linear(hidden_size, h, bias=False)  # Δ's data-dependent part
+        self.dt_bias = nn.Parameter(dt_bias_init(h))  # (H,)
+        self.A_log = nn.Parameter(torch.empty(h).uniform_(1, 16).log())  # (H,)
+        self.D = nn.Parameter(torch.ones(h))  # (H,)
+        self.conv1d = ShortConv(3 * h * d, conv_size, bias=True) if conv_size else None
+        self.g_proj = nn.Linear(hidden_size, h * d, bias=False) if gate else None  # z
+        self.norm_weight = nn.Parameter(torch.ones(h * d)) if output_norm else None
+
+    def _features(self, x: torch.Tensor, mask: torch.Tensor, state: State):
+        """x (B, T, D), mask (B, T), state -> C, B, x (B, H, T, d), Δ, log a (B, H, T), next convolution state."""
+        c_, b_, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H·d) each
+        conv = None
+        if self.conv1d is not None:
+            xbc, conv = self.conv1d(torch.cat([v, b_, c_], -1), state["conv"], mask)  # (B, T, 3·H·d)
+            v, b_, c_ = F.silu(xbc).chunk(3, -1)
+        c_, b_, v = (self.split_heads(z) for z in (c_, b_, v))  # (B, H, T, d)
+        dt = F.softplus(self.dt_proj(x) + self.dt_bias).transpose(1, 2) * mask[:, None]  # (B, H, T), 0 at padding
+        return c_, b_, v, dt, -self.A_log.exp()[:, None] * dt, conv
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """SSD outputs (B, H, T, d) and the input (B, T, D) -> (B, T, D): gate, norm, o_proj."""
+        if self.g_proj is not None:
+            y = y * F.silu(self.split_heads(self.g_proj(x)))
+        if self.norm_weight is not None:
+            w = self.norm_weight.view(self.num_heads, 1, self.head_dim)  # (H, 1, d)
+            y = F.rms_norm(y, (self.head_dim,), eps=self.norm_eps) * w
+        return self.o_proj(self.merge_heads(y))
+
+    def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
+        return {"S": s} if conv is None else {"S": s, "conv": conv}
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                state: State | None = None) -> tuple[torch.Tensor, State]:
+        mask = valid_mask(x, attention_mask)  # (B, T)
+        state = self.init_state(x.shape[0], dtype=x.dtype, device=x.device) if state is None else state
+        c_, b_, v, dt, log_a, conv = self._features(x, mask, state)
+        y, s = ssd_chunked(c_, b_, v, dt, log_a, state["S"].to(x.dtype), self.chunk_size)  # (B, H, T, d)
+        return self._output(y + self.D[:, None, None] * v, x), self._state(s, conv)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if x.shape[1] != 1:
+            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
+        c_, b_, v, dt, log_a, conv = self._features(x, x.new_ones(x.shape[:2]), state)
+        c_, b_, v, dt, log_a = c_[:, :, 0], b_[:, :, 0], v[:, :, 0], dt[..., 0], log_a[..., 0]  # (B, H, d), (B, H)
+        s = state["S"].to(x.dtype) * log_a.exp()[..., None, None] \
+            + b_[..., :, None] * (dt[..., None] * v)[..., None, :]  # (B, H, N, P)
+        y = torch.einsum("bhnp,bhn->bhp", s, c_) + self.D[:, None] * v  # (B, H, P)
+        return self._output(y[:, :, None], x), self._state(s, conv)
+
+    def mixing_matrix(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = valid_mask(x, attention_mask)
+        c_, b_, _, dt, log_a, _ = self._features(x, mask, self.init_state(x.shape[0], dtype=x.dtype, device=x.device))
+        m = c_ @ b_.transpose(-1, -2) * decay_matrix(log_a) * dt[..., None, :]  # (B, H, T, T)
+        return m + torch.diag_embed(self.D[:, None].expand(-1, x.shape[1]).to(m))
+
+    def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
+                   device: torch.device | None = None) -> State:
+        dtype, device = dtype or self.q_proj.weight.dtype, device or self.q_proj.weight.device
+        h, d = self.num_heads, self.head_dim
+        state = {"S": torch.zeros(batch, h, d, d, dtype=dtype, device=device)}
+        if self.conv1d is not None:
+            state["conv"] = torch.zeros(batch, self.conv_size - 1, 3 * h * d, dtype=dtype, device=device)
+        return state
