@@ -47,12 +47,26 @@ students — students that are not SVD factors of the teacher: subquadratic toke
     students.mixers.deltanet  DeltaNet: the delta rule, chunked by the UT transform; shared short convolution
     students.mixers.gated_deltanet  Gated DeltaNet: the delta rule with a data-dependent scalar decay per head
     students.mixers.mamba2  Mamba2 (SSD): scalar-decay state space, short convolution, chunked scan
+    students.mixers.gated_linear  the kernel of linear / retnet / gla: (gated) linear attention, chunked and recurrent
+    students.mixers.linear  kernel linear attention, normalised, with an elu+1 or a learnable Hedgehog feature map
+    students.mixers.retnet  RetNet retention: a fixed decay per head, group norm, swish output gate
+    students.mixers.gla     GLA: data-dependent per-channel forget gates (low rank, logsigmoid / 16), group norm, gate
+    students.mixers.mlstm   xLSTM's mLSTM: exponential input gate, max-stabiliser, normaliser, output gate
+    students.mixers.registry  the mixers by name (mixer_class, NAMES); an unknown name lists the known ones
+    students.hf_remote  the self-contained loading code copied into a student folder (torch + transformers only)
+    students.hf_folder  student folders transformers loads (trust_remote_code), with card; the folder for the Hub
+    students.hf_export  a student merged back to a dense checkpoint, or an encoder student exported to ONNX
+    students.card      the model card (README.md) of a saved student, from its record and the run's metrics
+    students.subquadratic  a Llama causal LM with a mixer in place of attention: recurrent generation cache, Auto classes
+    students.qkv       students from a Llama teacher: attention replaced, QKV copy (GQA heads repeated), save / load
 experiments — runs that write metrics.json with a run record
     experiments.options    typed-configuration machinery: option(), checked frozen dataclasses, parse_config
     experiments.config     the typed configuration: shared parts (size, objective, training, teacher) and DistillConfig
     experiments.squad_config  SquadConfig: the shared parts plus SQuAD data, windows and evaluation options
     experiments.students   the student and objective a configuration describes, checked against the teacher
     experiments.factorize  ``python -m makd factorize``: a student's size report
+    experiments.export_config  ExportConfig: the options of ``export`` and the folder checks made before torch loads
+    experiments.export  ``python -m makd export``: merged dense checkpoint, ONNX, the folder for the Hub
     experiments.distill    ``python -m makd distill``: teacher, student, distillation, evaluation
     experiments.squad      ``python -m makd squad``: the same for extractive QA
     experiments.squad_teacher  QA evaluation (Trainer.predict, EM/F1) and the cached SQuAD teacher
@@ -76,6 +90,7 @@ experiments — runs that write metrics.json with a run record
 notebook — what the notebooks stand on
     notebook.runner    ``python -m makd reproduce``: every notebook headless with a profile (papermill)
     notebook.profiles  smoke / demo / full / paper parameters and their strict checking
+    notebook.expected  expected numbers per profile (from reference runs, with tolerances) and the verdict of a run
     notebook.helpers   start(), show(), metrics files, notebook files, the package map (notebook 00)
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
     notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)

@@ -3,23 +3,29 @@
 The model being trained is the student; a frozen teacher runs beside it. Each step captures what the
 objective needs from both (``makd.core.capture``), computes the weighted aspect terms (``makd.core.objective``),
 and logs every term — to the progress bar, to TensorBoard and to ``trainer_state.json`` — as
-``loss_<term>`` averaged over the logging window. Checkpointing, resuming, evaluation, gradient
-accumulation and multi-process training (``torchrun`` / ``accelerate launch``: DDP, FSDP, DeepSpeed) are
-the Trainer's own. The terms stay on the device between logs (no host sync per term and step); with
-``eval_terms=True`` evaluation also reports them as ``eval_loss_<term>``. Walk-through:
-``notebooks/06_hierarchical_training``.
+``loss_<term>`` averaged over the logging window; in a notebook, as one live table (``makd.core.livelog``).
+Checkpointing, resuming, evaluation and gradient accumulation are the Trainer's own, and so is multi-process
+training: the student is prepared (wrapped) by the Trainer's accelerator, the teacher goes through the same
+accelerator prepared for evaluation (device, mixed precision; never wrapped for gradient sync). DDP under
+``torchrun`` and ``accelerate launch`` is tested with 2 CPU processes; FSDP on CPU processes is refused
+(:func:`refuse_fsdp_on_cpu`: accelerate shards only on accelerators). The terms stay on the device between logs
+(no host sync per term and step); with ``eval_terms=True`` evaluation also reports them as ``eval_loss_<term>``.
+Walk-through: ``notebooks/06_hierarchical_training``.
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from makd.core.capture import capture
+from makd.core.errors import UsageError
+from makd.core.livelog import live_log
 
 
 class TermsOnProgressBar(TrainerCallback):
@@ -52,12 +58,26 @@ class StopAtStep(TrainerCallback):
         return control
 
 
+def refuse_fsdp_on_cpu(args: TrainingArguments) -> None:
+    """A :class:`UsageError` when FSDP is asked for (``accelerate launch --use_fsdp``, ``ACCELERATE_USE_FSDP=true``
+    or ``TrainingArguments(fsdp=...)``) on CPU processes. accelerate 1.15 shards only on accelerators (its state
+    enables FSDP for multi-GPU/XPU/NPU... runs only): on CPUs its FSDP plugin fails ("There are currently no
+    available devices found") or, with ``--fsdp_sync_module_states false``, the run silently trains with DDP."""
+    requested = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if requested and args.device.type == "cpu":
+        raise UsageError("FSDP cannot shard on CPU processes (accelerate 1.15 runs FSDP on GPUs and other "
+                         "accelerators only; on CPUs it fails or silently falls back to DDP). On CPUs use DDP: "
+                         "`torchrun --nproc_per_node N -m makd ...` or, with no GPU visible, "
+                         "`accelerate launch --multi_gpu --num_processes N -m makd ...`")
+
+
 class DistillTrainer(Trainer):
     """``Trainer`` whose training loss is ``objective(student, teacher)``.
 
-    Args (besides the Trainer's own): ``teacher`` — the frozen teacher (moved to the training device, eval
-    mode, no grad); ``objective`` — a :class:`makd.core.objective.MaKDObjective`. With
-    ``objective.needs_teacher == False`` (plain fine-tuning) the teacher may be ``None``.
+    Args (besides the Trainer's own): ``teacher`` — the frozen teacher (eval mode, no grad; prepared by the
+    Trainer's accelerator for evaluation at its first use, which places it on the training device);
+    ``objective`` — a :class:`makd.core.objective.MaKDObjective`. With ``objective.needs_teacher == False``
+    (plain fine-tuning) the teacher may be ``None``.
     Evaluation runs the student alone (its own task loss and predictions); ``eval_terms=True`` also runs the
     teacher on the evaluation batches and adds the objective's terms, averaged over examples, to the metrics
     as ``eval_loss_<term>`` (one more capture per model and batch: off by default).
@@ -65,6 +85,9 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args: Any, teacher: nn.Module | None = None, objective: nn.Module | None = None,
                  eval_terms: bool = False, **kwargs: Any):
+        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        if training_args is not None:          # before the Trainer builds its accelerator (which may fail on it)
+            refuse_fsdp_on_cpu(training_args)
         super().__init__(*args, **kwargs)
         if objective is None:
             raise ValueError("DistillTrainer needs an objective (makd.core.objective.MaKDObjective)")
@@ -72,9 +95,9 @@ class DistillTrainer(Trainer):
             raise ValueError(f"objective {getattr(objective, 'preset', '')!r} needs a teacher; pass teacher=...")
         self.objective = objective.to(self.args.device)
         self.teacher = teacher
+        self._teacher_ready = teacher is None
         if teacher is not None:
-            teacher.to(self.args.device).eval()
-            teacher.requires_grad_(False)
+            teacher.eval().requires_grad_(False)
         # The objective returns a per-batch mean: let Trainer divide by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._term_values: dict[str, list[Tensor]] = defaultdict(list)    # term -> its per-step values, on device
@@ -83,6 +106,17 @@ class DistillTrainer(Trainer):
         self._eval_sums: dict[str, Tensor] = {}                             # term -> Σ value · batch size
         self._eval_examples = 0
         self.add_callback(TermsOnProgressBar(self))
+        live_log(self)                                  # in a notebook: one live loss table, no printed dicts
+
+    def prepared_teacher(self) -> nn.Module:
+        """The teacher through ``self.accelerator.prepare_model(..., evaluation_mode=True)``: placed on the
+        training device (also under FSDP, where accelerate would not place it), mixed precision applied, never
+        wrapped for gradient sync. Done at first use, after the Trainer has prepared the student (the Trainer
+        prepares the student for evaluation only while the accelerator holds no model yet)."""
+        if not self._teacher_ready:
+            self.teacher = self.accelerator.prepare_model(self.teacher, device_placement=True, evaluation_mode=True)
+            self._teacher_ready = True
+        return self.teacher
 
     def create_optimizer(self, *args: Any, **kwargs: Any):
         """The Trainer's optimiser, plus the objective's own parameters (e.g. ``hidden_proj`` of dense baselines).
@@ -98,7 +132,7 @@ class DistillTrainer(Trainer):
     def _objective(self, model, inputs, grad: bool) -> tuple[Tensor, dict[str, Tensor], Any]:
         spec = self.objective.spec()
         student = capture(model, inputs, spec, grad=grad)
-        teacher = (capture(self.teacher, inputs, spec, grad=False)
+        teacher = (capture(self.prepared_teacher(), inputs, spec, grad=False)
                    if getattr(self.objective, "needs_teacher", True) else None)
         total, terms = self.objective(student, teacher, inputs, step=self.state.global_step)
         return total, terms, student.outputs

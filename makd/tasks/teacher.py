@@ -39,6 +39,8 @@ from makd.assets.models import load_model, resolve
 from makd.assets.paths import cache_dir
 from makd.assets.files import sha256_folder, write_json
 from makd.core.errors import CacheError, MakdError
+from makd.core.livelog import live_log
+from makd.core.trainer import refuse_fsdp_on_cpu
 from makd.tasks.glue import tokenize_task
 
 log = logging.getLogger(__name__)
@@ -210,8 +212,10 @@ def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dic
                          batch_size=settings["batch_size"], weight_decay=settings["weight_decay"],
                          warmup_steps=settings["warmup_ratio"], report_to=report_to, disable_tqdm=disable_tqdm,
                          group_by_length=group_by_length, **({"use_cpu": device == "cpu"} if device else {}))
+    refuse_fsdp_on_cpu(args)                         # before the Trainer sets up accelerate
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=compute_metrics)
+    live_log(trainer)                                # in a notebook: one loss table instead of printed dicts
     trainer.train()
     metrics = evaluate(model, tok, trainer)
     if trainer.is_world_process_zero():
