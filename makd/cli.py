@@ -10,6 +10,8 @@ Commands (each has its own ``--help``):
   decoder        causal-LM distillation (SFT / KD / SeqKD / MaKD) and Rouge-L
   decoder-stats  a decoder comparison over training seeds: mean ± std, paired tests, verdicts, targets
   results        the README's result tables, regenerated from the committed metrics.json files
+  export         a saved student as a merged dense checkpoint, an ONNX encoder, or the folder for the Hub
+  subquadratic   a Llama teacher distilled into a subquadratic student (matrix mixing, hidden alignment, KD)
   reproduce      run the notebooks headless with a profile (the batch entry point)
 
 Errors: a problem the user can fix is ONE line on stderr, ``error: <what is wrong>. <what to do>``, with exit
@@ -43,6 +45,9 @@ COMMANDS = {
     "decoder-stats": ("makd.experiments.decoder_stats", "a seeded decoder comparison: mean ± std, paired tests, "
                       "verdicts, the issue's targets"),
     "results": ("makd.experiments.results", "the result tables from the metrics.json files under a folder"),
+    "export": ("makd.experiments.export", "a student as a merged dense checkpoint, ONNX, or the folder for the Hub"),
+    "subquadratic": ("makd.experiments.subquadratic", "a Llama teacher distilled into a subquadratic student in "
+                     "three stages, evaluated"),
     "reproduce": ("makd.notebook.runner", "execute the notebooks headless with a profile"),
 }
 # commands whose options are a typed configuration: parsed and checked by these light modules (standard library
@@ -52,9 +57,11 @@ CONFIGS = {
     "distill": ("makd.experiments.config", "DistillConfig"),
     "squad": ("makd.experiments.squad_config", "SquadConfig"),
     "decoder": ("makd.experiments.decoder_config", "DecoderConfig"),
+    "subquadratic": ("makd.experiments.subquadratic_config", "SubquadraticConfig"),
 }
 # commands with a light pre-check of their own (no torch): it refuses what the command line alone shows
-PRECHECKS = {"grid": ("makd.experiments.grid_plan", "precheck")}
+PRECHECKS = {"grid": ("makd.experiments.grid_plan", "precheck"),
+             "export": ("makd.experiments.export_config", "precheck")}
 DEBUG_FLAG = "--debug"
 PACKAGE_DIR = Path(__file__).resolve().parent
 INTERRUPTED = ("error: interrupted (Ctrl-C). Run the same command again: distill and squad continue from their last "

@@ -138,6 +138,8 @@ OPTION_ERRORS = [
     (["stats"], "the following arguments are required"),
     (["reproduce", "--bogus"], "unrecognized arguments: --bogus"),
     (["fetch-assets", "no-such-asset"], "unknown asset(s) ['no-such-asset']"),
+    (["export", "some/student"], "give exactly one of --merge, --onnx, --hub-id"),
+    (["export", "some/student", "--onnx"], "--onnx needs --out DIR"),
     (["no-such-command"], "unknown command 'no-such-command'"),
 ]
 

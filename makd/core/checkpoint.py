@@ -2,7 +2,9 @@
 
 A student folder holds:
 
-- ``config.json``: the teacher's standard transformers config (``config.save_pretrained``);
+- ``config.json``: the teacher's standard transformers config (``config.save_pretrained``); folders written by
+  :func:`makd.students.hf_folder.save_student` extend it so that transformers itself loads the student
+  (``model_type`` ``makd_<type>``, ``makd_*`` keys, ``auto_map``; :func:`teacher_config` takes them out again);
 - ``model.safetensors``: the student's state dict (``down``/``up`` factors; tied weights stored once);
 - ``makd_factorization.json``: ranks per module, size request (rank / budget / layer_ratio), weighting,
   teacher id, family, architecture class, dtype and the makd version;
@@ -20,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import safetensors.torch
 import torch
@@ -35,8 +37,10 @@ META = "makd_factorization.json"
 WEIGHTS = "model.safetensors"
 
 
-def save_student(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Path:
-    """Write ``model`` (a factorised student) and optionally its tokenizer into folder ``path``, atomically.
+def save_student(model: nn.Module, path: str | os.PathLike, tokenizer=None,
+                 extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``model`` (a factorised student) and optionally its tokenizer into folder ``path``, atomically;
+    ``extra(folder)`` writes more files into the new folder before it replaces ``path`` (loading code, card).
 
     Everything is written into a temporary sibling folder (``.<name>.partial-*``), which then replaces ``path``:
     a save that fails half-way (full disk, kill) leaves the previous student untouched. The previous folder is
@@ -58,6 +62,8 @@ def save_student(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> P
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)
     return Path(path)
 
 
@@ -103,6 +109,24 @@ def read_factorization(path: str | os.PathLike) -> dict:
     return json.loads((path / META).read_text())
 
 
+def teacher_config(path: str | os.PathLike) -> transformers.PretrainedConfig:
+    """The teacher's transformers config of a student folder: ``config.json`` as saved, without the entries that
+    let transformers load the student itself (``makd_*``, ``auto_map``, the ``makd_<type>`` model type and
+    architectures)."""
+    path = Path(path)
+    raw = json.loads((path / "config.json").read_text())
+    base = raw.get("makd_teacher_model_type")
+    if base is None:                                     # a folder written before the loading code was added
+        return transformers.AutoConfig.from_pretrained(path)
+    if base not in transformers.CONFIG_MAPPING:
+        raise ValueError(f"{path / 'config.json'} names model type {base!r}, which transformers "
+                         f"{transformers.__version__} does not provide")
+    kept = {k: v for k, v in raw.items() if not k.startswith("makd_") and k not in ("auto_map", "model_type")}
+    if (path / META).is_file():
+        kept["architectures"] = [json.loads((path / META).read_text())["architecture"]]
+    return transformers.CONFIG_MAPPING[base].from_dict(kept)
+
+
 def load_student(path: str | os.PathLike, *, attn_implementation: str | None = None,
                  device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a student saved by :func:`save_student` (exact weights, same ranks)."""
@@ -113,7 +137,7 @@ def load_student(path: str | os.PathLike, *, attn_implementation: str | None = N
     if cls is None or not hasattr(cls, "_from_config"):
         raise ValueError(f"{path / META} names architecture {arch!r}, which transformers "
                          f"{transformers.__version__} does not provide")
-    config = transformers.AutoConfig.from_pretrained(path)
+    config = teacher_config(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     dtype = getattr(torch, meta.get("dtype", "float32"))
     model = cls._from_config(config, dtype=dtype, **kwargs)  # what AutoModel*.from_config calls
@@ -140,4 +164,5 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         raise FileNotFoundError(f"no tokenizer saved in {path}: pass tokenizer= to save_student")
-    return transformers.AutoTokenizer.from_pretrained(path)
+    config = teacher_config(path) if (path / "config.json").is_file() else None   # no remote-code question
+    return transformers.AutoTokenizer.from_pretrained(path, **({"config": config} if config is not None else {}))

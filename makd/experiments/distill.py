@@ -24,15 +24,16 @@ from transformers import DataCollatorWithPadding
 from makd.assets.files import write_json
 from makd.assets.runfolder import check_free_space, estimate_run_bytes, last_checkpoint, params_hint, run_folder
 from makd.core import factorize as fz
-from makd.core.checkpoint import replacing_folder, save_student
+from makd.core.checkpoint import replacing_folder
 from makd.core.losses import NonFiniteLossError
 from makd.core.objective import MaKDObjective, check_compatible
 from makd.core.trainer import DistillTrainer, loss_history
 from makd.experiments.config import DistillConfig
 from makd.experiments.options import build_parser as config_parser
 from makd.experiments.options import config_from_kwargs, parse_config
-from makd.experiments.runrecord import make_record, write_metrics
+from makd.experiments.runrecord import make_record, path_roots, portable, write_metrics
 from makd.experiments.students import check_depth, dense_student, objective_from, preflight
+from makd.students.hf_folder import save_student
 from makd.tasks.glue import load_task, tokenize_task
 from makd.tasks.teacher import check_teacher, finetune_teacher, metrics_fn, training_args
 
@@ -143,7 +144,7 @@ def _run(args: DistillConfig, out: Path, size: dict[str, Any], started: float, c
     }
     if trainer.is_world_process_zero():
         if args.save_student and hasattr(student, "makd_factorization"):
-            save_student(student, out / "student", tok)
+            save_student(student, out / "student", tok, run=portable(result, path_roots(args.data_dir)))
         elif args.save_student:  # dense student: a plain transformers folder, replaced atomically too
             with replacing_folder(out / "student") as folder:
                 student.save_pretrained(folder)

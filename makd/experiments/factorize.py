@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from makd.assets.models import load_model
-from makd.core.checkpoint import save_student
 from makd.core.errors import UsageError
 from makd.core.factorize import factorize, report, report_totals
 from makd.experiments.config import FactorizeConfig
 from makd.experiments.options import build_parser as config_parser
 from makd.experiments.options import parse_config
+from makd.experiments.runrecord import path_roots, portable
+from makd.students.hf_folder import save_student
 
 CALIBRATION_TEXT = [
     "The film is a charming, funny and thoughtful look at family life.",
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None, config: FactorizeConfig | None = None) -
     print(json.dumps(totals, indent=2))
     if args.out is not None:
         out = Path(args.out)
-        save_student(student, out, tokenizer=tok)
+        argv = sys.argv[1:] if argv is None else argv
+        command = portable("python -m makd factorize " + shlex.join(argv), path_roots(None))  # no machine path
+        save_student(student, out, tokenizer=tok, command=command)
         table.to_csv(out / "report.csv", index=False)
         (out / "report.json").write_text(json.dumps(
             {"totals": totals, "matrices": table.to_dict(orient="records")}, indent=2))

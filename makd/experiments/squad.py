@@ -27,17 +27,17 @@ from makd.assets.files import write_json
 from makd.assets.models import load_model
 from makd.assets.runfolder import check_free_space, estimate_run_bytes, last_checkpoint, params_hint, run_folder
 from makd.core import factorize as fz
-from makd.core.checkpoint import save_student
 from makd.core.losses import NonFiniteLossError
 from makd.core.objective import check_compatible
 from makd.core.trainer import DistillTrainer, loss_history
 from makd.experiments.options import build_parser as config_parser
 from makd.experiments.options import config_from_kwargs, parse_config
-from makd.experiments.runrecord import make_record, write_metrics
+from makd.experiments.runrecord import make_record, path_roots, portable, write_metrics
 from makd.experiments.squad_config import SquadConfig
 from makd.experiments.squad_teacher import (check_qa_teacher, check_qa_teacher_model, evaluate_qa,
                                             finetune_qa_teacher, resolve_device)
 from makd.experiments.students import check_objective, check_size, objective_from
+from makd.students.hf_folder import save_student
 from makd.tasks.data import _subsample
 from makd.tasks.squad_data import SquadData, load_squad
 from makd.tasks.qa import prepare_train_features
@@ -140,7 +140,7 @@ def _run(args: SquadConfig, out: Path, size: dict[str, Any], started: float, cal
                                    teacher_hash=teacher.checkpoint_sha256, started=started)
     if trainer is None or trainer.is_world_process_zero():
         if student is not None and args.save_student:
-            save_student(student, out / "student", tok)
+            save_student(student, out / "student", tok, run=portable(result, path_roots(args.data_dir)))
         write_metrics(out / "metrics.json", result, args.data_dir)
         log.info("wrote %s", out / "metrics.json")
     return result
