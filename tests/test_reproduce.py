@@ -17,10 +17,11 @@ import nbformat
 import pytest
 
 from makd.assets.paths import REPO_ROOT
+from makd.notebook import expected as xp
 from makd.notebook import runner as rp
 from makd.notebook.helpers import NOTEBOOKS_DIR, read_metrics, write_metrics
 from makd.notebook.plotting import publish, savefig
-from makd.notebook.profiles import Param, parse_parameters, profile_overrides, validate
+from makd.notebook.profiles import Param, parse_parameters, profile_overrides, resolve_value, validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -185,8 +186,8 @@ def test_profiles_filter_star_entries_and_expand_env(nbs, tmp_path, monkeypatch)
 
 
 def test_relative_path_parameters_resolve_against_the_repository():
-    assert rp._resolve("data_dir", "tests/fixtures") == str(REPO_ROOT / "tests" / "fixtures")
-    assert rp._resolve("teacher_path", "/abs/x") == "/abs/x" and rp._resolve("label", "a/b") == "a/b"
+    assert resolve_value("data_dir", "tests/fixtures") == str(REPO_ROOT / "tests" / "fixtures")
+    assert resolve_value("teacher_path", "/abs/x") == "/abs/x" and resolve_value("label", "a/b") == "a/b"
 
 
 def test_publish_figures_refused_for_smoke(nbs):
@@ -222,6 +223,10 @@ def test_write_metrics_rejects_non_finite(tmp_path):
     assert write_metrics(tmp_path, "x", {"a": 1}) == tmp_path / "metrics" / "x.json"
 
 
+REGENERATE = ("regenerate with python -m makd reproduce --profile smoke --out /tmp/ref && "
+              "python -m makd reproduce --write-expected /tmp/ref --profile smoke")
+
+
 def _numbers(obj):
     if isinstance(obj, dict):
         return [n for v in obj.values() for n in _numbers(v)]
@@ -232,7 +237,8 @@ def _numbers(obj):
 
 @pytest.mark.slow
 def test_smoke_profile_all_notebooks(tmp_path):
-    """The whole smoke profile over every notebook in notebooks/: each writes finite metrics."""
+    """The whole smoke profile over every notebook in notebooks/: each writes finite metrics, and every number
+    matches notebooks/expected/smoke.json within its tolerance (the verdict of the run)."""
     out = tmp_path / "smoke"
     manifest = rp.run("smoke", out=out, log=print)
     stems = list(rp.discover(NOTEBOOKS_DIR))
@@ -242,6 +248,10 @@ def test_smoke_profile_all_notebooks(tmp_path):
         values = _numbers(read_metrics(out, stem))
         assert values and all(math.isfinite(v) for v in values), f"{stem} wrote no finite metrics"
         assert (out / "notebooks" / f"{stem}.ipynb").is_file()
+    verdict = json.loads((out / "reproduction.json").read_text())
+    assert not verdict["unchecked"], f"no expected smoke values for {verdict['unchecked']}: {REGENERATE}"
+    assert verdict["reproduced"], f"{verdict['line']}:\n{xp.table(verdict, only_misses=True)}\n" \
+        f"(a deliberate change? {REGENERATE})"
 
 
 def test_publish_copies_run_figures(tmp_path):

@@ -14,14 +14,20 @@ profile name, and ``demo`` is empty because the notebooks' defaults ARE the demo
 Every notebook's parameters cell holds only ``name: type = literal  # help`` lines; `parse_parameters`
 reads it with `ast`, `check_value` checks a value against the annotation (int, float, str, bool, None,
 ``X | Y``, ``Optional[X]``, ``Literal[...]``, ``list[X]``, ``dict[K, V]``, ``tuple[...]``, ``Any``).
+`parse_value` reads a ``-p NAME VALUE`` of the command line; `resolve_value` takes a relative ``*_dir``,
+``*_path`` or ``*_file`` value from the repository root.
 """
 from __future__ import annotations
 
 import ast
 import io
+import re
 import tokenize
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from makd.assets.paths import REPO_ROOT
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # seconds per notebook: tiny random models, committed fixtures, a few optimisation steps
@@ -54,6 +60,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 REQUIRED = ("seed", "device", "run_dir")
+PATH_PARAMS = re.compile(r"(^|_)(dir|path|file)$")
 
 
 @dataclass(frozen=True)
@@ -195,3 +202,23 @@ def validate(stem: str, declared: dict[str, Param], values: dict[str, tuple[Any,
         raise ValueError(f"notebook {stem}: " + "; ".join(problems) +
                          f"\n  {stem} declares these parameters:\n{listing}")
     return out
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value as a Python literal, else YAML (``true``, ``1e-3``), else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        import yaml
+        return yaml.safe_load(text)
+    except Exception:
+        return text
+
+
+def resolve_value(name: str, value: Any) -> Any:
+    """A relative path given to a ``*_dir`` / ``*_path`` / ``*_file`` parameter, absolute from the repository root."""
+    if isinstance(value, str) and value and PATH_PARAMS.search(name) and not Path(value).is_absolute():
+        return str((REPO_ROOT / value).resolve())
+    return value

@@ -5,17 +5,19 @@
     python -m makd reproduce --profile full --only 08 09 -p data_dir ../shared/data
     python -m makd reproduce --list                          # notebooks, titles, each profile's parameters
     python -m makd reproduce --sync                          # regenerate notebooks/*.ipynb from the .py
+    python -m makd reproduce --write-expected RUN [RUN ...] --profile smoke   # expected values from reference runs
 
 Every run writes under ``run_dir`` (default ``runs/<profile>/``): executed notebooks in ``notebooks/``,
 each notebook's ``metrics/<notebook>.json`` and ``figures/``, and ``manifest.json`` (parameters hash,
 status, runtime, outputs) that ``--resume`` uses to skip notebooks already done with the same
 parameters and source. All parameters are checked against each notebook's parameters cell BEFORE
-anything runs (unknown names and wrong types are errors, not papermill warnings).
+anything runs (unknown names and wrong types are errors, not papermill warnings). Every run ends with
+the verdict against ``notebooks/expected/<profile>.json`` (``reproduction.md`` / ``.json`` in run_dir:
+"reproduced" or "not reproduced: N quantities outside tolerance"); ``--strict`` makes a miss exit 1.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import logging
@@ -27,12 +29,13 @@ from typing import Any
 
 from makd.assets.paths import REPO_ROOT, expand_env, resolve_path
 from makd.core.errors import ArgumentParser
+from makd.notebook import expected as xp
 from makd.notebook import helpers as nbk
 from makd.notebook.plotting import publish
-from makd.notebook.profiles import PROFILES, parse_parameters, profile_overrides, validate
+from makd.notebook.profiles import (PROFILES, parse_parameters, parse_value, profile_overrides, resolve_value,
+                                    validate)
 
 STEM = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
-PATH_PARAMS = re.compile(r"(^|_)(dir|path|file)$")
 
 
 class NotebookError(RuntimeError):
@@ -66,25 +69,6 @@ def select(stems: list[str], only: list[str] | None, start: str | None) -> list[
     return chosen
 
 
-def parse_value(text: str) -> Any:
-    """A ``-p`` value as a Python literal, else YAML (``true``, ``1e-3``), else the string itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    try:
-        import yaml
-        return yaml.safe_load(text)
-    except Exception:
-        return text
-
-
-def _resolve(name: str, value: Any) -> Any:
-    if isinstance(value, str) and value and PATH_PARAMS.search(name) and not Path(value).is_absolute():
-        return str((REPO_ROOT / value).resolve())
-    return value
-
-
 def plan(profile: str, files: dict[str, Path], chosen: list[str], cli: dict[str, Any], run_dir: Path,
          profiles: dict | None = None) -> list[dict[str, Any]]:
     """Validate every selected notebook's parameters; return one job per notebook (nothing executed)."""
@@ -97,7 +81,7 @@ def plan(profile: str, files: dict[str, Path], chosen: list[str], cli: dict[str,
         values.update({k: (v, "-p") for k, v in cli.items() if k in declared or len(chosen) == 1})
         values["run_dir"] = (str(run_dir), "the runner")
         params = validate(stem, declared, values)
-        params = {k: _resolve(k, expand_env(v, k)) for k, v in params.items()}
+        params = {k: resolve_value(k, expand_env(v, k)) for k, v in params.items()}
         digest = hashlib.sha256(json.dumps({"p": params, "src": [c.source for c in nb.cells]},
                                            sort_keys=True, default=str).encode()).hexdigest()
         jobs.append({"stem": stem, "nb": nb, "input": files[stem], "params": params, "hash": digest,
@@ -181,11 +165,13 @@ def execute(job: dict[str, Any], run_dir: Path, kernel: str) -> dict[str, Any]:
 def run(profile: str = "demo", *, only: list[str] | None = None, start: str | None = None,
         out: str | Path | None = None, params: dict[str, Any] | None = None, resume: bool = False,
         kernel: str | None = None, notebooks: str | Path | None = None, publish_figures: bool = False,
-        profiles: dict | None = None, log=print) -> dict[str, Any]:
-    """Validate, then execute the selected notebooks in order; return the manifest."""
+        profiles: dict | None = None, expected: str | Path | None = None, log=print) -> dict[str, Any]:
+    """Validate, execute the selected notebooks in order, then check the numbers against ``expected``
+    (default ``<notebooks>/expected/<profile>.json``); return the manifest, the verdict under "reproduction"."""
     if publish_figures and profile == "smoke":
         raise ValueError("--publish-figures copies figures into the repository: not for the smoke profile")
-    files = discover(resolve_path(notebooks) if notebooks else nbk.NOTEBOOKS_DIR)
+    folder = resolve_path(notebooks) if notebooks else nbk.NOTEBOOKS_DIR
+    files = discover(folder)
     run_dir = resolve_path(out) if out else REPO_ROOT / "runs" / profile
     jobs = plan(profile, files, select(list(files), only, start), dict(params or {}), run_dir, profiles)
     for job in jobs:  # warn when a committed .ipynb lags behind its .py source
@@ -196,7 +182,7 @@ def run(profile: str = "demo", *, only: list[str] | None = None, start: str | No
     kernel = resolve_kernel(kernel)
     manifest_path = run_dir / "manifest.json"
     manifest = _load_manifest(manifest_path)
-    manifest.update(profile=profile, run_dir=str(run_dir), kernel=kernel)
+    manifest.update(profile=profile, run_dir=str(run_dir), kernel=kernel, **xp.run_record())
     log(f"profile {profile}: {len(jobs)} notebook(s) -> {run_dir} (kernel {kernel})")
     skipped = set()
     for i, job in enumerate(jobs, 1):
@@ -217,6 +203,10 @@ def run(profile: str = "demo", *, only: list[str] | None = None, start: str | No
             manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         log(f"[{i}/{len(jobs)}] {stem:<30} ok     {manifest['notebooks'][stem]['runtime_s']:7.1f}s")
     log(summary(manifest, [j["stem"] for j in jobs], skipped))
+    verdict = xp.check(resolve_path(expected) if expected else folder / "expected" / f"{profile}.json", run_dir,
+                       [j["stem"] for j in jobs], manifest, profile)
+    log(xp.write_verdict(run_dir, verdict))
+    manifest["reproduction"] = verdict
     if publish_figures:
         copied = publish(run_dir, REPO_ROOT / "figures")
         log(f"published {len(copied)} figure file(s) to {REPO_ROOT / 'figures'}")
@@ -267,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-figures", action="store_true", help="copy run_dir/figures into figures/ (not smoke)")
     p.add_argument("--list", action="store_true", help="list notebooks, their parameters and each profile's")
     p.add_argument("--sync", action="store_true", help="regenerate every .ipynb from its .py (outputs stripped)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a quantity is outside its tolerance")
+    p.add_argument("--expected", metavar="FILE", help="expected values (default NOTEBOOKS/expected/PROFILE.json)")
+    p.add_argument("--write-expected", nargs="+", metavar="RUN_DIR", help="write the expected values of "
+                   "--profile from these reference run folders (to --expected or its default), run nothing")
+    p.add_argument("--readme", metavar="FILE", help="rewrite FILE's demo block (between the lines "
+                   f"{xp.README_MARKERS[0]!r} and {xp.README_MARKERS[1]!r}) from the demo expected values")
     return p
 
 
@@ -280,13 +276,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(list_notebooks(args.notebooks))
             return 0
-        run(args.profile, only=args.only, start=args.start, out=args.out, resume=args.resume, kernel=args.kernel,
-            params={k: parse_value(v) for k, v in args.parameter}, notebooks=args.notebooks,
-            publish_figures=args.publish_figures, log=lambda s: print(s, flush=True))
+        folder = resolve_path(args.notebooks) if args.notebooks else nbk.NOTEBOOKS_DIR
+        if args.write_expected:
+            path = resolve_path(args.expected) if args.expected else folder / "expected" / f"{args.profile}.json"
+            print(f"wrote {xp.write_expected([resolve_path(d) for d in args.write_expected], args.profile, path)}")
+            return 0
+        if args.readme:
+            print(xp.update_readme(resolve_path(args.readme), folder / "expected" / f"{xp.README_PROFILE}.json"))
+            return 0
+        manifest = run(args.profile, only=args.only, start=args.start, out=args.out, resume=args.resume,
+                       kernel=args.kernel, params={k: parse_value(v) for k, v in args.parameter},
+                       notebooks=args.notebooks, publish_figures=args.publish_figures, expected=args.expected,
+                       log=lambda s: print(s, flush=True))
     except (ValueError, TypeError, FileNotFoundError, NotebookError) as err:
         print(f"python -m makd reproduce: error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if args.strict and manifest["reproduction"]["reproduced"] is False else 0
 
 
 if __name__ == "__main__":
