@@ -263,6 +263,8 @@ def test_training_seeds_controls_extra_sets_and_resume(tmp_path, monkeypatch):
                        calibration_examples=8, local_epochs=1, eval_set="chatterbot", extra_eval=["dolly"],
                        wiki_windows=0)
     assert decoder.run_names(cfg) == ["teacher", "init", "untrained", "sft/seed-1", "sft/seed-2"]
+    assert decoder.run_names(dataclasses.replace(cfg, methods=("sft", "kd", "untrained")))[2:] == [
+        "sft/seed-1", "kd/seed-1", "sft/seed-2", "kd/seed-2"]   # seed by seed, controls first
     decoder.run(cfg, command="test")
     run = tmp_path / "run"
     saved = {n: json.loads((run / n / "metrics.json").read_text()) for n in decoder.run_names(cfg)}

@@ -65,15 +65,14 @@ def scores(cfg: DecoderConfig, model, batch: dict[str, torch.Tensor], wiki) -> d
 
 
 def run_names(cfg: DecoderConfig) -> list[str]:
-    """The scored models of a comparison, in order: ``teacher``, then each method — ``method/seed-S`` per training
-    seed when ``train_seeds`` is given (controls are not trained: scored once, under their own name)."""
-    names = ["teacher"]
-    for method in cfg.methods:
-        if method in CONTROLS or not cfg.train_seeds:
-            names.append(method)
-        else:
-            names += [f"{method}/seed-{s}" for s in cfg.train_seeds]
-    return names
+    """The scored models of a comparison, in order: ``teacher``, the controls (not trained: scored once, under their
+    own name), then each trained method — with ``train_seeds``, seed by seed (``method/seed-S``: every method of
+    the first seed before the second seed, so an interrupted run leaves whole seeds)."""
+    controls = [m for m in cfg.methods if m in CONTROLS]
+    trained = [m for m in cfg.methods if m not in CONTROLS]
+    if not cfg.train_seeds:
+        return ["teacher", *controls, *trained]
+    return ["teacher", *controls, *(f"{m}/seed-{s}" for s in cfg.train_seeds for m in trained)]
 
 
 def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *,
