@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from makd.assets.models import load_model  # noqa: E402
+from makd.notebook.mixing_views import plot_scaling  # noqa: E402
 from makd.students import qkv  # noqa: E402
 from makd.students.mixers.registry import NAMES  # noqa: E402
 
@@ -153,28 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def figure(result: dict, path: Path) -> None:
-    """Log-log: prefill seconds vs T, per-token latency vs context, state bytes vs context."""
+    """Log-log: prefill seconds vs T, per-token latency vs context, state bytes vs context (notebook 11 too)."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    names = list(result["params"])
-    for name in names:
-        style = dict(color="k", lw=2.2) if name == "teacher" else dict(lw=1.2)
-        T = sorted(int(t) for t in result["prefill"])
-        axes[0].plot(T, [result["prefill"][str(t)][name]["seconds"] for t in T], marker="o", label=name, **style)
-        C = sorted(int(c) for c in result["generation"])
-        axes[1].plot(C, [1000 * result["generation"][str(c)][name]["seconds_per_token"] for c in C], marker="o",
-                     **style)
-        axes[2].plot(C, [result["generation"][str(c)][name]["state_bytes"] / 2**20 for c in C], marker="o", **style)
-    for ax, (x, y) in zip(axes, [("prompt length T", "prefill time (s)"), ("context", "ms per generated token"),
-                                 ("context", "generation state (MiB)")]):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel(x)
-        ax.set_ylabel(y)
-    axes[0].legend(fontsize=7)
+    fig = plot_scaling(result)
     fig.suptitle(f"{result['teacher']} and its subquadratic students (batch 1, {result['threads']} CPU threads)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -16,6 +16,7 @@ core — the method, imports nothing else of the package
     core.objective     the multi-aspect objective: a loss registry and the presets as data over it
     core.compat        check_compatible: can this student be distilled from this teacher
     core.local         the layer-local stage: each block trained alone on the teacher's block inputs (block-local grads)
+    core.mixing_losses  the subquadratic study's losses: matrix mixing, hidden alignment (L2 / MSE), token KL
     core.trainer       a transformers.Trainer that logs every loss term (training and, optionally, evaluation)
     core.livelog       in a notebook: one loss table updated in place instead of a printed dict per log
     core.checkpoint    save / load students (safetensors + factorisation record), replaced atomically
@@ -39,6 +40,10 @@ tasks — data, metrics and the teacher per task
     tasks.qa           SQuAD features and answer post-processing
     tasks.metrics      GLUE, SQuAD (offline) and Rouge-L metrics; held-out LM cross-entropy / perplexity
     tasks.wiki         the embedded Wikipedia articles: wiki markup to text, split by article, causal-LM windows
+    tasks.lm_blocks    LM blocks: documents (wiki articles or .txt files) split by document, packed with EOS, cut
+    tasks.lm_eval      a causal LM on held-out blocks: CE, perplexity, KL(teacher ‖ model), top-1 agreement
+    tasks.passkey      pass-key retrieval: a key hidden in filler at a depth, prompts of exact token length
+    tasks.zeroshot     zero-shot classification by label-word likelihood (rt-polarity, SST-2, RTE, MRPC, QNLI)
     tasks.prompts      instruction prompts (chat or Alpaca template), response-only training features, collator
     tasks.generate     frozen generation settings, generation, Rouge-L evaluation
     tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD), its hash checked on reuse
@@ -53,12 +58,15 @@ students — students that are not SVD factors of the teacher: subquadratic toke
     students.mixers.gla     GLA: data-dependent per-channel forget gates (low rank, logsigmoid / 16), group norm, gate
     students.mixers.mlstm   xLSTM's mLSTM: exponential input gate, max-stabiliser, normaliser, output gate
     students.mixers.registry  the mixers by name (mixer_class, NAMES); an unknown name lists the known ones
+    students.mixers.softmax  softmax attention with RoPE as a mixer: the teacher itself, the stages' identity check
     students.hf_remote  the self-contained loading code copied into a student folder (torch + transformers only)
     students.hf_folder  student folders transformers loads (trust_remote_code), with card; the folder for the Hub
     students.hf_export  a student merged back to a dense checkpoint, or an encoder student exported to ONNX
     students.card      the model card (README.md) of a saved student, from its record and the run's metrics
     students.subquadratic  a Llama causal LM with a mixer in place of attention: recurrent generation cache, Auto classes
     students.qkv       students from a Llama teacher: attention replaced, QKV copy (GQA heads repeated), save / load
+    students.stage_loop  one stage's loop: token budget, schedule, seeded batches, history, resumable checkpoints
+    students.stages    the three stages: matrix mixing, hidden alignment (layer-local, teacher-forced), end-to-end KD
 experiments — runs that write metrics.json with a run record
     experiments.options    typed-configuration machinery: option(), checked frozen dataclasses, parse_config
     experiments.config     the typed configuration: shared parts (size, objective, training, teacher) and DistillConfig
@@ -75,6 +83,8 @@ experiments — runs that write metrics.json with a run record
     experiments.decoder_methods  SFT / KD / SeqKD / MaKD for causal LMs: students, objectives, SeqKD data, training
     experiments.decoder    ``python -m makd decoder``: compare_methods (notebook 10 too), Rouge-L, response CE
     experiments.decoder_stats  ``python -m makd decoder-stats``: a seeded decoder comparison, paired tests, verdicts
+    experiments.subquadratic_config  SubquadraticConfig: teacher, mixer, init, per-stage budgets, rates, schedules
+    experiments.subquadratic  ``python -m makd subquadratic``: teacher, student, stages, evaluation, metrics.json
     experiments.grid       ``python -m makd grid``: baselines and ablations over seeds, resumable
     experiments.grid_plan  a grid file validated into cells (light: options, config hash, the pre-check of `grid`)
     experiments.grid_budget  budget_of made exact (the dense student counted) and a cell's options resolved
@@ -94,6 +104,7 @@ notebook — what the notebooks stand on
     notebook.helpers   start(), show(), metrics files, notebook files, the package map (notebook 00)
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
     notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)
+    notebook.mixing_views  notebook 11: teacher attention vs each mixer's matrix, recurrent vs parallel, the scaling figure
     notebook.closed_form  the teacher-forced matrix aspect solved in closed form (whitened SVD), for notebook 04
 cli — ``python -m makd COMMAND``: the one command-line module
 """

@@ -159,4 +159,6 @@ def test_a_run_of_some_notebooks_replaces_only_their_expected_values(tmp_path):
     assert set(doc["notebooks"]["02_b"]["quantities"]) == {"y", "z"}
     assert all("reference" in e for e in doc["notebooks"].values())
     xp.write_expected([fake_run(tmp_path / "other", "smoke", {"03_c": {"w": 1.0}})], "smoke", path)
-    assert list(json.loads(path.read_text())["notebooks"]) == ["03_c"]   # not a subset: a new file
+    assert list(json.loads(path.read_text())["notebooks"]) == ["01_a", "02_b", "03_c"]   # a new notebook added
+    xp.write_expected([fake_run(tmp_path / "demo", "demo", {"03_c": {"w": 1.0}})], "demo", path)
+    assert list(json.loads(path.read_text())["notebooks"]) == ["03_c"]                   # another profile: anew

@@ -17,6 +17,9 @@ options = shared ∪ task_options[task] ∪ cell.options (later wins; a cell's s
 ``budget``, ``rank`` — replaces the shared one; a dense ``student`` drops them). ``{budget_of: SPEC}``
 is the exact total parameter count of the dense student SPEC (``layers:K`` or a model name such as
 ``minilm-l3``) built for this teacher and task, so the SVD student is compared at the SAME total count.
+With ``command: subquadratic`` (``grids/subquadratic.yaml``) every cell runs
+:func:`makd.experiments.subquadratic.subquadratic` instead, its options those of ``python -m makd subquadratic``
+and the grid's ``tasks`` its text sources (``--text``: wiki, data); the score is the student's top-1 agreement.
 
 A cell is SKIPPED when its ``metrics.json`` exists and its ``cell.json`` records the same config hash
 (sha256 of the resolved options); an interrupted cell (checkpoints, no metrics.json) resumes from its last
@@ -45,11 +48,14 @@ from makd.assets.runfolder import run_folder
 from makd.core.errors import RunFolderError
 from makd.experiments import stats, teachers  # the teacher-checkpoint check after each finished cell
 from makd.experiments.distill import distill
+from makd.experiments.subquadratic import subquadratic
 from makd.experiments.grid_budget import budget_of, resolve_options  # noqa: F401
-from makd.experiments.grid_plan import (GROUPS, SIZE_KEYS, VOLATILE, _parse_set, build_parser, cell_options,  # noqa: F401
-                                        check_options, coerce_types, config_hash, load_grid, plan, validate_grid)
+from makd.experiments.grid_plan import (COMMANDS, GROUPS, SIZE_KEYS, VOLATILE, _parse_set, build_parser,  # noqa: F401
+                                        cell_options, check_options, coerce_types, config_hash, load_grid, plan,
+                                        validate_grid)
 
 log = logging.getLogger("makd.experiments.grid")
+RUNNERS: dict[str, Callable[..., dict]] = {"distill": distill, "subquadratic": subquadratic}   # grid_plan.COMMANDS
 
 
 
@@ -80,8 +86,9 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
              command: str | None = None) -> dict[str, Any]:
     """Run (or skip / resume) every cell; returns {"runs": [...], "cpu_s", "wall_s", counts}.
 
-    ``run_fn(**options)`` defaults to :func:`makd.experiments.distill.distill` (tests pass a wrapper to interrupt
-    a run). A failing cell is recorded in its ``cell.json`` (status "error") and the grid goes on unless
+    ``run_fn(**options)`` defaults to the grid's command (:data:`RUNNERS`: :func:`makd.experiments.distill.distill`,
+    or :func:`makd.experiments.subquadratic.subquadratic` for ``command: subquadratic``; tests pass a wrapper to
+    interrupt a run). A failing cell is recorded in its ``cell.json`` (status "error") and the grid goes on unless
     ``stop_on_error``. A finished cell's checkpoints (needed only to resume) are deleted unless
     ``keep_checkpoints``. The summary is also merged into ``OUT/grid_run.json``. ``OUT`` is locked for the
     whole run (:func:`makd.assets.runfolder.run_folder`; ``command`` is shown to a second runner, which is refused
@@ -89,7 +96,7 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
     """
     if not isinstance(grid, dict):
         grid = load_grid(grid)
-    run_fn = distill if run_fn is None else run_fn
+    run_fn = RUNNERS[grid.get("command", "distill")] if run_fn is None else run_fn
     out_dir = Path(out_dir)
     jobs = plan(grid, only=only, seeds=seeds, tasks=tasks, overrides=overrides)
     # one grid runner per folder (a second one would run the same cells); each cell's run locks its own folder
@@ -101,12 +108,13 @@ def run_grid(grid: dict[str, Any] | str | Path, out_dir: str | Path, *, only: li
 def _run_jobs(grid: dict[str, Any], jobs: list[dict[str, Any]], out_dir: Path, *, stop_on_error: bool,
               keep_checkpoints: bool, run_fn: Callable[..., dict], echo: Callable[[str], None]) -> dict[str, Any]:
     budgets: dict = {}
+    cls = COMMANDS[grid.get("command", "distill")][0]
     runs, t_grid, cpu_grid = [], time.time(), time.process_time()
     done_walls: list[float] = []
     mismatch: set[str] = set()
     for i, job in enumerate(jobs, 1):
         name = f"{job['task']}/{job['cell']['name']}/s{job['seed']}"
-        opts = resolve_options(job["options"], budgets)
+        opts = resolve_options(job["options"], budgets, cls)
         digest = config_hash(opts)
         folder = cell_dir(out_dir, job["task"], job["cell"]["name"], job["seed"])
         state = status(folder, digest)
@@ -153,7 +161,8 @@ def _run_jobs(grid: dict[str, Any], jobs: list[dict[str, Any]], out_dir: Path, *
         write_json(folder / "cell.json", info)
         if not keep_checkpoints:
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        echo(f"{prefix}: {metric}={score:.4f}  params={res['student']['params']:,}  "
+        shown = "n/a" if score is None else f"{score:.4f}"
+        echo(f"{prefix}: {metric}={shown}  params={res['student']['params']:,}  "
              f"(wall {wall:.0f} s, cpu {cpu:.0f} s)")
         sha = ((res.get("record") or {}).get("teacher_checkpoint_sha256") or "")[:12]
         finished = stats.collect(out_dir / job["task"])
@@ -224,7 +233,7 @@ def _run_cli(args, grid: dict[str, Any], jobs: list[dict[str, Any]], overrides: 
     if args.list:
         budgets: dict = {}
         for job in jobs:
-            opts = resolve_options(job["options"], budgets)
+            opts = resolve_options(job["options"], budgets, COMMANDS[grid.get("command", "distill")][0])
             folder = cell_dir(args.out, job["task"], job["cell"]["name"], job["seed"])
             extra = f" (= {opts['budget_of']})" if "budget_of" in opts else ""
             shown = {k: v for k, v in opts.items() if k not in ("task", "seed", "quiet", "budget_of")}

@@ -8,7 +8,9 @@ from typing import Any
 from makd.assets.models import load_model
 from makd.assets.paths import expand_env
 from makd.core.factorize import count_parameters
+from makd.experiments.config import DistillConfig
 from makd.experiments.grid_plan import coerce_types
+from makd.experiments.options import Config
 from makd.experiments.students import dense_student
 from makd.tasks.glue import load_task
 
@@ -26,11 +28,13 @@ def _num_labels(task: str, data_dir: str | None) -> int:
     return 1 if t.is_regression else t.num_labels
 
 
-def resolve_options(opts: dict[str, Any], cache: dict | None = None) -> dict[str, Any]:
+def resolve_options(opts: dict[str, Any], cache: dict | None = None,
+                    cls: type[Config] = DistillConfig) -> dict[str, Any]:
     """Replace ``budget: {budget_of: SPEC}`` by the dense student's exact count (memoised in ``cache``) and
-    ``${VAR}`` in string options by the environment variable (an unset one is an error saying what to set)."""
+    ``${VAR}`` in string options by the environment variable (an unset one is an error saying what to set);
+    numbers typed as ``cls``'s fields."""
     try:
-        opts = coerce_types({k: expand_env(v, k) for k, v in opts.items()})
+        opts = coerce_types({k: expand_env(v, k) for k, v in opts.items()}, cls)
     except ValueError as err:
         raise ValueError(str(err).replace("or pass -p", "or pass --set").replace(" VALUE", "=VALUE")) from None
     b = opts.get("budget")

@@ -1,5 +1,8 @@
-"""A grid file turned into runs: validation (structure, option names, types and ranges: each cell builds a
-:class:`makd.experiments.config.DistillConfig`), option merging, ``budget_of`` resolution and the config hash.
+"""A grid file turned into runs: validation (structure, option names, types and ranges: each cell builds its
+command's configuration, :class:`makd.experiments.config.DistillConfig` or, with ``command: subquadratic``,
+:class:`makd.experiments.subquadratic_config.SubquadraticConfig`), option merging, ``budget_of`` resolution and the
+config hash. The grid's ``tasks`` fill the command's task option (:data:`COMMANDS`: ``task``, or ``text`` — the text
+source — for subquadratic).
 
 Light (no torch, no model): :func:`precheck` lets the command line refuse a bad grid file, option or ``--set``
 before the heavy :mod:`makd.experiments.grid` (which runs the cells) is imported; ``budget_of`` is resolved by
@@ -21,10 +24,15 @@ import yaml
 from makd.assets.paths import expand_env
 from makd.core.errors import ArgumentParser, DataError, MissingInputError, UsageError
 from makd.experiments.config import SIZE_KEYS, DistillConfig
-from makd.experiments.options import coerce_numbers, config_from_kwargs, field_names
+from makd.experiments.options import Config, coerce_numbers, config_from_kwargs, field_names
+from makd.experiments.subquadratic_config import SubquadraticConfig
 
 # options that change where/how a run is reported, never its result: left out of the config hash
-VOLATILE = ("out", "resume", "quiet", "report_to", "save_student", "logging_steps", "save_steps", "eval_steps")
+VOLATILE = ("out", "resume", "quiet", "report_to", "save_student", "logging_steps", "save_steps", "eval_steps",
+            "save_every", "keep_checkpoints")
+# the commands a grid runs (top-level ``command``, default distill): configuration and the option ``tasks`` fill
+COMMANDS: dict[str, tuple[type[Config], str]] = {"distill": (DistillConfig, "task"),
+                                                 "subquadratic": (SubquadraticConfig, "text")}
 GROUPS = ("method", "baseline", "ablation", "budget")
 
 
@@ -52,13 +60,21 @@ def validate_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, Any]:
     run starts."""
     if not isinstance(grid, dict):
         raise ValueError(f"{where}: a grid is a mapping with tasks, seeds, shared, cells")
-    unknown_top = set(grid) - {"name", "description", "tasks", "seeds", "shared", "task_options", "cells"}
+    unknown_top = set(grid) - {"name", "description", "command", "tasks", "seeds", "shared", "task_options", "cells"}
     if unknown_top:
         raise ValueError(f"{where}: unknown top-level key(s) {sorted(unknown_top)}")
-    valid = set(field_names(DistillConfig))
-    grid = {"name": Path(where).stem, "description": "", "seeds": [0], "shared": {}, "task_options": {}, **grid}
+    grid = {"name": Path(where).stem, "description": "", "command": "distill", "seeds": [0], "shared": {},
+            "task_options": {}, **grid}
+    if grid["command"] not in COMMANDS:
+        raise ValueError(f"{where}: command {grid['command']!r}: a grid runs one of {', '.join(COMMANDS)}")
+    cls, task_key = COMMANDS[grid["command"]]
+    valid = set(field_names(cls))
     if not grid.get("tasks"):
         raise ValueError(f"{where}: 'tasks' must list at least one task (e.g. [rt-polarity])")
+    bad_tasks = [t for t in grid["tasks"] if not isinstance(t, str) or "/" in t or t in ("", ".", "..")]
+    if bad_tasks:
+        raise ValueError(f"{where}: tasks {bad_tasks}: a task names a folder under OUT, without '/' (subquadratic: "
+                         "wiki, or data for <data_dir>/text/)")
     if not grid["seeds"] or not all(isinstance(s, int) for s in grid["seeds"]):
         raise ValueError(f"{where}: 'seeds' must be a list of ints, got {grid['seeds']!r}")
     cells = grid.get("cells") or []
@@ -90,17 +106,18 @@ def validate_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, Any]:
         bad = set(opts) - valid - {"task", "seed"}
         if bad:
             raise ValueError(f"{where}: {what} has unknown pipeline option(s) {sorted(bad)}; valid: {sorted(valid)}")
-        if "task" in opts or "seed" in opts:
+        if {"task", task_key, "seed"} & set(opts):
             raise ValueError(f"{where}: {what}: give tasks and seeds at the top level, not as options")
     for task in grid["tasks"]:
         for cell in cells:
-            check_options(cell_options(grid, cell, task, grid["seeds"][0]), f"{where}: cell {cell['name']!r} ({task})")
+            check_options(cell_options(grid, cell, task, grid["seeds"][0]), f"{where}: cell {cell['name']!r} ({task})",
+                          cls)
     return grid
 
 
-def check_options(opts: dict[str, Any], where: str) -> DistillConfig:
-    """The DistillConfig these (not yet resolved) options describe; a wrong name, type, choice or range is a
-    ValueError starting with ``where`` (an unset ``${VAR}`` is left for :func:`resolve_options` to report)."""
+def check_options(opts: dict[str, Any], where: str, cls: type[Config] = DistillConfig) -> Config:
+    """The ``cls`` configuration these (not yet resolved) options describe; a wrong name, type, choice or range is
+    a ValueError starting with ``where`` (an unset ``${VAR}`` is left for :func:`resolve_options` to report)."""
     opts = dict(opts)
     b = opts.get("budget")
     if isinstance(b, dict):
@@ -113,7 +130,7 @@ def check_options(opts: dict[str, Any], where: str) -> DistillConfig:
         except ValueError:
             pass
     try:
-        return config_from_kwargs(DistillConfig, **opts)
+        return config_from_kwargs(cls, **opts)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: {err}") from None
 
@@ -129,13 +146,13 @@ def cell_options(grid: dict[str, Any], cell: dict[str, Any], task: str, seed: in
     if opts.get("student", "svd") != "svd":
         for k in SIZE_KEYS:                                 # a dense student has its own size
             opts.pop(k, None)
-    return {**opts, "task": task, "seed": seed}
+    return {**opts, COMMANDS[grid.get("command", "distill")][1]: task, "seed": seed}
 
 
-def coerce_types(opts: dict[str, Any]) -> dict[str, Any]:
-    """Give each number the type of its DistillConfig field (``epochs: 1`` in YAML -> 1.0), so a grid cell and the
+def coerce_types(opts: dict[str, Any], cls: type[Config] = DistillConfig) -> dict[str, Any]:
+    """Give each number the type of its ``cls`` field (``epochs: 1`` in YAML -> 1.0), so a grid cell and the
     same command line produce the same run config (and the same cached-teacher key)."""
-    return coerce_numbers(DistillConfig, opts)
+    return coerce_numbers(cls, opts)
 
 
 def config_hash(opts: dict[str, Any]) -> str:
@@ -159,7 +176,8 @@ def plan(grid: dict[str, Any], *, only: list[str] | None = None, seeds: list[int
                     continue
                 opts = {**cell_options(grid, cell, task, seed), **(overrides or {})}
                 if overrides:
-                    check_options(opts, f"cell {cell['name']!r} ({task}, seed {seed}) with --set {overrides}")
+                    check_options(opts, f"cell {cell['name']!r} ({task}, seed {seed}) with --set {overrides}",
+                                  COMMANDS[grid.get("command", "distill")][0])
                 jobs.append({"task": task, "seed": seed, "cell": cell, "options": opts})
     return jobs
 

@@ -161,13 +161,14 @@ def build_expected(run_dirs: list[Path], profile: str) -> dict[str, Any]:
 
 
 def write_expected(run_dirs: list[Path], profile: str, path: Path) -> Path:
-    """Write the expected values of ``profile``; runs of some notebooks only (``reproduce --only``) replace those
-    notebooks' entries of an existing file and keep the others, each notebook keeping its own reference."""
+    """Write the expected values of ``profile``; the notebooks of the runs replace (or add) their entries of an
+    existing file of the same profile and the others are kept (``reproduce --only`` updates one notebook), each
+    notebook keeping its own reference."""
     new = build_expected(run_dirs, profile)
     for entry in new["notebooks"].values():
         entry["reference"] = new["reference"]
     old = json.loads(path.read_text()) if path.is_file() else None
-    if old and old.get("profile") == profile and set(new["notebooks"]) < set(old["notebooks"]):
+    if old and old.get("profile") == profile:
         for stem, entry in old["notebooks"].items():
             entry.setdefault("reference", old["reference"])
         new["notebooks"] = {**old["notebooks"], **new["notebooks"]}

@@ -41,6 +41,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ablations": {"results_dir": "", "budget_dir": "", "grid": "grids/smoke.yaml", "seeds": [0],
                          "only": ["makd", "svd-logit-kd", "no-layer", "makd-r0.25"]},
         "90_results": {"results_dirs": ["tests/fixtures/results"]},
+        "11_subquadratic_students": {"teacher": "tiny-llama", "tokens": 24, "layer": 1,
+                                     "benchmark_json": "tests/fixtures/subquadratic_quick.json"},
         "10_decoder_rouge": {"decoder_teacher": "tiny-llama", "max_train": 8, "max_eval": 3, "batch_size": 4,
                              "max_length": 48, "max_new_tokens": 4, "decoding": "sample", "sample_seeds": [1]},
         "09_squad": {"data_dir": "tests/fixtures", "split_articles": [1, 1], "max_length": 128, "stride": 32,

@@ -9,6 +9,7 @@ from makd.students.mixers.linear import LinearAttention
 from makd.students.mixers.mamba2 import Mamba2
 from makd.students.mixers.mlstm import MLSTM
 from makd.students.mixers.retnet import RetNet
+from makd.students.mixers.softmax import SoftmaxAttention
 
 MIXERS: dict[str, type[Mixer]] = {
     "linear": LinearAttention,
@@ -18,8 +19,10 @@ MIXERS: dict[str, type[Mixer]] = {
     "deltanet": DeltaNet,
     "gated_deltanet": GatedDeltaNet,
     "mamba2": Mamba2,
+    "softmax": SoftmaxAttention,   # not subquadratic: the teacher's attention, the stages' identity check
 }
 NAMES: tuple[str, ...] = tuple(sorted(MIXERS))
+SUBQUADRATIC: tuple[str, ...] = tuple(n for n in NAMES if n != "softmax")   # the students of the study
 
 
 def mixer_class(name: str) -> type[Mixer]:
