@@ -146,7 +146,29 @@ def delta_rule_matrix(q: torch.Tensor, k: torch.Tensor, beta: torch.Tensor, g: t
 
 
 # -- the mixer ---------------------------------------------------------------------------------------------------------
-class DeltaNet(Mixer):
+class MatrixStateWithConv:
+    """The state of the delta-rule mixers and Mamba2: S (B, H, d, d) and, with a short convolution, its last
+    K − 1 inputs (B, K − 1, 3·H·d); the one-token check of ``step``."""
+
+    def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
+                   device: torch.device | None = None) -> State:
+        dtype, device = dtype or self.q_proj.weight.dtype, device or self.q_proj.weight.device
+        h, d = self.num_heads, self.head_dim
+        state = {"S": torch.zeros(batch, h, d, d, dtype=dtype, device=device)}
+        if self.conv1d is not None:
+            state["conv"] = torch.zeros(batch, self.conv_size - 1, 3 * h * d, dtype=dtype, device=device)
+        return state
+
+    def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
+        return {"S": s} if conv is None else {"S": s, "conv": conv}
+
+    @staticmethod
+    def _one_token(x: torch.Tensor) -> None:
+        if x.shape[1] != 1:
+            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
+
+
+class DeltaNet(MatrixStateWithConv, Mixer):
     """DeltaNet mixer (see the module docstring). State: ``S`` (B, H, d, d) and, with a convolution, ``conv``
     (B, conv_size − 1, 3·H·d), the last inputs of the q|k|v convolution."""
     name = "deltanet"
@@ -188,8 +210,6 @@ class DeltaNet(Mixer):
             o = self.o_norm(o)
         return self.o_proj(self.merge_heads(o))
 
-    def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
-        return {"S": s} if conv is None else {"S": s, "conv": conv}
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -200,8 +220,7 @@ class DeltaNet(Mixer):
         return self._output(o, x), self._state(s, conv)
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        if x.shape[1] != 1:
-            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
+        self._one_token(x)
         q, k, v, beta, g, conv = self._features(x, x.new_ones(x.shape[:2]), state)
         o, s = delta_rule_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], beta[..., 0], g[..., 0], state["S"].to(x.dtype))
         return self._output(o[:, :, None], x), self._state(s, conv)
@@ -211,11 +230,3 @@ class DeltaNet(Mixer):
         q, k, _, beta, g, _ = self._features(x, mask, self.init_state(x.shape[0], dtype=x.dtype, device=x.device))
         return delta_rule_matrix(q, k, beta, g)  # (B, H, T, T)
 
-    def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
-                   device: torch.device | None = None) -> State:
-        dtype, device = dtype or self.q_proj.weight.dtype, device or self.q_proj.weight.device
-        h, d = self.num_heads, self.head_dim
-        state = {"S": torch.zeros(batch, h, d, d, dtype=dtype, device=device)}
-        if self.conv1d is not None:
-            state["conv"] = torch.zeros(batch, self.conv_size - 1, 3 * h * d, dtype=dtype, device=device)
-        return state

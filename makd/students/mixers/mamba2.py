@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from makd.students.mixers.base import Mixer, State, valid_mask
-from makd.students.mixers.deltanet import ShortConv, check_sizes, decay_matrix, dt_bias_init
+from makd.students.mixers.deltanet import (MatrixStateWithConv, ShortConv, check_sizes, decay_matrix,
+                                          dt_bias_init)
 
 
 def ssd_chunked(c_: torch.Tensor, b_: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, log_a: torch.Tensor,
@@ -61,7 +62,7 @@ def ssd_chunked(c_: torch.Tensor, b_: torch.Tensor, x: torch.Tensor, dt: torch.T
     return torch.stack(out, 2).reshape(bsz, h, n * c, -1)[:, :, :t], state
 
 
-class Mamba2(Mixer):
+class Mamba2(MatrixStateWithConv, Mixer):
     """Mamba2 (SSD) mixer. State: ``S`` (B, H, N, P) and, with a convolution, ``conv`` (B, conv_size − 1, 3·H·d),
     the last inputs of the x|B|C convolution."""
     name = "mamba2"
@@ -104,8 +105,6 @@ class Mamba2(Mixer):
             y = F.rms_norm(y, (self.head_dim,), eps=self.norm_eps) * w
         return self.o_proj(self.merge_heads(y))
 
-    def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
-        return {"S": s} if conv is None else {"S": s, "conv": conv}
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -116,8 +115,7 @@ class Mamba2(Mixer):
         return self._output(y + self.D[:, None, None] * v, x), self._state(s, conv)
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        if x.shape[1] != 1:
-            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
+        self._one_token(x)
         c_, b_, v, dt, log_a, conv = self._features(x, x.new_ones(x.shape[:2]), state)
         c_, b_, v, dt, log_a = c_[:, :, 0], b_[:, :, 0], v[:, :, 0], dt[..., 0], log_a[..., 0]  # (B, H, d), (B, H)
         s = state["S"].to(x.dtype) * log_a.exp()[..., None, None] \
@@ -131,11 +129,3 @@ class Mamba2(Mixer):
         m = c_ @ b_.transpose(-1, -2) * decay_matrix(log_a) * dt[..., None, :]  # (B, H, T, T)
         return m + torch.diag_embed(self.D[:, None].expand(-1, x.shape[1]).to(m))
 
-    def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
-                   device: torch.device | None = None) -> State:
-        dtype, device = dtype or self.q_proj.weight.dtype, device or self.q_proj.weight.device
-        h, d = self.num_heads, self.head_dim
-        state = {"S": torch.zeros(batch, h, d, d, dtype=dtype, device=device)}
-        if self.conv1d is not None:
-            state["conv"] = torch.zeros(batch, self.conv_size - 1, 3 * h * d, dtype=dtype, device=device)
-        return state
