@@ -90,12 +90,13 @@ tasks
 # %%
 common = dict(data_dir=data_root, teacher=teacher, layer_ratio=layer_ratio, seed=seed, teacher_epochs=teacher_epochs,
               teacher_max_train=teacher_max_train, force_teacher=force_teacher, max_dev=max_dev,
-              max_length=max_length, quiet=True, report_to="none", save_student=False)
+              max_length=max_length, quiet=True, report_to="none")
 rows, runs = [], {}
 for name in tasks:
-    base = pipeline.distill(task=name, objective="none", out=str(run_dir / "distill" / f"08_{name}_none"), **common)
+    base = pipeline.distill(task=name, objective="none", out=str(run_dir / "distill" / f"08_{name}_none"),
+                            save_student=False, **common)
     run = pipeline.distill(task=name, objective=objective, out=str(run_dir / "distill" / f"08_{name}_{objective}"),
-                           max_steps=max_steps, max_train=max_train, batch_size=batch_size, lr=lr,
+                           save_student=name == tasks[0], max_steps=max_steps, max_train=max_train, batch_size=batch_size, lr=lr,
                            logging_steps=max(1, min(10, max_steps // 2)), save_steps=max_steps + 1, **common)
     for kind in ("none", objective):  # the Trainer's final checkpoint (~200 MB) is not needed here
         shutil.rmtree(run_dir / "distill" / f"08_{name}_{kind}" / "checkpoints", ignore_errors=True)
@@ -150,3 +151,23 @@ if relative:  # undefined when a teacher scores 0 (e.g. Matthews correlation of 
     metrics["mean_student_over_teacher"] = float(np.mean(relative))
 write_metrics(run_dir, "08_glue", metrics)
 show({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+
+# %% [markdown]
+# ## Take the student elsewhere
+#
+# The first task's student was saved (`OUT/student/`) with its factors, a small self-contained `modeling_makd.py`
+# and a model card written from this run's metrics. Plain transformers loads it — no makd needed on the other
+# side — and it goes into a `pipeline` like any Hub model (`python -m makd export` also merges it back to a
+# dense checkpoint, exports ONNX, or prepares the folder for the Hub; README "Use your student elsewhere").
+
+# %%
+from IPython.display import Markdown, display
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline as hf_pipeline
+
+folder = run_dir / "distill" / f"08_{tasks[0]}_{objective}" / "student"
+hf_model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+hf_tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+classify = hf_pipeline("text-classification", model=hf_model, tokenizer=hf_tok)
+show(pd.DataFrame(classify(["a gripping, beautifully acted film", "a dull, lifeless and overlong mess"])))
+print(type(hf_model).__name__, f"{sum(p.numel() for p in hf_model.parameters()):,} parameters")
+display(Markdown((folder / "README.md").read_text()))
