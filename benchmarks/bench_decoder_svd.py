@@ -29,16 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.local import local_stage  # noqa: E402
-from makd.experiments import decoder as lm  # noqa: E402
 from makd.tasks.instructions import load_instructions  # noqa: E402
 from makd.tasks.metrics import lm_perplexity  # noqa: E402
+from makd.tasks.prompts import CausalCollator, sft_features  # noqa: E402
 from makd.tasks.wiki import heldout_windows  # noqa: E402
 from makd.assets.models import load_model  # noqa: E402
 
 
 def batch_of(rows, tok, max_length: int) -> dict[str, torch.Tensor]:
-    feats, _ = lm.sft_features(rows, tok, max_length=max_length)
-    return dict(lm.CausalCollator(tok.pad_token_id)([feats[i] for i in range(len(feats))]))
+    feats, _ = sft_features(rows, tok, max_length=max_length)
+    return dict(CausalCollator(tok.pad_token_id)([feats[i] for i in range(len(feats))]))
 
 
 @torch.no_grad()

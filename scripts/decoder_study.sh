@@ -1,0 +1,18 @@
+#!/bin/bash
+# Issue 19 item 6: the decoder comparison from the whitened student (one epoch of the layer-local stage), at layer
+# ratios 0.8 and 0.5: the controls 'init' (as factorised) and 'untrained' (after the layer-local stage), then SFT /
+# KD / SeqKD / MaKD seed by seed (3 training seeds), Rouge-L on all 252 SelfInst prompts and on Vicuna-80 (the
+# teacher's answers as references), response CE, held-out Wikipedia perplexity. Resumable: run it again and the
+# finished models are kept (--resume). Needs the data folder for SelfInst / Vicuna (MAKD_DATA_DIR or $1).
+# Then: python -m makd decoder-stats results/decoder-whiten/ratio-0.8 --write
+set -euo pipefail
+DATA="${1:-${MAKD_DATA_DIR:?give the data folder as \$1 or MAKD_DATA_DIR}}"
+cd "$(dirname "$0")/.."
+for ratio in 0.8 0.5; do
+  python -m makd decoder --data-dir "$DATA" --teacher smollm2-135m-instruct \
+    --layer-ratio "$ratio" --weighting whiten --calibration-examples 128 --local-epochs 1 \
+    --methods init untrained sft kd seqkd makd --train-seeds 1 2 3 \
+    --train-set chatterbot --eval-set selfinst --extra-eval vicuna --max-train 1024 --max-eval 252 \
+    --max-new-tokens 64 --gen-batch-size 32 --wiki-windows 16 --quiet --resume \
+    --out "results/decoder-whiten/ratio-$ratio"
+done
