@@ -6,7 +6,8 @@ memory over the prompt length, per-token generation latency and the generation s
     python benchmarks/bench_subquadratic.py --mixers gla mlstm --lengths 256 1024
 
 Writes benchmarks/results/subquadratic.json (``--out``) and a log-log figure beside it (``.png``). The teacher runs
-with its default attention (SDPA) and KV cache; every student prefills with its chunked parallel form and
+with its default attention (SDPA) and KV cache; the prompt pass computes the last position's logits only, as
+``generate`` does; every student prefills with its chunked parallel form and
 generates through its recurrent form (:mod:`makd.students.subquadratic`). Models are timed in interleaved rounds
 (each round times every model once), the median reported, so load from other processes hits all alike.
 
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from makd.assets.models import load_model  # noqa: E402
 from makd.notebook.mixing_views import plot_scaling  # noqa: E402
 from makd.students import qkv  # noqa: E402
-from makd.students.mixers.registry import NAMES  # noqa: E402
+from makd.students.mixers.registry import SUBQUADRATIC  # noqa: E402
 
 
 def _status(field: str) -> int | None:
@@ -79,12 +80,14 @@ def cache_bytes(cache) -> int:
 
 
 def prefill(model, ids):
-    return model(input_ids=ids, use_cache=True)
+    """The prompt pass of generation: the cache (KV or recurrent state) filled, logits of the last position only
+    (``logits_to_keep=1``, as ``generate`` asks for)."""
+    return model(input_ids=ids, use_cache=True, logits_to_keep=1)
 
 
 def decode(model, ids, steps: int) -> tuple[float, int]:
     """(median seconds per new token, state bytes after the prompt) for ``steps`` greedy tokens after ``ids``."""
-    out = model(input_ids=ids, use_cache=True)
+    out = prefill(model, ids)
     cache, state = out.past_key_values, cache_bytes(out.past_key_values)
     token = out.logits[:, -1:].argmax(-1)
     mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long)
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--teacher", default="smollm2-135m-instruct", help="Llama-family teacher (embedded name)")
-    p.add_argument("--mixers", nargs="+", default=list(NAMES), choices=NAMES, help="students to time (default all)")
+    p.add_argument("--mixers", nargs="+", default=list(SUBQUADRATIC), choices=SUBQUADRATIC,
+                   help="students to time (default all seven)")
     p.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096, 8192], help="prefill lengths")
     p.add_argument("--contexts", nargs="+", type=int, default=[1024, 4096, 8192], help="generation contexts")
     p.add_argument("--steps", type=int, default=8, help="generated tokens timed per context (median)")

@@ -64,3 +64,10 @@ def test_the_command_writes_the_report(comparison, capsys):
     assert (comparison / "rouge.png").stat().st_size > 1000
     assert cli(["decoder-stats", str(comparison / "nowhere")]) == 1
     assert "no folder" in capsys.readouterr().err
+
+
+def test_a_comparison_without_makd_runs_yet_is_reported(tmp_path):
+    _write(tmp_path, "teacher", "teacher", 20.0)
+    _write(tmp_path, "init", "init", 5.0)
+    text, numbers = ds.report(tmp_path)
+    assert "No MaKD runs yet" in text and numbers["comparisons"] == []

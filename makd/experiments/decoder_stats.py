@@ -93,6 +93,8 @@ def compare(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
 def comparisons(df: pd.DataFrame, method: str = "makd") -> list[dict[str, Any]]:
     """``method`` against every other student method and control present."""
     present = set(df["method"])
+    if method not in present:
+        return []
     return [compare(df, method, b) for b in ORDER if b in present and b not in ("teacher", method)]
 
 
@@ -128,7 +130,8 @@ def report(root: str | Path) -> tuple[str, dict[str, Any]]:
         rows.append(row)
     first = df.iloc[0]
     cols = ["model", "runs", f"Rouge-L {first['eval_set']} ({first['n_prompts']})", "of teacher"]
-    cols += [f"Rouge-L {c.removeprefix('rougeL_')}" for c in extra]
+    cols += [f"Rouge-L {c.removeprefix('rougeL_')}" + (" (vs the teacher's answers)" if c == "rougeL_vicuna" else "")
+             for c in extra]
     cols += ["response CE", "wiki ppl", "params", "train time"]
     comps = comparisons(df)
     lines = [f"# Decoder comparison: {root}", "", markdown_table(pd.DataFrame(rows, columns=cols)), "",
@@ -140,6 +143,8 @@ def report(root: str | Path) -> tuple[str, dict[str, Any]]:
         extra_pl = (f"; prompt level {100 * pl['mean_diff']:+.2f} points over {pl['n']} pairs, p = {pl['p']:.3g}"
                     if pl else "")
         lines.append(f"- MaKD vs {LABELS.get(c['b'], c['b'])}: **{c['verdict']}** — {describe_diff(c)}{extra_pl}.")
+    if not comps:
+        lines.append("- No MaKD runs yet: no comparison.")
     lines += [""] + [f"- {t}" for t in targets(table)]
     numbers = {"summary": json.loads(table.to_json(orient="index")), "comparisons": comps,
                "targets": targets(table)}
