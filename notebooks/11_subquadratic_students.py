@@ -21,7 +21,7 @@
 # | profile | runtime (2 CPU cores) | what it uses |
 # |---|---|---|
 # | smoke | ~30 s | tiny random Llama (GQA), 24 tokens |
-# | demo (defaults) | ~2 min | SmolLM2-135M-Instruct (embedded), 48 tokens of held-out Wikipedia |
+# | demo (defaults) | ~1 min (57 s measured 2026-12-06, one thread, shared machine) | SmolLM2-135M-Instruct (embedded), 48 tokens of held-out Wikipedia |
 # | full / paper | as demo | the same (no data folder needed) |
 #
 # [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/makd-project/makd/blob/main/notebooks/11_subquadratic_students.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/makd-project/makd/main?labpath=notebooks%2F11_subquadratic_students.ipynb)
