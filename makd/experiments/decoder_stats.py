@@ -114,9 +114,10 @@ def targets(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def report(root: str | Path) -> tuple[str, dict[str, Any]]:
-    """The markdown report of a comparison folder and the numbers behind it."""
-    df = collect(root)
+def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[str, Any]]:
+    """The markdown report of a comparison folder and the numbers behind it (``df``: its :func:`collect`, when the
+    caller already has it)."""
+    df = collect(root) if df is None else df
     table = summary(df)
     extra = [c[:-5] for c in table.columns if c.startswith("rougeL_") and c.endswith("_mean") and c != "rougeL_mean"]
     rows = []
@@ -178,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not Path(args.folder).is_dir():
         raise MissingInputError(f"no folder {args.folder}: give the --out folder of `python -m makd decoder`")
-    text, numbers = report(args.folder)
+    df = collect(args.folder)
+    text, numbers = report(args.folder, df)
     print(text)
     if args.write:
         (Path(args.folder) / "REPORT.md").write_text(text)
         write_json(Path(args.folder) / "summary.json", numbers)
-        plot(collect(args.folder)).savefig(Path(args.folder) / "rouge.png", dpi=120, bbox_inches="tight")
+        plot(df).savefig(Path(args.folder) / "rouge.png", dpi=120, bbox_inches="tight")
     return 0
 
 
