@@ -49,7 +49,7 @@ TINY = {
     "tiny-llama": ("RANDOM Llama, hidden 32, 2 layers, 4 heads / 2 KV heads, byte-level BPE ~500 "
                    "(smoke tests only)"),
 }
-RECIPE = 2   # bump when a builder changes: cached folders with another recipe are rebuilt
+RECIPE = 3   # bump when a builder changes: cached folders with another recipe are rebuilt
 
 
 @contextmanager
@@ -126,11 +126,25 @@ Questions, answers, reviews, stories and instructions: each sentence helps the t
 """
 
 
-def tiny_tokenizer(kind: str):
-    """A real, deterministic tokenizer trained on a built-in English text (vocabulary ~500).
+def wordpiece_vocab(lines: list[str], normalizer, pre_tokenizer, specials: list[str]) -> dict[str, int]:
+    """A WordPiece vocabulary built deterministically in Python: the special tokens, the printable lower-case
+    ASCII characters alone and as ``##`` continuations (any word splits into them), then every word of ``lines``
+    by count (ties alphabetically). The `tokenizers` WordPiece trainer is not used: its vocabulary changes from
+    one process to the next (435-438 tokens on the same text), and so did the tiny-bert built from it."""
+    from collections import Counter
+    counts = Counter(w for line in lines for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    tokens = list(dict.fromkeys([*specials, *chars, *(f"##{c}" for c in chars),
+                                 *sorted(counts, key=lambda w: (-counts[w], w))]))
+    return {t: i for i, t in enumerate(tokens)}
 
-    kind ``"bert"``: uncased WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK] and ``[CLS] A [SEP] B [SEP]``;
-    kind ``"decoder"``: byte-level BPE with <|endoftext|> (bos) <|im_end|> (eos) <|pad|> <|im_start|> and a
+
+def tiny_tokenizer(kind: str):
+    """A real, deterministic tokenizer made from a built-in English text.
+
+    kind ``"bert"``: uncased WordPiece (vocabulary of 261 from :func:`wordpiece_vocab`) with [PAD] [UNK] [CLS]
+    [SEP] [MASK] and ``[CLS] A [SEP] B [SEP]``;
+    kind ``"decoder"``: byte-level BPE (500, `tokenizers` trainer: same vocabulary in every process) with <|endoftext|> (bos) <|im_end|> (eos) <|pad|> <|im_start|> and a
     ChatML-style chat template (the format of SmolLM2-Instruct).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -138,13 +152,10 @@ def tiny_tokenizer(kind: str):
     lines = _TINY_TEXT.splitlines()
     if kind == "bert":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        alphabet = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
-        trainer = trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials, initial_alphabet=alphabet,
-                                            show_progress=False)
-        tk.train_from_iterator(lines, trainer)
+        normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+        tk = Tokenizer(models.WordPiece(vocab=wordpiece_vocab(lines, normalizer, pre, specials),
+                                        unk_token="[UNK]"))
+        tk.normalizer, tk.pre_tokenizer = normalizer, pre
         cls_id, sep_id = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
         tk.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
