@@ -105,6 +105,7 @@ notebook — what the notebooks stand on
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
     notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)
     notebook.mixing_views  notebook 11: teacher attention vs each mixer's matrix, recurrent vs parallel, the scaling figure
+    notebook.stage_views  notebook 11, part 2: the three stages pictured, loss curves, students after stage k, ranking with intervals, pass-key
     notebook.closed_form  the teacher-forced matrix aspect solved in closed form (whitened SVD), for notebook 04
 cli — ``python -m makd COMMAND``: the one command-line module
 """

@@ -95,6 +95,28 @@ def test_kl_ce_and_top1_match_a_hand_computation():
     assert out["top1"] == pytest.approx(np.mean(ls[prev].argmax(1) == lt[prev].argmax(1)))
 
 
+def test_per_block_sums_add_up_to_the_means_and_follow_each_block():
+    """per_block=True: one entry per block (padding-only blocks give 0 tokens), the sums give back the token-weighted
+    means, and each block's CE sum is that block's alone (a block evaluated by itself gives the same sum)."""
+    rng = np.random.default_rng(1)
+    student, teacher = FixedLM(rng.normal(size=(6, 6))), FixedLM(rng.normal(size=(6, 6)))
+    ids = torch.tensor([[0, 1, 2, 3, 4], [5, 4, 3, 2, 1], [2, 2, 5, 0, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    out = lm_eval.evaluate_lm(student, teacher, {"input_ids": ids, "attention_mask": mask}, batch_size=2,
+                              per_block=True)
+    b = out["blocks"]
+    assert set(b) == {"tokens", "ce_sum", "kl_sum", "agree"} and b["tokens"] == [4, 2, 0]
+    assert all(len(v) == 3 for v in b.values()) and b["ce_sum"][2] == 0.0
+    assert sum(b["ce_sum"]) / sum(b["tokens"]) == pytest.approx(out["ce"], rel=1e-12)
+    assert sum(b["kl_sum"]) / out["tokens"] == pytest.approx(out["kl"], rel=1e-12)
+    assert sum(b["agree"]) / out["tokens"] == pytest.approx(out["top1"], rel=1e-12)
+    alone = lm_eval.evaluate_lm(student, teacher, {"input_ids": ids[1:2], "attention_mask": mask[1:2]},
+                                per_block=True)["blocks"]
+    assert alone["ce_sum"] == [pytest.approx(b["ce_sum"][1], rel=1e-12)]
+    no_teacher = lm_eval.evaluate_lm(student, None, {"input_ids": ids, "attention_mask": mask}, per_block=True)
+    assert set(no_teacher["blocks"]) == {"tokens", "ce_sum"}
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])   # GPT-2: absolute positions, left padding shifts them
 def test_a_padded_copy_gives_the_same_numbers(name, side):

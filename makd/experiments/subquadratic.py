@@ -45,11 +45,12 @@ def stage_specs(cfg: SubquadraticConfig) -> list[StageSpec]:
 
 
 def evaluate(cfg: SubquadraticConfig, model, teacher, tok, held: dict | None) -> dict[str, Any]:
-    """LM metrics on the held-out blocks (KL / top-1 against ``teacher`` unless ``model`` is the teacher),
-    pass-key accuracy and zero-shot accuracies, as the configuration asks."""
+    """LM metrics on the held-out blocks (KL / top-1 against ``teacher`` unless ``model`` is the teacher; with the
+    per-block sums, for intervals over blocks), pass-key accuracy and zero-shot accuracies, as configured."""
     out: dict[str, Any] = {}
     if held is not None:
-        out["lm"] = evaluate_lm(model, None if model is teacher else teacher, held, cfg.eval_batch_size)
+        out["lm"] = evaluate_lm(model, None if model is teacher else teacher, held, cfg.eval_batch_size,
+                                per_block=True)
     if cfg.passkey_contexts:
         limit = teacher.config.max_position_embeddings - MAX_NEW_TOKENS if model is teacher else None
         contexts = [c for c in cfg.passkey_contexts if limit is None or c <= limit]
@@ -110,14 +111,15 @@ def _run(cfg: SubquadraticConfig, out: Path, command: str | None, on_step) -> di
     eval_cpu = round(time.process_time() - t0, 2)
     if cfg.save_student:
         save_student(student, out / "student", tok)
-    student_lm = evaluation["student"].get("lm", {})
+    student_lm, teacher_lm = ({k: v for k, v in evaluation[who].get("lm", {}).items() if k != "blocks"}
+                              for who in ("student", "teacher"))
     sizes = describe(student, teacher)
     result = {
         "command": "subquadratic", "task": cfg.text, "mixer": cfg.mixer, "init": cfg.init, "teacher_name": cfg.teacher,
         "seed": cfg.seed, "metric": "top1" if "top1" in student_lm else None,
         "student": {**sizes, "metrics": student_lm},
         "teacher": {"params": sizes["teacher_params"],
-                    "metrics": evaluation["teacher"].get("lm", {})},
+                    "metrics": teacher_lm},
         "evaluation": evaluation,
         "token_budgets": {s.name: s.tokens for s in specs},
         "tokens_used": {k: v["tokens"] for k, v in results.items()},

@@ -105,7 +105,8 @@ class SubquadraticConfig(StagesConfig):
     zero_shot: tuple[str, ...] = option((), "zero-shot classification sets by label-word likelihood (GLUE ones "
                                         "from the data folder)", choices=ZERO_SHOT, metavar="SET", group="evaluation")
     zero_shot_examples: int = option(200, "examples per zero-shot set", low=1, group="evaluation")
-    save_student: bool = option(True, "save the student (save_pretrained) into OUT/student", group="output")
+    save_student: bool = option(True, "do not save the student (saved by default into OUT/student with "
+                                      "save_pretrained)", group="output")
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after a finished run (only needed to resume)",
                                     group="output")
     out: str = option("runs/subquadratic", "writes OUT/metrics.json (and OUT/student)", path=True, group="output")

@@ -57,12 +57,14 @@ def _check_blocks(blocks: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return ids, mask, labels
 
 
-def evaluate_lm(model, teacher, blocks: Mapping, batch_size: int = 8) -> dict:
+def evaluate_lm(model, teacher, blocks: Mapping, batch_size: int = 8, per_block: bool = False) -> dict:
     """Held-out next-token CE and perplexity of ``model``; with a ``teacher``, also KL(teacher ‖ model) per token and
     top-1 next-token agreement (formulas in the module docstring). Both models run in eval mode (restored after),
     without gradients, each on its own device, ``batch_size`` blocks at a time.
 
-    Returns ``{"ce", "ppl", "kl", "top1", "tokens"}``; with ``teacher=None``, ``{"ce", "ppl", "tokens"}``.
+    Returns ``{"ce", "ppl", "kl", "top1", "tokens"}``; with ``teacher=None``, ``{"ce", "ppl", "tokens"}``. With
+    ``per_block``, also ``"blocks"``: per block the scored tokens and the sums behind the means (``tokens``,
+    ``ce_sum``, and with a teacher ``kl_sum``, ``agree``: lists of length N), so an interval can resample blocks.
     Raises ValueError for malformed blocks, no token to score, or a teacher whose vocabulary (logit width) differs.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -72,6 +74,7 @@ def evaluate_lm(model, teacher, blocks: Mapping, batch_size: int = 8) -> dict:
     modes = [m.training for m in models]
     ce_sum = kl_sum = agree = torch.zeros((), dtype=torch.float64)
     count = 0
+    rows: dict[str, list] = {"tokens": [], "ce_sum": [], "kl_sum": [], "agree": []}
     for m in models:
         m.eval()
     try:
@@ -81,18 +84,31 @@ def evaluate_lm(model, teacher, blocks: Mapping, batch_size: int = 8) -> dict:
                 left = bool((b_mask[:, 1:] > b_mask[:, :-1]).any())        # a 0 followed by a 1: left padding
                 valid = (b_mask[:, :-1] > 0) & (b_mask[:, 1:] > 0) & (b_lab[:, 1:] != -100)   # (B, T-1)
                 n = int(valid.sum())
+                row = valid.nonzero()[:, 0]                                                    # (n,) block of each
+                if per_block:
+                    rows["tokens"] += valid.sum(1).tolist()
+                    if n == 0:
+                        for key in ("ce_sum", "kl_sum", "agree"):
+                            rows[key] += [0.0] * len(b_ids)
                 if n == 0:
                     continue
                 logp = F.log_softmax(_logits(model, b_ids, b_mask, left)[:, :-1][valid], -1)   # (n, V)
                 target = b_lab[:, 1:][valid]                                                   # (n,)
-                ce_sum = ce_sum - logp.gather(1, target[:, None]).double().sum()
+                tok_ce = -logp.gather(1, target[:, None])[:, 0].double()                        # (n,)
+                ce_sum = ce_sum + tok_ce.sum()
+                if per_block:
+                    rows["ce_sum"] += _by_row(tok_ce, row, len(b_ids))
                 if teacher is not None:
                     t_logp = F.log_softmax(_logits(teacher, b_ids, b_mask, left)[:, :-1][valid], -1)  # (n, V)
                     if t_logp.shape[-1] != logp.shape[-1]:
                         raise ValueError(f"evaluate_lm: the teacher predicts {t_logp.shape[-1]} tokens, the model "
                                          f"{logp.shape[-1]}: KL needs one vocabulary (check padded embeddings)")
-                    kl_sum = kl_sum + (t_logp.exp() * (t_logp - logp)).sum(-1).double().sum()
-                    agree = agree + (t_logp.argmax(-1) == logp.argmax(-1)).double().sum()
+                    tok_kl = (t_logp.exp() * (t_logp - logp)).sum(-1).double()                   # (n,)
+                    tok_agree = (t_logp.argmax(-1) == logp.argmax(-1)).double()                  # (n,)
+                    kl_sum, agree = kl_sum + tok_kl.sum(), agree + tok_agree.sum()
+                    if per_block:
+                        rows["kl_sum"] += _by_row(tok_kl, row, len(b_ids))
+                        rows["agree"] += _by_row(tok_agree, row, len(b_ids))
                 count += n
     finally:
         for m, mode in zip(models, modes):
@@ -104,4 +120,11 @@ def evaluate_lm(model, teacher, blocks: Mapping, batch_size: int = 8) -> dict:
     if teacher is not None:
         out["kl"] = float(kl_sum) / count
         out["top1"] = float(agree) / count
+    if per_block:
+        out["blocks"] = {k: v for k, v in rows.items() if teacher is not None or k in ("tokens", "ce_sum")}
     return out
+
+
+def _by_row(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> list[float]:
+    """Sums of per-token ``values`` (n,) by the block ``row`` (n,) each belongs to, as a list of ``n_rows``."""
+    return torch.zeros(n_rows, dtype=torch.float64).index_add_(0, row, values).tolist()
