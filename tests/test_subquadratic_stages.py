@@ -13,6 +13,8 @@ from makd import cli
 from makd.assets.models import load_model, resolve
 from makd.core.mixing_losses import HIDDEN_KINDS, KL_REDUCTIONS, hidden_alignment_loss, matrix_mixing_loss, token_kl
 from makd.experiments import grid as G
+from makd.experiments.report import report_markdown
+from makd.experiments.stats import collect
 from makd.experiments import subquadratic_config as sc
 from makd.experiments.options import config_from_kwargs
 from makd.experiments.subquadratic import run
@@ -303,5 +305,8 @@ def test_the_grid_runner_runs_and_resumes_a_subquadratic_grid(text_dir, tmp_path
     assert m["stages"]["mixing"]["resumed"] and m["stages"]["hidden"]["resumed"] and m["mixer"] == "gla"
     again = G.run_grid(grid, tmp_path / "out", echo=lambda _: None)
     assert again["counts"]["skipped"] == 2
+    report = report_markdown(collect(tmp_path / "out"))            # python -m makd stats: the findings section
+    assert "## The study's findings (arXiv 2504.14366) vs ours" in report
+    assert "| QKV copying is not sufficient alone (all stages vs QKV copy + stage 3 only) | gla: " in report
     with pytest.raises(ValueError, match="without '/'"):
         G.validate_grid({**spec, "tasks": [str(text_dir)]})

@@ -20,6 +20,7 @@ from makd.core.errors import ArgumentParser
 from makd.experiments.published import as_points
 from makd.experiments.stats import (ablation_deltas, across_tasks, budget_comparisons, collect, mean_pm_std,
                                     summarize, versus_best_baseline)
+from makd.experiments.subquadratic_findings import findings_table, is_subquadratic
 from makd.experiments.tables import markdown_table
 from makd.experiments.teachers import mixed_teachers, retrained_note, retrained_teachers
 from makd.experiments.verdicts import direction, verdicts
@@ -158,9 +159,13 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
                              "best other method": budget["best_label"],
                              **_paired_columns(budget, f"{budget_label} − other")})
         parts += ["", f"## Budget sweep: {budget_label} vs the best other method at each ratio", "", markdown_table(rows)]
-    parts += ["", "## Verdicts", ""]
-    for key, lines in verdicts(df, method, keep=keep).items():
-        parts += [f"- **{key}**"] + [f"  - {line}" for line in lines]
+    if is_subquadratic(df):
+        parts += ["", "## The study's findings (arXiv 2504.14366) vs ours (top-1 agreement, paired over seeds)", "",
+                  markdown_table(findings_table(df))]
+    else:
+        parts += ["", "## Verdicts", ""]
+        for key, lines in verdicts(df, method, keep=keep).items():
+            parts += [f"- **{key}**"] + [f"  - {line}" for line in lines]
     cpu = pd.to_numeric(df["cpu_s"] if "cpu_s" in df else pd.Series(dtype=float), errors="coerce")
     cpu_txt = f"{cpu.sum() / 60:.1f} min of CPU time" if cpu.notna().any() else "CPU time not recorded"
     per_task = ", ".join(f"{t} {n}" for t, n in df.groupby("task").size().items())

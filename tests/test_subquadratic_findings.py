@@ -1,0 +1,90 @@
+"""The subquadratic study's findings tested on a grid (``makd.experiments.subquadratic_findings``): verdicts that
+follow the numbers — agrees, disagrees, inconclusive, not tested — on synthetic grids whose answer is known, and the
+findings section of ``python -m makd stats``'s report."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from makd.experiments import subquadratic_findings as sf
+from makd.experiments.report import report_markdown
+from makd.experiments.stats import COLUMNS
+
+NOISE = (0.0, 0.004, -0.003)           # per seed, shared by all cells: paired differences are exact
+
+
+def grid(means: dict[str, float], jitter: dict[str, tuple[float, float, float]] | None = None) -> pd.DataFrame:
+    rows = []
+    for cell, mean in means.items():
+        mixer = cell.split("-")[0]
+        for seed, noise in enumerate(NOISE):
+            extra = (jitter or {}).get(cell, (0.0, 0.0, 0.0))[seed]
+            rows.append({**{c: None for c in COLUMNS}, "task": "wiki", "cell": cell, "label": cell, "seed": seed,
+                         "group": "ablation" if "-" in cell else "method", "metric": "top1",
+                         "score": mean + noise + extra, "config": {"mixer": mixer}, "cpu_s": 60.0,
+                         "student_params": 150_000_000, "teacher_params": 135_000_000, "is_proxy": False,
+                         "teacher": "smollm2-135m-instruct"})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+WOBBLE = (0.001, -0.001, 0.0005)       # makes paired differences vary (a t-test needs spread)
+STUDY = {"mlstm": 0.50, "gla": 0.495, "retnet": 0.45, "deltanet": 0.44, "gated_deltanet": 0.46, "mamba2": 0.43,
+         "linear": 0.30}
+ABLATIONS = {f"{m}{suffix}": base + delta for m, base in (("gla", 0.495), ("mlstm", 0.50), ("linear", 0.30))
+             for suffix, delta in (("-no-hidden", -0.10), ("-no-mixing", -0.005), ("-random", -0.15),
+                                   ("-kd-only", -0.12))}
+
+
+def _verdicts(df) -> dict[str, str]:
+    table = sf.findings_table(df)
+    assert list(table.columns) == ["the study's finding", "ours", "verdict"]
+    return dict(zip(table["the study's finding"], table["verdict"]))
+
+
+def test_a_grid_shaped_like_the_study_agrees_with_every_finding():
+    jitter = {c: WOBBLE for c in [*STUDY, *ABLATIONS] if c not in ("mlstm", "gla", "linear")}
+    df = grid({**STUDY, **ABLATIONS}, jitter={**jitter, "gla": (0.01, -0.012, 0.008)})   # GLA within noise of mLSTM
+    v = _verdicts(df)
+    assert v["xLSTM (mLSTM) is the best student"] == "inconclusive (mLSTM clearly higher than 5 of 6)"   # GLA ties
+    assert v["GLA is close to the best"] == "agrees"
+    assert v["plain kernel linear attention struggles"] == "agrees"
+    assert v["hidden-state alignment is the most reliable gain"] == "agrees"
+    assert v["QKV copying helps"] == "agrees"
+    assert v["QKV copying is not sufficient alone (all stages vs QKV copy + stage 3 only)"] == "agrees"
+    assert v["matrix mixing gives limited gains"] == "agrees"
+
+
+def test_mlstm_clearly_best_agrees_and_a_winning_linear_attention_disagrees():
+    far = {**STUDY, "gla": 0.40}
+    assert _verdicts(grid(far, {c: WOBBLE for c in far if c != "mlstm"}))["xLSTM (mLSTM) is the best student"] == "agrees"
+    flipped = {**STUDY, "linear": 0.60}
+    v = _verdicts(grid(flipped, {c: WOBBLE for c in flipped if c != "mlstm"}))
+    assert v["xLSTM (mLSTM) is the best student"] == "disagrees"
+    assert v["plain kernel linear attention struggles"] == "disagrees"
+    assert v["GLA is close to the best"] == "disagrees"
+
+
+def test_ablations_that_go_the_other_way_disagree():
+    flipped = {**STUDY, **ABLATIONS, "gla-no-hidden": 0.60, "mlstm-random": 0.70, "linear-no-mixing": 0.45}
+    v = _verdicts(grid(flipped, {c: WOBBLE for c in flipped if "-" in c}))
+    assert v["hidden-state alignment is the most reliable gain"] == "disagrees"
+    assert v["QKV copying helps"] == "disagrees"
+    assert v["matrix mixing gives limited gains"].startswith("disagrees (stage 1 is a clear, larger gain for 1 of 3")
+
+
+def test_missing_cells_are_not_tested_and_say_which():
+    v = _verdicts(grid({"gla": 0.4, "retnet": 0.3}))
+    assert v["xLSTM (mLSTM) is the best student"] == "not tested (cells missing: mlstm)"
+    assert v["plain kernel linear attention struggles"] == "not tested (cells missing: linear)"
+    assert v["QKV copying helps"].startswith("not tested (cells missing: gla-random")
+    assert set(_verdicts(grid({"gla": 0.4})).values()) >= {"not tested"}
+
+
+def test_the_stats_report_of_a_subquadratic_grid_has_the_findings_section():
+    df = grid({**STUDY, **ABLATIONS}, {c: WOBBLE for c in ABLATIONS})
+    assert sf.is_subquadratic(df) and not sf.is_subquadratic(df.assign(config=[{}] * len(df)))
+    text = report_markdown(df)
+    assert "## The study's findings (arXiv 2504.14366) vs ours" in text and "## Verdicts" not in text
+    assert "| hidden-state alignment is the most reliable gain |" in text
+    with pytest.raises(KeyError):
+        sf.findings_table(df.drop(columns=["score"]))
