@@ -9,10 +9,14 @@ core — the method, imports nothing else of the package
     core.budget        the matrices to factorise and the ranks that meet a rank / budget / layer_ratio (no SVD)
     core.calibration   input statistics from calibration passes: activation scales, Gram matrices, whitening factors
     core.factorize     truncated-SVD students (plain, activation-aware, whitened, sequentially whitened), size report
+    core.fused         fused low-rank execution: Q/K/V (and gate/up) share one GEMM, matrices not cheaper as factors run dense
     core.capture       one forward pass, the tensors every aspect compares
+    core.attention_maps  attention scores / probabilities recomputed from captured q and k (scaling, mask, RoPE, GQA)
     core.masking       padding masks and masked reductions shared by the losses
     core.losses        each aspect a pure loss function, student first (formula and shapes in its docstring)
     core.baseline_losses  TinyBERT's attention-score MSE and MiniLM's value-relation KL
+    core.score_losses  the attention KL on pre-softmax scores (log-softmax form, gradient computed in the forward pass)
+    core.aspects       the loss registry: each aspect's term on two captures (teacher tensors dropped once used)
     core.objective     the multi-aspect objective: a loss registry and the presets as data over it
     core.compat        check_compatible: can this student be distilled from this teacher
     core.local         the layer-local stage: each block trained alone on the teacher's block inputs (block-local grads)
@@ -64,7 +68,7 @@ students — students that are not SVD factors of the teacher: subquadratic toke
     students.hf_export  a student merged back to a dense checkpoint, or an encoder student exported to ONNX
     students.card      the model card (README.md) of a saved student, from its record and the run's metrics
     students.subquadratic  a Llama causal LM with a mixer in place of attention: recurrent generation cache, Auto classes
-    students.qkv       students from a Llama teacher: attention replaced, QKV copy (GQA heads repeated), save / load
+    students.qkv       students from a Llama teacher: attention replaced, QKV copy (GQA K/V heads kept as the teacher has them), save / load
     students.stage_loop  one stage's loop: token budget, schedule, seeded batches, history, resumable checkpoints
     students.stages    the three stages: matrix mixing, hidden alignment (layer-local, teacher-forced), end-to-end KD
 experiments — runs that write metrics.json with a run record
@@ -106,7 +110,7 @@ notebook — what the notebooks stand on
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
     notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)
     notebook.mixing_views  notebook 11: teacher attention vs each mixer's matrix, recurrent vs parallel, the scaling figure
-    notebook.stage_views  notebook 11, part 2: the three stages pictured, loss curves, students after stage k, ranking with intervals, pass-key
+    notebook.stage_views  notebook 11, part 2: the stages pictured, loss curves, a student after stage k, ranking, pass-key
     notebook.closed_form  the teacher-forced matrix aspect solved in closed form (whitened SVD), for notebook 04
 cli — ``python -m makd COMMAND``: the one command-line module
 """

@@ -38,6 +38,7 @@ from makd.core.calibration import (activation_scales, as_batches, input_grams, l
 # re-exported here: makd.core.factorize.solve_ranks / LowRankLinear / ... keep working
 from makd.core.budget import (EMBED, allocate_ranks, count_parameters, floor_parameters, plan_ranks,  # noqa: F401
                               solve_ranks, targets)
+from makd.core.fused import fuse
 from makd.core.lowrank import LowRankEmbedding, LowRankLinear, dense_weight, dims  # noqa: F401
 
 __all__ = ["LowRankLinear", "LowRankEmbedding", "factorize", "solve_ranks", "plan_ranks", "floor_parameters",
@@ -51,7 +52,7 @@ RANK_RULES = ("uniform", "auto")
 
 def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, weighting: str = "none",
               calibration=None, modules: dict[str, str] | None = None, factorize_embeddings: bool = False,
-              damping: float = 1e-4, ranks: str = "uniform") -> nn.Module:
+              damping: float = 1e-4, ranks: str = "uniform", fused: bool = True) -> nn.Module:
     """A NEW model (the teacher is untouched, every student parameter trainable) with every target matrix
     replaced by a LowRankLinear.
 
@@ -62,7 +63,9 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
     ``calibration`` (see the module docstring); ``damping``: the whitening's λ (:func:`whitening_factor`).
     ``ranks``: "uniform" (one parameter fraction for every matrix, :mod:`makd.core.budget`) or "auto" (the same
     parameter count spread by :func:`allocate_ranks` over the spectra of the weighted matrices — teacher-forced
-    for both whitenings). All checks run before any SVD.
+    for both whitenings). ``fused``: run the student fused (:func:`makd.core.fused.fuse`: Q/K/V and gate/up share
+    one GEMM, matrices whose factors are not cheaper run dense; same outputs, names and state dict); ``False`` or
+    :func:`makd.core.fused.unfuse` gives the plain two-GEMM forward. All checks run before any SVD.
     """
     given = [k for k, v in (("rank", rank), ("budget", budget), ("layer_ratio", layer_ratio)) if v is not None]
     if len(given) != 1:
@@ -122,7 +125,7 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
         "factorize_embeddings": factorize_embeddings,
         **({"damping": damping, "damping_max_used": max(lams.values())} if lams else {}),
     }
-    return student
+    return fuse(student, modules=modules) if fused else student
 
 
 def _whiten_sequentially(student: nn.Module, linear: list[str], tg: dict, ranks: dict[str, int], calibration,

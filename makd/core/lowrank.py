@@ -77,7 +77,11 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
 
+    _fused = None   # set by makd.core.fused.fuse: run with the siblings that share this input (or dense)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:                      # (..., d_in)
+        if self._fused is not None:
+            return self._fused.forward(self, x)                               # (..., d_out)
         return self.up(self.down(x))                                          # (..., d_out)
 
     def dense_weight(self) -> torch.Tensor:
