@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from makd.core.masking import kl_rows, masked_mean, same_shape, upcast, valid_mask
+from makd.core.masking import kl_rows, masked_mean, same_shape, upcast, valid_mask, with_grad
 
 __all__ = ["tinybert_attention_mse", "minilm_value_relation_kl"]
 
@@ -22,7 +22,8 @@ def tinybert_attention_mse(scores_student: Tensor, scores_teacher: Tensor, mask=
 
     L = 1/(H·N_q) Σ_{h, q valid} mean_{k valid} (s_s − s_t)²  (TinyBERT, Jiao et al. 2020; its code
     averages over all T×T entries, we average per valid row so the padding length does not rescale it).
-    scores_*: (B, H, T, T); mask: (B, T).
+    scores_*: (B, H, T, T); mask: (B, T). When only the student learns, the gradient is computed with the value
+    and is the one (B, H, T, T) tensor kept for backward (:func:`makd.core.masking.with_grad`).
     """
     same_shape(scores_student, scores_teacher, "tinybert_attention_mse")
     if scores_student.dim() != 4:
@@ -30,11 +31,21 @@ def tinybert_attention_mse(scores_student: Tensor, scores_teacher: Tensor, mask=
     B, H, T, _ = scores_student.shape
     valid = valid_mask(mask, (B, T), scores_student.device)                  # (B, T)
     keys = valid[:, None, None, :]                                           # (B, 1, 1, T)
-    ss, st = upcast(scores_student), upcast(scores_teacher)
-    ss = torch.where((ss <= -1e2) | ~keys, torch.zeros_like(ss), ss)          # (B, H, T, T)
-    st = torch.where((st <= -1e2) | ~keys, torch.zeros_like(st), st)          # (B, H, T, T)
-    row = ((ss - st) ** 2).sum(-1) / valid.sum(-1).clamp_min(1)[:, None, None]  # (B, H, T)
-    return masked_mean(row, valid[:, None, :].expand_as(row))
+    n_keys = valid.sum(-1).clamp_min(1)[:, None, None]                       # (B, 1, 1)
+    rows = valid[:, None, :].expand(B, H, T)                                 # (B, H, T) queries in the mean
+    if scores_teacher.requires_grad:                                         # both sides learn: plain autograd
+        ss, st = upcast(scores_student), upcast(scores_teacher)
+        ss = torch.where((ss <= -1e2) | ~keys, torch.zeros_like(ss), ss)      # (B, H, T, T)
+        st = torch.where((st <= -1e2) | ~keys, torch.zeros_like(st), st)      # (B, H, T, T)
+        return masked_mean(((ss - st) ** 2).sum(-1) / n_keys, rows)
+    with torch.no_grad():
+        ss, st = upcast(scores_student.detach()), upcast(scores_teacher)
+        kept = ~(ss <= -1e2) & keys                                         # (B, H, T, T) where s_s counts
+        diff = torch.where(kept, ss, 0.0).sub_(torch.where((st <= -1e2) | ~keys, 0.0, st))   # (B, H, T, T)
+        weight = rows / (rows.sum().clamp_min(1) * n_keys)                   # (B, H, T) 1/(H N_q n_k), 0 if padded
+        value = (diff.square().sum(-1) * weight).sum()                       # ()
+        grad = diff.mul_(kept).mul_(2 * weight[..., None]) if scores_student.requires_grad else None
+    return with_grad(scores_student, value, grad)
 
 
 def _relation_log_probs(v: Tensor, n_heads: int, valid: Tensor) -> Tensor:

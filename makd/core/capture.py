@@ -7,21 +7,22 @@ so a dense teacher and its ``LowRankLinear`` student line up 1:1), and only on t
 * module outputs per layer and role (q, k, v, o, ffn_gate, ffn_in, ffn_out; GPT-2's fused ``c_attn``
   output is split into q, k, v), optionally each module's *input* (for teacher forcing);
 * attention probabilities P = softmax(q kᵀ · s + M) recomputed FROM THE CAPTURED q AND k, so the model
-  itself keeps its fast attention kernel (SDPA): s is the model's own scaling (1/sqrt(d_h); GPT-2's
-  ``scale_attn_weights`` / ``scale_attn_by_inverse_layer_idx`` are already in ``attn.scaling``), M the
-  additive mask (0 allowed, dtype-min for padded keys and, in decoders, future keys), Llama-family: RoPE
-  applied with the cos/sin the model passes to its attention and grouped K heads repeated;
+  itself keeps its fast attention kernel (SDPA) (:mod:`makd.core.attention_maps`: scaling, mask, RoPE, GQA):
+  every attention layer's maps at once (``CaptureSpec.attention_maps``, the default), or only q and k with
+  :meth:`Captured.attention_scores` computing one layer's scores when asked (what the objective does: one
+  layer's (B, H, T, T) at a time);
 * hidden states (``output_hidden_states=True``, only requested indices kept; 0 = embedding output,
   i + 1 = output of layer i), value vectors (MiniLM), the logits and the raw model output.
 
-Attention probabilities are pre-dropout (what the model would use in eval mode).
+Attention probabilities are pre-dropout (what the model would use in eval mode). ``inference=True`` runs a
+no-grad capture under ``torch.inference_mode`` (the objective's teacher pass): its tensors must not be saved by
+autograd, so the losses compute the student's gradient themselves and module inputs come back as normal tensors.
 """
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from makd.core import families
+from makd.core.attention_maps import additive_mask, attention_probs, check_attention_support  # noqa: F401
 
 LABEL_KEYS = ("labels", "label", "start_positions", "end_positions")
 ROLES = families.MHA_ROLES + families.FFN_ROLES
@@ -45,6 +47,7 @@ class CaptureSpec:
     hidden_layers: set[int] = field(default_factory=set)  # indices into hidden_states (0 = embeddings)
     value_layers: set[int] = field(default_factory=set)   # value vectors (MiniLM value relation)
     inputs: bool = False                       # also each captured module's INPUT (teacher forcing)
+    attention_maps: bool = True                # all layers' maps now; False: q, k kept, maps one layer on demand
 
 
 @dataclass
@@ -59,6 +62,19 @@ class Captured:
     values: dict[int, Tensor] = field(default_factory=dict)
     apply: dict[int, dict[str, Callable[[Tensor], Tensor]]] = field(default_factory=dict)  # role -> module fn
     geometry: tuple[int, int, int] = (0, 0, 0)  # (n_heads, n_kv_heads, head_dim)
+    qk: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)   # (q, k) of each attention layer
+    score_fn: Callable[..., Tensor] | None = field(default=None, repr=False)
+    transient: bool = False   # the objective's own teacher pass: each tensor is dropped once a term has used it
+
+    def attention_scores(self, layer: int, rows: slice | None = None) -> Tensor:
+        """(B, H, T, T) masked pre-softmax scores of one attention layer (``rows``: of those examples only): the
+        captured ones, else computed now from the captured q and k (with the graph for a grad capture)."""
+        if layer in self.scores:
+            return self.scores[layer] if rows is None else self.scores[layer][rows]
+        if self.score_fn is None or layer not in self.qk:
+            raise ValueError(f"layer {layer} was not captured as an attention layer (CaptureSpec.attention_layers "
+                             f"holds {sorted(self.qk)})")
+        return self.score_fn(layer, *self.qk[layer], rows)
 
 
 def _check_spec(spec: CaptureSpec, n_layers: int) -> None:
@@ -120,68 +136,6 @@ def _causal(model: nn.Module, fam: families.Family) -> bool:
     return bool(fam.causal or getattr(model.config, "is_decoder", False))
 
 
-def _check_attention_support(model: nn.Module, T: int) -> None:
-    cfg = model.config
-    window = getattr(cfg, "sliding_window", None)
-    if window and getattr(cfg, "use_sliding_window", True) and T > window:
-        raise ValueError(f"sequence length {T} exceeds the model's sliding window {window}; capture recomputes "
-                         "full causal attention only: use sequences <= the window")
-    for attr in ("attn_logit_softcapping", "attention_chunk_size"):
-        if getattr(cfg, attr, None):
-            raise ValueError(f"config.{attr} is set: capture does not reproduce this attention variant; "
-                             "distil without attention aspects (weights={'attn': 0})")
-
-
-def additive_mask(attention_mask: Tensor | None, B: int, T: int, causal: bool, dtype, device) -> Tensor | None:
-    """0 where query i may attend key j, dtype-min elsewhere: (B, 1, T, T), as HF's eager masks.
-
-    None when nothing is masked (no padding, bidirectional).
-    """
-    if not causal and (attention_mask is None or bool((attention_mask != 0).all())):
-        return None
-    allowed = torch.ones(B, 1, T, T, dtype=torch.bool, device=device)
-    if attention_mask is not None:
-        allowed = allowed & (attention_mask.to(device) != 0)[:, None, None, :]
-    if causal:
-        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    zero = torch.zeros((), dtype=dtype, device=device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)               # (B, 1, T, T)
-
-
-def _heads(x: Tensor, head_dim: int) -> Tensor:
-    B, T, _ = x.shape
-    return x.reshape(B, T, -1, head_dim).transpose(1, 2)                   # (B, H, T, d_h)
-
-
-def attention_probs(attn: nn.Module, q: Tensor, k: Tensor, mask: Tensor | None, geometry: tuple[int, int, int],
-                    rope: tuple[Tensor, Tensor] | None = None, want_probs: bool = True
-                    ) -> tuple[Tensor | None, Tensor]:
-    """(probabilities, scores): S = (q · attn.scaling) kᵀ + M, P = softmax(S) over keys; (B, H, T, T) each.
-
-    q: (B, T, H·d_h), k: (B, T, H_kv·d_h), mask: (B, 1, T, T) additive or None (nothing masked).
-    Llama family: optional q/k norms (Qwen3), RoPE with the model's cos/sin and its modeling module's
-    ``apply_rotary_pos_emb``, grouped K heads repeated.
-    """
-    n_heads, n_kv, head_dim = geometry
-    qh, kh = _heads(q, head_dim), _heads(k, head_dim)                      # (B, H, T, d), (B, H_kv, T, d)
-    if rope is not None:
-        if hasattr(attn, "q_norm"):
-            qh = attn.q_norm(qh.transpose(1, 2)).transpose(1, 2)
-            kh = attn.k_norm(kh.transpose(1, 2)).transpose(1, 2)
-        modeling = sys.modules[type(attn).__module__]
-        qh, kh = modeling.apply_rotary_pos_emb(qh, kh, *rope)
-    if n_kv != n_heads:
-        kh = kh.repeat_interleave(n_heads // n_kv, dim=1)                  # (B, H, T, d)
-    scaling = getattr(attn, "scaling", head_dim ** -0.5)
-    if getattr(attn, "reorder_and_upcast_attn", False):                   # GPT-2 option: float32 scores
-        qh, kh = qh.float(), kh.float()
-    scores = (qh * scaling) @ kh.transpose(-1, -2)                          # (B, H, T, T), scale on the small side
-    if mask is not None:
-        scores.add_(mask.to(scores.dtype))                                  # in place: one T×T buffer less
-    probs = torch.softmax(scores, dim=-1).to(q.dtype) if want_probs else None  # (B, H, T, T)
-    return probs, scores
-
-
 def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
@@ -193,8 +147,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _attention_maps(core, spec, outs, q_names, rope, batch, fam, geometry):
-    """{layer: probabilities}, {layer: scores} from the captured q/k of every attention layer."""
+def _score_fn(core, spec, outs, q_names, rope, batch, fam, geometry, grad: bool) -> Callable[..., Tensor]:
+    """(layer, q, k, rows) -> masked scores (B, H, T, T) of that layer (of examples ``rows``; None = all)."""
     ref = batch.get("input_ids", batch.get("inputs_embeds"))
     B, T = ref.shape[:2]
     first = outs[min(spec.attention_layers)]["q"]
@@ -202,22 +156,46 @@ def _attention_maps(core, spec, outs, q_names, rope, batch, fam, geometry):
     if fam.rope and not rope:
         raise ValueError(f"could not capture the rotary position embeddings of {type(core).__name__}: "
                          "its attention was not called with position_embeddings=(cos, sin)")
+    modules = {layer: core.get_submodule(_parent(q_names[layer])) for layer in spec.attention_layers}
+    cos_sin = rope[0] if fam.rope else None
+
+    def scores(layer: int, q: Tensor, k: Tensor, rows: slice | None = None) -> Tensor:
+        m, r = mask, cos_sin
+        if rows is not None:
+            q, k = q[rows], k[rows]                                         # (b, T, D) views
+            m = m if m is None or m.shape[0] == 1 else m[rows]              # (b, 1, T, T)
+            r = r if r is None else tuple(x if x.shape[0] == 1 else x[rows] for x in r)
+        with nullcontext() if grad else torch.no_grad():
+            return attention_probs(modules[layer], q, k, m, geometry, r, want_probs=False)[1]
+    return scores
+
+
+def _attention_maps(spec: CaptureSpec, score_fn: Callable[..., Tensor], outs, dtype) -> tuple[dict, dict]:
+    """{layer: probabilities}, {layer: scores} of every attention layer (``CaptureSpec.attention_maps``)."""
     attentions, scores = {}, {}
     for layer in sorted(spec.attention_layers):
-        attn = core.get_submodule(_parent(q_names[layer]))
-        p, s = attention_probs(attn, outs[layer]["q"], outs[layer]["k"], mask, geometry,
-                               rope[0] if fam.rope else None, want_probs=spec.probs)
+        s = score_fn(layer, outs[layer]["q"], outs[layer]["k"])             # (B, H, T, T)
         if spec.probs:
-            attentions[layer] = p
+            attentions[layer] = torch.softmax(s, dim=-1).to(dtype)          # (B, H, T, T)
         if spec.scores:
             scores[layer] = s
     return attentions, scores
 
 
-def capture(model: nn.Module, batch: dict, spec: CaptureSpec, *, grad: bool) -> Captured:
+def _plain(x: Tensor, seen: dict) -> Tensor:
+    """A normal tensor for an inference tensor (cloned once per distinct tensor: q, k and v share an input)."""
+    if not x.is_inference():
+        return x
+    if id(x) not in seen:
+        seen[id(x)] = x.clone()
+    return seen[id(x)]
+
+
+def capture(model: nn.Module, batch: dict, spec: CaptureSpec, *, grad: bool, inference: bool = False) -> Captured:
     """Run ``model`` once on ``batch`` and collect what ``spec`` asks for.
 
-    grad=False (teacher): torch.no_grad and eval mode (the previous mode is restored afterwards);
+    grad=False (teacher): torch.no_grad (``inference=True``: torch.inference_mode, and of the hidden states only
+    the requested ones are kept) and eval mode (the previous mode is restored afterwards);
     grad=True (student): the graph is kept and the model's mode is left as it is.
     Label keys (labels, start/end_positions) are not passed to the model. A DDP-style wrapper is
     called as it is (gradient sync), its inner model is hooked.
@@ -231,7 +209,8 @@ def capture(model: nn.Module, batch: dict, spec: CaptureSpec, *, grad: bool) -> 
     plan = hook_plan(core, spec)
     geometry = families.attention_geometry(core.config)
     if spec.attention_layers:
-        _check_attention_support(core, batch.get("input_ids", batch.get("inputs_embeds")).shape[1])
+        check_attention_support(core, batch.get("input_ids", batch.get("inputs_embeds")).shape[1])
+    inference = inference and not grad
     outs: dict[int, dict[str, Tensor]] = {}
     ins: dict[int, dict[str, Tensor]] = {}
     apply: dict[int, dict[str, Callable]] = {}
@@ -256,7 +235,8 @@ def capture(model: nn.Module, batch: dict, spec: CaptureSpec, *, grad: bool) -> 
         model.eval()
     try:
         with ExitStack() as stack:
-            stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+            stack.enter_context(torch.enable_grad() if grad else
+                                torch.inference_mode() if inference else torch.no_grad())
             for name, (layer, roles) in plan.items():
                 mod = core.get_submodule(name)
                 stack.callback(mod.register_forward_hook(make_hook(layer, roles), with_kwargs=True).remove)
@@ -271,19 +251,26 @@ def capture(model: nn.Module, batch: dict, spec: CaptureSpec, *, grad: bool) -> 
             if spec.hidden_layers:
                 kw["output_hidden_states"] = True
             outputs = model(**kw)
-            attentions, scores = (_attention_maps(core, spec, outs, q_names, rope, batch, fam, geometry)
-                                  if spec.attention_layers else ({}, {}))
+            score_fn = (_score_fn(core, spec, outs, q_names, rope, batch, fam, geometry, grad)
+                        if spec.attention_layers else None)
+            attentions, scores = ({}, {}) if score_fn is None or not spec.attention_maps else \
+                _attention_maps(spec, score_fn, outs, outs[min(spec.attention_layers)]["q"].dtype)
     finally:
         if not grad and was_training:
             model.train()
     hidden = {i: outputs.hidden_states[i] for i in sorted(spec.hidden_layers)}
+    if inference and spec.hidden_layers:
+        outputs.hidden_states = None                                        # the requested ones are in `hidden`
     modules = {layer: {r: outs[layer][r] for r in spec.roles if r in outs.get(layer, {})}
                for layer in sorted(spec.matrix_layers)}
-    inputs = {layer: {r: ins[layer][r] for r in spec.roles if r in ins.get(layer, {})}
+    seen: dict[int, Tensor] = {}                                            # inference inputs feed the student
+    inputs = {layer: {r: _plain(ins[layer][r], seen) for r in spec.roles if r in ins.get(layer, {})}
               for layer in sorted(spec.matrix_layers)} if spec.inputs else {}
+    qk = {layer: (outs[layer]["q"], outs[layer]["k"]) for layer in sorted(spec.attention_layers)}
     values = {layer: outs[layer]["v"] for layer in sorted(spec.value_layers)}
     logits = getattr(outputs, "logits", None)
     if logits is None and getattr(outputs, "start_logits", None) is not None:
         logits = torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)  # (B, T, 2)
     return Captured(logits=logits, hidden=hidden, modules=modules, inputs=inputs, attentions=attentions,
-                    scores=scores, outputs=outputs, values=values, apply=apply, geometry=geometry)
+                    scores=scores, outputs=outputs, values=values, apply=apply, geometry=geometry, qk=qk,
+                    score_fn=score_fn)

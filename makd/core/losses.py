@@ -11,6 +11,8 @@ per level:
 * model   — :func:`logit_kd`, :func:`prediction_loss`, :func:`causal_lm_kd` (``05_model_distillation``)
 * baselines — :func:`minilm_attention_kl` (= attention_kl); TinyBERT's attention MSE and MiniLM's value
   relation live in :mod:`makd.core.baseline_losses` (re-exported here)
+* the attention KL on pre-softmax scores, as the objective computes it (log-softmax, one layer at a time):
+  :func:`attention_kl_scores` in :mod:`makd.core.score_losses` (re-exported here)
 
 Every loss takes the STUDENT's tensor first and the teacher's second (KL is asymmetric: the order is the
 same in every function, whichever direction the KL runs), and a padding mask ``mask`` (B, T) (1/True =
@@ -25,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from makd.core.baseline_losses import minilm_value_relation_kl, tinybert_attention_mse
+from makd.core.score_losses import attention_kl_scores  # noqa: F401  (re-exported)
 from makd.core.errors import MakdError
-from makd.core.masking import kl_rows, masked_mean, same_shape, upcast, valid_mask
+from makd.core.masking import kl_rows, masked_mean, same_shape, upcast, valid_mask, with_grad
 
 __all__ = [
     "NonFiniteLossError", "check_finite", "masked_mse", "matrix_mha_loss", "matrix_ffn_loss", "attention_kl",
@@ -56,11 +59,37 @@ def masked_mse(student: Tensor, teacher: Tensor, mask=None, relative: bool = Fal
     relative=True: the normalised error Σ_{b,t valid} Σ_d (s − t)² / Σ_{b,t valid} Σ_d t² (teacher energy
     detached), scale-free — for models with massive activations (LLM hidden states reach |h| ~ 10³, so the
     plain MSE swamps every other term; our choice, not the paper's). student, teacher: (B, T, D) (any
-    trailing dims are flattened into D); mask: (B, T).
+    trailing dims are flattened into D); mask: (B, T). ``mask=None`` (nothing padded) is the fast path.
+    When only the student needs a gradient (the teacher is frozen, possibly an inference tensor), the value and
+    its gradient 2 (s − t) / N are computed in one pass and only that gradient is kept for backward.
     """
     same_shape(student, teacher, "masked_mse")
     if student.dim() < 2:
         raise ValueError(f"masked_mse needs (B, T, D) or (B, T) inputs, got shape {tuple(student.shape)}")
+    if teacher.requires_grad:                                                # both sides learn: plain autograd
+        return _masked_mse_autograd(student, teacher, mask, relative)
+    with torch.no_grad():
+        s, t = upcast(student.detach()), upcast(teacher)
+        s = s.reshape(*s.shape[:2], -1)                                      # (B, T, D)
+        t = t.reshape(*t.shape[:2], -1)                                      # (B, T, D)
+        diff = s - t                                                         # (B, T, D)
+        if mask is not None:
+            valid = valid_mask(mask, s.shape[:2], s.device)[..., None]       # (B, T, 1)
+            diff = torch.where(valid, diff, 0.0)                             # (B, T, D) padding ignored
+        if relative:
+            energy = (t * t if mask is None else torch.where(valid, t * t, 0.0)).sum()
+            denom = energy.clamp_min(torch.finfo(diff.dtype).tiny)           # ()
+        else:
+            n = diff.shape[0] * diff.shape[1] if mask is None else valid.sum().clamp_min(1)
+            denom = n * diff.shape[-1]                                       # () number of valid entries
+        flat = diff.reshape(-1)
+        value = torch.dot(flat, flat) / denom                                # ()
+        grad = diff.mul_(2 / denom).view(student.shape) if student.requires_grad else None
+    return with_grad(student, value, grad)
+
+
+def _masked_mse_autograd(student: Tensor, teacher: Tensor, mask, relative: bool) -> Tensor:
+    """:func:`masked_mse` through autograd (gradients reach the teacher's tensor too)."""
     s, t = upcast(student), upcast(teacher)
     s = s.reshape(*s.shape[:2], -1)                                          # (B, T, D)
     t = t.reshape(*t.shape[:2], -1)                                          # (B, T, D)

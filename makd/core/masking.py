@@ -42,3 +42,33 @@ def masked_mean(x: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``x`` over True entries of ``valid`` (same shape); 0 when nothing is valid."""
     x = torch.where(valid, x, torch.zeros_like(x))
     return x.sum() / valid.sum().clamp_min(1)
+
+
+class _PrecomputedGrad(torch.autograd.Function):
+    """``value`` (any shape, no graph) whose gradient w.r.t. ``x`` is ``grad`` · (upstream broadcast over x's extra
+    trailing dims): the loss and its gradient are computed together in one no-grad pass, and the only tensor kept
+    for backward is ``grad`` itself (not the several intermediates autograd would keep)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor, grad: Tensor) -> Tensor:
+        ctx.save_for_backward(grad)
+        ctx.extra = grad.dim() - value.dim()
+        ctx.dtype = x.dtype
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, upstream: Tensor):
+        (grad,) = ctx.saved_tensors
+        up = upstream.reshape(upstream.shape + (1,) * ctx.extra)
+        return (grad * up).to(ctx.dtype), None, None
+
+
+def with_grad(x: Tensor, value: Tensor, grad: Tensor | None) -> Tensor:
+    """``value`` with d value / d x = ``grad`` (shape of x; for a non-scalar value, d value[i] / d x[i, ...]).
+
+    ``grad`` None (x needs no gradient): ``value`` as it is. Used by the losses that compute their gradient in
+    the forward pass (:func:`makd.core.losses.masked_mse`, the attention losses on scores); once differentiable."""
+    if grad is None or not x.requires_grad:
+        return value
+    return _PrecomputedGrad.apply(x, value, grad)

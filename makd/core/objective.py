@@ -6,12 +6,14 @@ L = Σ_a w_a Σ_{l ∈ assign(a)} L_a(l) + w_pred · L_pred, with aspects (MaKD,
 * layer level  — ``attn`` (KL(teacher ‖ student) of attention probabilities), ``hidn`` (hidden-state MSE);
 * model level  — ``pred`` (α · t²·KL + (1 − α) · CE; token-level KD + LM loss for causal LMs).
 
-Two plain tables: :data:`LOSSES`, the registry loss name -> :class:`AspectLoss`, and :data:`PRESET_TABLE`, each
+Two plain tables: :data:`LOSSES` (:mod:`makd.core.aspects`), the registry loss name -> :class:`AspectLoss`, and
+:data:`PRESET_TABLE`, each
 preset's aspects, layer groups, weights and, where an aspect uses another registered loss than its own, that
 loss (the TinyBERT baseline's ``attn`` is the MSE on pre-softmax scores). The objective resolves its preset
 through the registry once, then only iterates it. The paper's exact assignment and weights are NOT public:
 every preset, the default ``hierarchical`` included, is a RECONSTRUCTED choice (see docs/METHOD.md).
-Losses: :mod:`makd.core.losses`; walk-through: notebook ``06_hierarchical_training``.
+Losses: :mod:`makd.core.losses`; walk-through: notebook ``06_hierarchical_training``. One training batch:
+:meth:`MaKDObjective.compute` (the teacher once, in inference mode, its tensors freed as the terms use them).
 """
 from __future__ import annotations
 
@@ -23,82 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from makd.core import losses
-from makd.core.capture import Captured, CaptureSpec
+from makd.core.aspects import FFN, LOSSES, MHA, AspectLoss  # noqa: F401  (re-exported)
+from makd.core.capture import Captured, CaptureSpec, capture
 from makd.core.compat import check_compatible  # noqa: F401  (re-exported: makd.core.objective.check_compatible)
 
 ASPECTS = ("mha", "ffn", "attn", "hidn", "pred")   # matrix: mha, ffn; layer: attn, hidn; model: pred
 EXTRA_ASPECTS = ("vr",)                            # MiniLM value relation (baseline)
-MHA, FFN = ("q", "k", "v", "o"), ("ffn_gate", "ffn_in", "ffn_out")   # the matrix roles of each matrix aspect
 EMB = -1   # layer index of the embedding output in the "hidn" assignment (hidden_states[0])
-
-
-# ------------------------------------------------------------------------------- registry of losses
-@dataclass(frozen=True)
-class AspectLoss:
-    """One registered loss. Per layer: ``term(objective, layer, student, teacher, mask) -> ()``; model level
-    (``model=True``): ``term(objective, student, teacher, batch) -> ((), {part: ()})``. ``needs(layers)``: the
-    :class:`CaptureSpec` fields this loss reads on those layers."""
-    term: Callable
-    needs: Callable[[list[int]], dict]
-    model: bool = False
-
-
-def _matrix_term(roles: tuple[str, ...], loss: str) -> Callable:
-    """MSE of each factorised matrix's output (teacher forcing: the student's matrix on the teacher's input)."""
-    def term(obj: MaKDObjective, layer: int, s: Captured, t: Captured, mask) -> Tensor:
-        if obj.teacher_forcing:
-            t_in = t.inputs.get(layer, {})
-            s_out = {r: s.apply[layer][r](t_in[r]) for r in roles if r in t_in and r in s.apply.get(layer, {})}
-        else:
-            s_out = s.modules[layer]
-        return getattr(losses, loss)(s_out, t.modules[layer], mask, roles=roles, relative=obj.mse == "relative")
-    return term
-
-
-def _pred(obj: MaKDObjective, s: Captured, t: Captured | None, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
-    """The model term; without a teacher (``finetune``) the gold loss alone (the student is its own "teacher")."""
-    labels = batch.get("labels")
-    alone = t is None
-    if obj.causal_lm:
-        t_logits = s.logits.detach() if alone else t.logits
-        return losses.causal_lm_kd(s.logits, t_logits, labels, reverse=obj.reverse_kl,
-                                   lm_weight=1.0 if alone else obj.lm_weight)
-    alpha = 0.0 if alone else obj.alpha
-    if getattr(s.outputs, "start_logits", None) is not None:                # extractive QA: start and end
-        parts = []
-        for key, lab in (("start_logits", "start_positions"), ("end_logits", "end_positions")):
-            if lab not in batch:
-                raise ValueError(f"QA distillation needs batch[{lab!r}] (the gold answer token positions)")
-            sl = getattr(s.outputs, key)
-            tl = sl.detach() if alone else getattr(t.outputs, key)
-            parts.append(losses.prediction_loss(sl, tl, batch[lab], obj.temperature, alpha))
-        return (parts[0][0] + parts[1][0]) / 2, {k: (parts[0][1][k] + parts[1][1][k]) / 2 for k in ("kd", "ce")}
-    if s.logits is None:
-        raise ValueError("the model has no logits (a base model without a head): use a task head, or "
-                         "switch the model aspect off with weights={'pred': 0}")
-    if labels is None:
-        if alone:
-            raise ValueError("the finetune preset needs gold labels in batch['labels']")
-        kd = losses.logit_kd(s.logits, t.logits, obj.temperature)
-        return kd, {"kd": kd}
-    return losses.prediction_loss(s.logits, s.logits.detach() if alone else t.logits, labels, obj.temperature, alpha)
-
-
-LOSSES: dict[str, AspectLoss] = {
-    "mha": AspectLoss(_matrix_term(MHA, "matrix_mha_loss"), lambda ls: {"matrix_layers": ls, "roles": MHA}),
-    "ffn": AspectLoss(_matrix_term(FFN, "matrix_ffn_loss"), lambda ls: {"matrix_layers": ls, "roles": FFN}),
-    "attn": AspectLoss(lambda o, i, s, t, m: losses.attention_kl(s.attentions[i], t.attentions[i], m),
-                       lambda ls: {"attention_layers": ls, "probs": True}),
-    "attn_scores": AspectLoss(lambda o, i, s, t, m: losses.tinybert_attention_mse(s.scores[i], t.scores[i], m),
-                              lambda ls: {"attention_layers": ls, "scores": True}),
-    "hidn": AspectLoss(lambda o, i, s, t, m: losses.hidden_mse(s.hidden[i + 1], t.hidden[i + 1], m, o.hidden_proj,
-                                                               relative=o.mse == "relative"),
-                       lambda ls: {"hidden_layers": [i + 1 for i in ls]}),
-    "vr": AspectLoss(lambda o, i, s, t, m: losses.minilm_value_relation_kl(s.values[i], t.values[i], s.geometry[1],
-                                                                           t.geometry[1], m),
-                     lambda ls: {"value_layers": ls}),
-    "pred": AspectLoss(_pred, lambda ls: {}, model=True),
-}
 
 
 # ------------------------------------------------------------------------------------ presets as data
@@ -233,8 +166,28 @@ class MaKDObjective(nn.Module):
                 else:
                     sets[key] |= set(value)
         return CaptureSpec(**sets, roles=roles or MHA + FFN, scores=flags["scores"],
-                           probs=flags["probs"] or not flags["scores"],
+                           probs=flags["probs"] or not flags["scores"], attention_maps=False,   # one layer at a time
                            inputs=self.teacher_forcing and bool(sets["matrix_layers"]))
+
+    def captures(self, student: nn.Module, teacher: nn.Module | None, batch: dict, grad: bool = True
+                 ) -> tuple[Captured, Captured | None]:
+        """(student, teacher) captures of one batch: the teacher once, under torch.inference_mode, collecting only
+        what the active terms read (None when the preset needs no teacher); the student with its graph (``grad``)."""
+        spec = self.spec()
+        t = capture(teacher, batch, spec, grad=False, inference=True) if self.needs_teacher else None
+        return capture(student, batch, spec, grad=grad), t
+
+    def compute(self, student: nn.Module, teacher: nn.Module | None, batch: dict, *, grad: bool = True,
+                step: int | None = None) -> tuple[Tensor, dict[str, Tensor], Captured]:
+        """One batch, as the trainer takes it: :meth:`captures`, then ``forward`` -> (total, terms, student capture).
+
+        The teacher capture never leaves this call and is ``transient``: each term drops the teacher tensors it
+        has used, so they are freed while the terms' backward tensors accumulate (peak memory)."""
+        s, t = self.captures(student, teacher, batch, grad=grad)
+        if t is not None:
+            t.transient = True
+        total, terms = self(s, t, batch, step=step)
+        return total, terms, s
 
     # ---------------------------------------------------------------------------------------- forward
     def _masks(self, batch: dict) -> Tensor | None:
@@ -242,7 +195,7 @@ class MaKDObjective(nn.Module):
         if self.causal_lm and self.response_only_layers and labels is not None:
             resp = labels != -100                                                # (B, T)
             mask = resp if mask is None else (mask != 0) & resp
-        return mask
+        return None if mask is None or bool((torch.as_tensor(mask) != 0).all()) else mask   # None: nothing padded
 
     def forward(self, student: Captured, teacher: Captured | None, batch: dict, step: int | None = None
                 ) -> tuple[Tensor, dict[str, Tensor]]:

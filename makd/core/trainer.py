@@ -130,11 +130,18 @@ class DistillTrainer(Trainer):
         return optimizer
 
     def _objective(self, model, inputs, grad: bool) -> tuple[Tensor, dict[str, Tensor], Any]:
-        spec = self.objective.spec()
+        """The objective on one batch: the teacher once (inference mode), the student, the terms. The captures are
+        dropped by the time the Trainer runs backward (only what the terms' backward needs stays alive)."""
+        needs_teacher = getattr(self.objective, "needs_teacher", True)
+        teacher = self.prepared_teacher() if needs_teacher else None
+        if hasattr(self.objective, "compute"):                 # MaKDObjective: teacher in inference mode, consumed
+            total, terms, student = self.objective.compute(model, teacher, inputs, grad=grad,
+                                                           step=self.state.global_step)
+            return total, terms, student.outputs
+        spec = self.objective.spec()                            # another objective: two plain captures
         student = capture(model, inputs, spec, grad=grad)
-        teacher = (capture(self.prepared_teacher(), inputs, spec, grad=False)
-                   if getattr(self.objective, "needs_teacher", True) else None)
-        total, terms = self.objective(student, teacher, inputs, step=self.state.global_step)
+        teacher_cap = capture(teacher, inputs, spec, grad=False) if needs_teacher else None
+        total, terms = self.objective(student, teacher_cap, inputs, step=self.state.global_step)
         return total, terms, student.outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
