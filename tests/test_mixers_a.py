@@ -18,6 +18,8 @@ B, T, D, H = 2, 13, 32, 4
 CASES = [("linear", {}), ("linear", {"feature_map": "hedgehog"}), ("retnet", {}), ("gla", {}),
          ("mlstm", {"igate_bias": 0.0})]
 IDS = ["linear-elu", "linear-hedgehog", "retnet", "gla", "mlstm"]
+CASES += [(name, {**kwargs, "num_kv_heads": 2}) for name, kwargs in CASES]   # grouped K/V heads (GQA): 2 per 4
+IDS += [f"{i}-gqa" for i in IDS]
 OURS = ("linear", "retnet", "gla", "mlstm")   # part B (deltanet, gated_deltanet, mamba2) has its own tests
 
 
@@ -32,6 +34,11 @@ def make(name, kwargs, chunk_size=64, seed=0, scale=0.3):
 
 def inputs(seed=1, batch=B, length=T):
     return torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def values(mixer, x):
+    """V per query head (each KV head repeated for its group): (B, H, T, d)."""
+    return mixer.expand_kv(mixer.split_heads(mixer.v_proj(x), mixer.num_kv_heads))
 
 
 def run_steps(mixer, x, state=None):
@@ -72,7 +79,7 @@ def test_parallel_equals_recurrent_equals_matrix_times_values(name, kwargs):
     y_rec, state_rec = run_steps(mixer, x)
     assert (y - y_rec).abs().max() < TOL
     assert_states_close(state, state_rec)
-    v = mixer.split_heads(mixer.v_proj(x))                                     # (B, H, T, d)
+    v = values(mixer, x)                                                       # (B, H, T, d)
     mixer.chunk_size = 4                      # M (one (T, T) matrix) against the chunked form's mixed values
     mixed = mixed_values(mixer, x)
     assert (mixer.mixing_matrix(x) @ v - mixed).abs().max() < TOL
@@ -85,7 +92,7 @@ def test_the_forms_agree_at_the_default_initialisation(name):
     mixer, x = mixer_class(name)(D, H).double(), inputs()
     y, _ = mixer(x)
     assert (y - run_steps(mixer, x)[0]).abs().max() < TOL
-    v = mixer.split_heads(mixer.v_proj(x))
+    v = values(mixer, x)
     assert (mixer.mixing_matrix(x) @ v - mixed_values(mixer, x)).abs().max() < TOL
 
 
@@ -127,6 +134,16 @@ def test_no_output_depends_on_a_future_token(name, kwargs):
     assert M.shape == (B, H, T, T)
     assert M.triu(1).abs().max() == 0
     assert (mixer.mixing_matrix(x2)[..., :6, :] - M[..., :6, :]).abs().max() == 0
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
+def test_gradients_match_finite_differences(name, kwargs):
+    """The chunked form's and the matrix's backward (in-place steps included) against finite differences."""
+    mixer, x = make(name, kwargs, chunk_size=3), inputs(batch=1, length=7).requires_grad_()
+    mask = torch.ones(1, 7, dtype=torch.long)
+    mask[0, 0] = 0
+    forms = lambda x: (mixer(x, mask)[0], mixer.mixing_matrix(x, mask))  # noqa: E731
+    assert torch.autograd.gradcheck(forms, (x,), atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
@@ -194,7 +211,7 @@ def test_gla_scores_match_the_channel_sum_by_loops(strength):
     q, k = torch.randn(1, 2, 6, 20, generator=g, dtype=torch.float64), torch.randn(1, 2, 6, 20, generator=g,
                                                                                  dtype=torch.float64)
     G = -strength * torch.rand(1, 2, 6, 20, generator=g, dtype=torch.float64).cumsum(-2)   # strong: e^-2000 spans
-    A = causal_scores(q, k, G)
+    A = causal_scores(q[:, :, None], k, G)[:, :, 0]    # one query head per key head: (…, G = 1, L, L)
     assert torch.isfinite(A).all()
     for i in range(6):
         for j in range(6):
@@ -255,5 +272,8 @@ def test_registry_and_clear_errors():
         with pytest.raises(ValueError, match="chunk_size"):
             mixer_class(name)(32, 4, chunk_size=0)
         assert mixer_class(name)(30, 4, head_dim=8).q_proj.out_features == 32   # head_dim given: no divisibility
+        with pytest.raises(ValueError, match="not a multiple of num_kv_heads = 3"):
+            mixer_class(name)(32, 4, num_kv_heads=3)
+        assert mixer_class(name)(32, 4, num_kv_heads=2).k_proj.out_features == 16   # the KV heads' width
     with pytest.raises(ValueError, match="unknown feature map 'relu'"):
         mixer_class("linear")(32, 4, feature_map="relu")

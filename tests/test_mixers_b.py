@@ -25,8 +25,20 @@ B, T, D, H = 2, 13, 32, 4
 TOL, REF_TOL = 1e-10, 1e-5
 
 
+@pytest.fixture(params=[H, 2], ids=["mha", "gqa"], autouse=True)
+def kv_heads(request):
+    """Every test twice: one K/V head per query head, and grouped K/V heads (2 for 4 query heads, the GQA layout);
+    ``make`` uses it unless a test gives ``num_kv_heads`` (the references and closed forms: one per query head)."""
+    KV[0] = request.param
+    return request.param
+
+
+KV = [H]
+
+
 def make(name: str, seed: int = 0, chunk_size: int = 4, **kw):
     torch.manual_seed(seed)
+    kw.setdefault("num_kv_heads", KV[0])
     return registry.mixer_class(name)(D, H, chunk_size=chunk_size, **kw).double()
 
 
@@ -85,7 +97,7 @@ def test_chunked_equals_quadratic(name):
 def _core(m, x):
     """What M acts on (the heads' V: Mamba2's x after the convolution) and the state the mixing matrix starts from."""
     feats = m._features(x, torch.ones(x.shape[:2], dtype=x.dtype), m.init_state(x.shape[0], dtype=x.dtype))
-    return feats[2]  # (B, H, T, d)
+    return m.expand_kv(feats[2])  # (B, H, T, d): each KV head's values for the query heads of its group
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -102,8 +114,9 @@ def test_mixing_matrix_times_values_is_the_output(name):
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
 def test_delta_matrix_has_the_closed_form(name):
     """A = (tril(QKᵀ)⊙Γ)·(I + strict_tril(diag(β)(KKᵀ⊙Γ)))⁻¹·diag(β), written out with a plain inverse and products."""
-    m, x = make(name), inputs(t=7)
+    m, x = make(name, num_kv_heads=H), inputs(t=7)
     q, k, _, beta, g, _ = m._features(x, torch.ones(B, 7, dtype=x.dtype), m.init_state(B, dtype=x.dtype))
+    g = torch.zeros_like(beta) if g is None else g  # DeltaNet: no decay
     gamma = torch.zeros(B, H, 7, 7, dtype=x.dtype)
     for i in range(7):
         for j in range(i + 1):
@@ -115,7 +128,7 @@ def test_delta_matrix_has_the_closed_form(name):
 
 def test_mamba2_matrix_has_the_closed_form():
     """M = (C Bᵀ) ⊙ L ⊙ Δ (columns) + D on the diagonal, L_ij = a_{j+1}⋯a_i written out as a product."""
-    m, x = make("mamba2"), inputs(t=7)
+    m, x = make("mamba2", num_kv_heads=H), inputs(t=7)
     c_, b_, _, dt, log_a, _ = m._features(x, torch.ones(B, 7, dtype=x.dtype), m.init_state(B, dtype=x.dtype))
     want = torch.zeros(B, H, 7, 7, dtype=x.dtype)
     for i in range(7):
@@ -158,6 +171,33 @@ def test_gradients_finite_for_every_parameter(name):
     loss.backward()
     for n, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_match_finite_differences(name):
+    """The chunked form's and the matrix's backward (in-place steps included) against finite differences."""
+    m, x = make(name, chunk_size=3), inputs(t=7, b=1).requires_grad_()
+    mask = torch.ones(1, 7, dtype=x.dtype)
+    mask[0, 0] = 0
+    forms = lambda x: (m(x, mask)[0], m.mixing_matrix(x, mask))  # noqa: E731
+    assert torch.autograd.gradcheck(forms, (x,), atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", registry.SUBQUADRATIC)
+def test_inference_mode_computes_the_same_numbers(name):
+    """Without gradient recording (prefill, generation) the mixers write into their own temporaries: same outputs
+    and states, parallel and recurrent, for all seven mixers."""
+    torch.manual_seed(0)
+    m, x = registry.mixer_class(name)(D, H, chunk_size=4, num_kv_heads=KV[0]).double(), inputs()
+    mask = torch.ones(B, T, dtype=x.dtype)
+    mask[0, :3] = 0
+    y, s = m(x, mask)
+    y_rec, s_rec = run_steps(m, x[1:])
+    with torch.inference_mode():
+        yi, si = m(x, mask)
+        yi_rec, si_rec = run_steps(m, x[1:])
+    assert err(y, yi) == 0 and state_err(s, si) == 0
+    assert err(y_rec, yi_rec) == 0 and state_err(s_rec, si_rec) == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -251,7 +291,7 @@ def test_ssd_core_matches_transformers_mamba2_chunk_scan():
 
 def test_mamba2_module_matches_transformers_mamba2_mixer():
     """The whole block (convolution, SSD, D, gated per-head norm, projections) vs ``Mamba2Mixer``'s torch path."""
-    ours = make("mamba2")
+    ours = make("mamba2", num_kv_heads=H)
     cfg = tf.Mamba2Config(hidden_size=D, num_heads=H, head_dim=8, expand=1, state_size=8, n_groups=H, conv_kernel=4,
                           chunk_size=4, num_hidden_layers=1, use_bias=False, use_conv_bias=True)
     ref = tf.models.mamba2.modeling_mamba2.Mamba2Mixer(cfg, layer_idx=0).double().eval()
@@ -271,7 +311,7 @@ def test_mamba2_module_matches_transformers_mamba2_mixer():
 
 def test_gated_deltanet_module_matches_transformers_qwen3_next():
     """The whole block (convolution, gated delta rule, gated norm, projections) vs ``Qwen3NextGatedDeltaNet``."""
-    ours = make("gated_deltanet")
+    ours = make("gated_deltanet", num_kv_heads=H)
     cfg = tf.Qwen3NextConfig(hidden_size=D, linear_num_value_heads=H, linear_num_key_heads=H, linear_key_head_dim=8,
                              linear_value_head_dim=8, linear_conv_kernel_dim=4, rms_norm_eps=1e-5,
                              num_hidden_layers=1, layer_types=["linear_attention"])

@@ -30,10 +30,13 @@ from makd.students.mixers.registry import mixer_class
 
 @strict
 class MixerLlamaConfig(LlamaConfig):
-    """A Llama config plus the mixer's name and keyword arguments (``mixer_kwargs``)."""
+    """A Llama config plus the mixer's name and keyword arguments (``mixer_kwargs``) and its key/value heads
+    (``mixer_kv_heads``: the teacher's ``num_key_value_heads`` for students built since K/V kept the teacher's GQA
+    widths; None — configs saved before — means one K/V head per query head, the earlier repeated layout)."""
     model_type = "makd_mixer_llama"
     mixer: str = "linear"
     mixer_kwargs: dict | None = None
+    mixer_kv_heads: int | None = None
 
 
 class MixerCache:
@@ -66,8 +69,8 @@ class MixerBlock(nn.Module):
         self.layer_idx = layer_idx
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
-        self.mixer = mixer_class(config.mixer)(config.hidden_size, config.num_attention_heads, head_dim,
-                                               **(config.mixer_kwargs or {}))
+        kwargs = {"num_kv_heads": config.mixer_kv_heads or config.num_attention_heads, **(config.mixer_kwargs or {})}
+        self.mixer = mixer_class(config.mixer)(config.hidden_size, config.num_attention_heads, head_dim, **kwargs)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 

@@ -12,6 +12,14 @@ state-dict copy (Mamba2: ``q_proj`` = C, ``k_proj`` = B, ``v_proj`` = x). Three 
   (before the output projection and any output gate/normalisation the mixer applies per token), the object the
   matrix-mixing loss compares with the teacher's softmax attention.
 
+Grouped key/value heads (GQA, as the teacher's): ``num_kv_heads`` (default ``num_heads``) key/value heads of
+``head_dim`` channels, each shared by ``groups = num_heads // num_kv_heads`` consecutive query heads, so that
+``k_proj`` / ``v_proj`` have the teacher's widths and the QKV copy is a plain copy. Where a mixer's state is
+written by keys, values and per-KV-head gates only (linear, GLA, DeltaNet, Gated DeltaNet, Mamba2) the state is
+kept per KV head and read by its group's queries; where a decay or gate is per query head (RetNet, mLSTM) K and V
+are repeated to the query heads inside the mixer. V in ``output = M · V`` is always per query head
+(:meth:`Mixer.expand_kv`: each KV head repeated for its group).
+
 Padding (``attention_mask`` (B, T), 1 = token, 0 = padding, left or right): a padded position writes nothing and
 decays nothing — the state after it equals the state before it — so a left-padded batch gives each row the
 outputs of that row alone. Outputs at padded positions are unspecified (callers ignore them).
@@ -30,12 +38,17 @@ class Mixer(nn.Module):
     """Base class: head bookkeeping and the three forms' signatures. ``name`` is the registry name."""
     name = "mixer"
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None,
+                 num_kv_heads: int | None = None) -> None:
         super().__init__()
         if head_dim is None and hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by {num_heads} heads: give head_dim")
         head_dim = head_dim or hidden_size // num_heads
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"{num_heads} query heads are not a multiple of num_kv_heads = {num_kv_heads}")
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+        self.num_kv_heads, self.groups = num_kv_heads, num_heads // num_kv_heads
 
     # -- the three forms ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -70,6 +83,10 @@ class Mixer(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, heads or self.num_heads, -1).transpose(1, 2)
 
+    def expand_kv(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, H_kv, …) -> (B, H, …): each key/value head repeated for the query heads of its group."""
+        return t if self.groups == 1 else t.repeat_interleave(self.groups, dim=1)
+
     @staticmethod
     def merge_heads(t: torch.Tensor) -> torch.Tensor:
         """(B, H, T, d) -> (B, T, H·d)."""
@@ -77,7 +94,8 @@ class Mixer(nn.Module):
         return t.transpose(1, 2).reshape(b, n, h * d)
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, head_dim={self.head_dim}"
+        kv = f", kv_heads={self.num_kv_heads}" if self.groups > 1 else ""
+        return f"heads={self.num_heads}{kv}, head_dim={self.head_dim}"
 
 
 def valid_mask(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -92,5 +110,5 @@ def valid_mask(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Te
 
 def describe(mixer: Mixer) -> dict[str, Any]:
     """Name, heads, parameters and state size (batch 1, float32) of a mixer, for tables."""
-    return {"mixer": mixer.name, "heads": mixer.num_heads, "head_dim": mixer.head_dim,
+    return {"mixer": mixer.name, "heads": mixer.num_heads, "kv_heads": mixer.num_kv_heads, "head_dim": mixer.head_dim,
             "params": sum(p.numel() for p in mixer.parameters()), "state_bytes": mixer.state_bytes()}

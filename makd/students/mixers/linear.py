@@ -15,8 +15,11 @@ The normaliser is *inside* M: its rows are the normalised weights (each sums to 
 Feature maps (``feature_map``):
 - ``"elu"`` (default): φ(x) = elu(x) + 1 per channel, d_k = head_dim, no parameters;
 - ``"hedgehog"``: φ(x) = [softmax(x W_h), softmax(−x W_h)] (softmax over the feature dim, as in Hedgehog / LoLCATs),
-  d_k = 2·head_dim, with separate per-head maps W_q, W_k (H, d, d) initialised to the identity (``fq_weight``,
-  ``fk_weight``), so that a later QKV copy starts from softmax features of the copied q and k.
+  d_k = 2·head_dim, with separate per-head maps W_q (H, d, d) and W_k (H_kv, d, d) initialised to the identity
+  (``fq_weight``, ``fk_weight``), so that a later QKV copy starts from softmax features of the copied q and k.
+
+Grouped heads (``num_kv_heads``, the teacher's GQA): k, v (and φ(k)) per key/value head, so S and z are per KV head
+and each is read by the query heads of its group.
 """
 from __future__ import annotations
 
@@ -35,15 +38,15 @@ class LinearAttention(GatedLinearMixer):
     normalize = True
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *,
-                 feature_map: str = "elu", chunk_size: int = 64) -> None:
-        super().__init__(hidden_size, num_heads, head_dim, chunk_size)
+                 feature_map: str = "elu", chunk_size: int = 64, num_kv_heads: int | None = None) -> None:
+        super().__init__(hidden_size, num_heads, head_dim, chunk_size, num_kv_heads)
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"unknown feature map {feature_map!r}: choose one of {list(FEATURE_MAPS)}")
         self.feature_map = feature_map
         if feature_map == "hedgehog":
-            eye = torch.eye(self.head_dim).expand(num_heads, -1, -1)              # (H, d, d)
-            self.fq_weight = nn.Parameter(eye.clone())
-            self.fk_weight = nn.Parameter(eye.clone())
+            eye = torch.eye(self.head_dim)                                        # (d, d)
+            self.fq_weight = nn.Parameter(eye.repeat(num_heads, 1, 1))            # (H, d, d)
+            self.fk_weight = nn.Parameter(eye.repeat(self.num_kv_heads, 1, 1))    # (H_kv, d, d)
 
     @property
     def key_dim(self) -> int:
@@ -58,12 +61,11 @@ class LinearAttention(GatedLinearMixer):
 
     def features(self, x: torch.Tensor):
         q = self.split_heads(self.q_proj(x))                                     # (B, H, T, d)
-        k = self.split_heads(self.k_proj(x))
-        v = self.split_heads(self.v_proj(x))                                     # (B, H, T, d)
+        k = self.split_heads(self.k_proj(x), self.num_kv_heads)                  # (B, H_kv, T, d)
+        v = self.split_heads(self.v_proj(x), self.num_kv_heads)                  # (B, H_kv, T, d)
         fq = getattr(self, "fq_weight", None)
         fk = getattr(self, "fk_weight", None)
-        g = q.new_zeros(*q.shape[:-1], 1)                                        # (B, H, T, 1): no decay
-        return self.phi(q, fq), self.phi(k, fk), v, g
+        return self.phi(q, fq), self.phi(k, fk), v, None                         # no decay
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.o_proj(self.merge_heads(o))                                  # (B, T, D)

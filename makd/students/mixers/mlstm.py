@@ -22,6 +22,8 @@ A padded position has ĩ = −inf and log f = 0: it writes nothing and decays no
 New parameters and their initialisation (xLSTM 7B's): ``igate`` and ``fgate`` = Linear(D, H) with zero weights,
 input-gate bias ``igate_bias`` (−10) and forget-gate biases linspace(3, 6) over the heads; ``g_proj`` =
 Linear(D, H·d, no bias) with PyTorch's default initialisation. No soft-cap of the gate pre-activations.
+Grouped heads (``num_kv_heads``): ``k_proj`` / ``v_proj`` have the teacher's KV widths; the gates are per query
+head, so K and V are repeated to the query heads and the state stays per query head.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from makd.students.mixers.base import Mixer, State, valid_mask
-from makd.students.mixers.gated_linear import head_rms_norm
+from makd.students.mixers.gated_linear import gate, head_rms_norm, project_out, scaled_linear
 
 EPS = 1e-6   # the denominator's eps, as xLSTM's native kernels
 
@@ -41,9 +43,12 @@ def mlstm_scores(q: torch.Tensor, k: torch.Tensor, igate: torch.Tensor, log_f: t
     n = q.shape[-2]
     b = log_f.cumsum(-1)                                                        # (…, L)
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    log_d = (b[..., :, None] - b[..., None, :] + igate[..., None, :]).masked_fill(~causal, float("-inf"))
+    log_d = (b[..., :, None] - b[..., None, :]).add_(igate[..., None, :]).masked_fill_(~causal, float("-inf"))
     m = torch.maximum(b + m0, log_d.max(-1).values)                             # (…, L)
-    weights = (log_d - m[..., None]).exp() * (q @ k.transpose(-1, -2))          # (…, L, L)
+    if torch.is_grad_enabled():
+        weights = (log_d - m[..., None]).exp() * (q @ k.transpose(-1, -2))      # (…, L, L)
+    else:   # inference (prefill): the same numbers, in place
+        weights = log_d.sub_(m[..., None]).exp_().mul_(q @ k.transpose(-1, -2))
     return weights, m, b
 
 
@@ -102,15 +107,15 @@ class MLSTM(Mixer):
     name = "mlstm"
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
-                 igate_bias: float = -10.0, norm_eps: float = 1e-6) -> None:
-        super().__init__(hidden_size, num_heads, head_dim)
+                 igate_bias: float = -10.0, norm_eps: float = 1e-6, num_kv_heads: int | None = None) -> None:
+        super().__init__(hidden_size, num_heads, head_dim, num_kv_heads)
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.chunk_size, self.norm_eps = chunk_size, norm_eps
-        inner = num_heads * self.head_dim
+        inner, kv_inner = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.k_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.v_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.k_proj = nn.Linear(hidden_size, kv_inner, bias=False)
+        self.v_proj = nn.Linear(hidden_size, kv_inner, bias=False)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
         self.igate = nn.Linear(hidden_size, num_heads)
         self.fgate = nn.Linear(hidden_size, num_heads)
@@ -124,9 +129,9 @@ class MLSTM(Mixer):
 
     def features(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """(B, T, D) -> q (scaled), k, v (B, H, T, d), ĩ, log f (B, H, T); padded: ĩ = −inf, log f = 0."""
-        q = self.split_heads(self.q_proj(x)) * self.head_dim ** -0.5            # (B, H, T, d)
-        k = self.split_heads(self.k_proj(x))
-        v = self.split_heads(self.v_proj(x))
+        q = self.split_heads(scaled_linear(x, self.q_proj, self.head_dim ** -0.5))   # (B, H, T, d), q / √d
+        k = self.expand_kv(self.split_heads(self.k_proj(x), self.num_kv_heads))   # (B, H, T, d)
+        v = self.expand_kv(self.split_heads(self.v_proj(x), self.num_kv_heads))
         igate = self.igate(x).transpose(1, 2)                                   # (B, H, T)
         log_f = F.logsigmoid(self.fgate(x)).transpose(1, 2)                     # (B, H, T)
         if attention_mask is not None:
@@ -136,8 +141,8 @@ class MLSTM(Mixer):
 
     def output(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """h (B, H, T, d), x (B, T, D) -> (B, T, D)."""
-        h = self.merge_heads(head_rms_norm(h, self.norm_weight, self.norm_eps))  # (B, T, H·d)
-        return self.o_proj(torch.sigmoid(self.g_proj(x)) * h)
+        h = self.merge_heads(head_rms_norm(h, eps=self.norm_eps, owned=True))   # (B, T, H·d)
+        return project_out(gate(self.g_proj(x), h, sigmoid=True), self.o_proj, self.norm_weight)
 
     def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | None = None) -> State:

@@ -4,7 +4,8 @@ Not subquadratic: the identity check of the distillation stages (:mod:`makd.stud
 with it from a Llama teacher (:func:`makd.students.stages.identity_student`: QKV copy, the teacher's RoPE) is the
 teacher, so the matrix-mixing and hidden-alignment losses are exactly zero; and it is the quadratic upper bound
 a table of mixers can be read against. It reproduces ``LlamaAttention`` with eager attention, operation for
-operation, per head h (K/V heads of a GQA teacher repeated by the QKV copy: the same numbers as ``repeat_kv``)::
+operation, per head h (``num_kv_heads``: the teacher's GQA K/V heads, repeated to the query heads in the product,
+the same numbers as transformers' ``repeat_kv``)::
 
     q, k = RoPE(W_q x), RoPE(W_k x)          (transformers' rotary embedding of the teacher's ``rope_parameters``)
     A = softmax(q kᵀ · d^-½ + mask)          mask: 0 where key j ≤ query i and j is a token, dtype-min elsewhere
@@ -12,7 +13,7 @@ operation, per head h (K/V heads of a GQA teacher repeated by the QKV copy: the 
 
 Positions are 0, 1, … over the call's columns, padding included, as the teacher's forward without
 ``position_ids`` (RoPE scores depend on position differences only, so a left-padded row matches itself alone up
-to rounding). The recurrent "state" is a KV cache that GROWS with the context — rotated keys, values and the
+to rounding). The recurrent "state" is a KV cache that GROWS with the context — rotated keys, values (per KV head) and the
 token mask of every position seen — so ``step`` costs O(t) per token, not O(1): stated, it is the baseline.
 Mixer keyword arguments: ``rope_parameters`` (the teacher config's dict; default RoPE, θ = 10000; the static
 types of transformers' ``ROPE_INIT_FUNCTIONS``, not the dynamic ones) and ``max_position_embeddings`` (the
@@ -37,12 +38,13 @@ class SoftmaxAttention(Mixer):
     name = "softmax"
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *,
-                 rope_parameters: dict | None = None, max_position_embeddings: int = 2048) -> None:
-        super().__init__(hidden_size, num_heads, head_dim)
-        width = num_heads * self.head_dim
+                 rope_parameters: dict | None = None, max_position_embeddings: int = 2048,
+                 num_kv_heads: int | None = None) -> None:
+        super().__init__(hidden_size, num_heads, head_dim, num_kv_heads)
+        width, kv_width = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(hidden_size, width, bias=False)
-        self.k_proj = nn.Linear(hidden_size, width, bias=False)
-        self.v_proj = nn.Linear(hidden_size, width, bias=False)
+        self.k_proj = nn.Linear(hidden_size, kv_width, bias=False)
+        self.v_proj = nn.Linear(hidden_size, kv_width, bias=False)
         self.o_proj = nn.Linear(width, hidden_size, bias=False)
         self.scaling = self.head_dim ** -0.5
         rope = dict(rope_parameters or DEFAULT_ROPE)
@@ -69,15 +71,16 @@ class SoftmaxAttention(Mixer):
 
     def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | None = None) -> State:
-        """An empty KV cache: keys / values (B, H, 0, d), token mask (B, 0)."""
+        """An empty KV cache: keys / values (B, H_kv, 0, d), token mask (B, 0)."""
         dtype = dtype or self.q_proj.weight.dtype
         device = device or self.q_proj.weight.device
-        empty = torch.zeros(batch, self.num_heads, 0, self.head_dim, dtype=dtype, device=device)
+        empty = torch.zeros(batch, self.num_kv_heads, 0, self.head_dim, dtype=dtype, device=device)
         return {"key": empty, "value": empty.clone(), "valid": torch.zeros(batch, 0, dtype=dtype, device=device)}
 
     def _qkv(self, x: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, D) -> rotated q, k and v (B, H, T, d) at positions past … past + T − 1."""
-        q, k, v = (self.split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))   # (B, H, T, d)
+        """(B, T, D) -> rotated q (B, H, T, d), k and v (B, H_kv, T, d) at positions past … past + T − 1."""
+        q = self.split_heads(self.q_proj(x))                                                   # (B, H, T, d)
+        k, v = (self.split_heads(p(x), self.num_kv_heads) for p in (self.k_proj, self.v_proj))  # (B, H_kv, T, d)
         positions = torch.arange(past, past + x.shape[1], device=x.device)[None]              # (1, T)
         freqs = positions[..., None].float() * self.inv_freq.float()                           # (1, T, d / 2)
         emb = torch.cat((freqs, freqs), dim=-1)                                                # as LlamaRotaryEmbedding
@@ -93,7 +96,7 @@ class SoftmaxAttention(Mixer):
         allowed = causal[None] & (keys_valid[:, None, :] > 0)                                  # (B, T, S)
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(~allowed, torch.finfo(q.dtype).min)[:, None]                   # (B, 1, T, S)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling + mask                      # (B, H, T, S)
+        scores = torch.matmul(q, self.expand_kv(k).transpose(2, 3)) * self.scaling + mask      # (B, H, T, S)
         return nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -103,10 +106,10 @@ class SoftmaxAttention(Mixer):
         past = 0 if state is None else state["key"].shape[2]
         q, k, v = self._qkv(x, past)
         if state is not None:
-            k = torch.cat([state["key"], k], dim=2)                                            # (B, H, S, d)
+            k = torch.cat([state["key"], k], dim=2)                                            # (B, H_kv, S, d)
             v = torch.cat([state["value"], v], dim=2)
             valid = torch.cat([state["valid"], valid], dim=1)                                  # (B, S)
-        o = torch.matmul(self._probs(q, k, valid, past), v)                                    # (B, H, T, d)
+        o = torch.matmul(self._probs(q, k, valid, past), self.expand_kv(v))                    # (B, H, T, d)
         y = self.o_proj(o.transpose(1, 2).contiguous().reshape(b, n, -1).contiguous())        # (B, T, D)
         return y, {"key": k, "value": v, "valid": valid}
 
