@@ -4,12 +4,17 @@ memory over the prompt length, per-token generation latency and the generation s
     python benchmarks/bench_subquadratic.py                      # embedded SmolLM2-135M, T = 256 1k 4k 8k, batch 1
     python benchmarks/bench_subquadratic.py --quick              # tiny random Llama, seconds
     python benchmarks/bench_subquadratic.py --mixers gla mlstm --lengths 256 1024
+    python benchmarks/bench_subquadratic.py --layers 3 --lengths 4096 8192 --contexts --runs 3 --out /tmp/b.json
 
 Writes benchmarks/results/subquadratic.json (``--out``) and a log-log figure beside it (``.png``). The teacher runs
 with its default attention (SDPA) and KV cache; the prompt pass computes the last position's logits only, as
-``generate`` does; every student prefills with its chunked parallel form and
+``generate`` does; every student prefills with its chunked parallel form (K/V at the teacher's GQA widths, the
+layout of :mod:`makd.students.qkv`; ``--repeat-kv`` for the earlier one-K/V-per-query-head layout) and
 generates through its recurrent form (:mod:`makd.students.subquadratic`). Models are timed in interleaved rounds
-(each round times every model once), the median reported, so load from other processes hits all alike.
+(each round times every model once), the median reported, so load from other processes hits all alike; the
+load average is recorded at the start and the end. ``--layers N`` keeps the teacher's first N layers (and builds
+the students from them): every layer costs the same, so the ratios to the teacher are those of the whole model
+within the noise, at 30/N of the time — for quick comparisons on a busy machine.
 
 Peak memory is the process's peak resident set above its resident set before the call (Linux: the peak is reset
 through ``/proc/self/clear_refs`` before each timed call; elsewhere it is not measured). The generation state is
@@ -108,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixers", nargs="+", default=list(SUBQUADRATIC), choices=SUBQUADRATIC,
                    help="students to time (default all seven)")
     p.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096, 8192], help="prefill lengths")
-    p.add_argument("--contexts", nargs="+", type=int, default=[1024, 4096, 8192], help="generation contexts")
+    p.add_argument("--contexts", nargs="*", type=int, default=[1024, 4096, 8192], help="generation contexts")
     p.add_argument("--steps", type=int, default=8, help="generated tokens timed per context (median)")
     p.add_argument("--runs", type=int, default=1, help="interleaved rounds per measurement (median)")
     p.add_argument("--quick", action="store_true", help="tiny random Llama, short lengths (a smoke run)")
+    p.add_argument("--layers", type=int, default=None, help="keep the teacher's first N layers (quick ratios)")
+    p.add_argument("--repeat-kv", action="store_true", help="students with K/V repeated to every query head")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "subquadratic.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -119,13 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     teacher, _ = load_model(args.teacher, head="lm")
     teacher.eval()
-    models = {"teacher": teacher, **{m: qkv.make_student(teacher, m) for m in args.mixers}}
+    if args.layers is not None:
+        if not 1 <= args.layers <= len(teacher.model.layers):
+            p.error(f"--layers must be between 1 and {len(teacher.model.layers)}, got {args.layers}")
+        teacher.model.layers = teacher.model.layers[:args.layers]
+        teacher.config.num_hidden_layers = args.layers
+    models = {"teacher": teacher, **{m: qkv.make_student(teacher, m, repeat_kv=args.repeat_kv) for m in args.mixers}}
     params = {k: qkv.count(v) for k, v in models.items()}
     vocab = teacher.config.vocab_size
     g = torch.Generator().manual_seed(0)
     result: dict = {"what": "prefill (batch 1) and greedy generation, CPU, float32", "teacher": args.teacher,
                     "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
                     "platform": platform.platform(), "torch": torch.__version__, "runs": args.runs,
+                    "layers": len(teacher.model.layers), "repeat_kv": args.repeat_kv,
+                    "kv_heads": {k: v.model.layers[0].mixer.num_kv_heads for k, v in models.items() if k != "teacher"},
                     "params": params, "prefill": {}, "generation": {}}
     with torch.inference_mode():
         for T in args.lengths:
@@ -140,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             result["prefill"][str(T)] = {k: {"seconds": statistics.median(s for s, _ in v),
                                              "peak_bytes": max((m for _, m in v if m is not None), default=None)}
                                          for k, v in rounds.items()}
+            entry = result["prefill"][str(T)]
+            print(f"prefill T={T:5d} student / teacher (median, load {os.getloadavg()[0]:.2f}): " + ", ".join(
+                f"{k} {entry[k]['seconds'] / entry['teacher']['seconds']:.2f}" for k in entry if k != "teacher"),
+                flush=True)
         for C in args.contexts:
             ids = torch.randint(3, vocab, (1, C), generator=g)
             entry = {}
@@ -149,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"generate C={C:5d} {name:15s} {1000 * per_token:8.1f} ms/token  state "
                       f"{state / 2**20:8.2f} MiB", flush=True)
             result["generation"][str(C)] = entry
+    result["load_avg_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,36 @@
+"""Peak resident-set increase of one piece of work, for the benchmarks' fresh-process memory rows (Linux).
+
+Used by ``bench_step.py``, ``bench_vs_textbrewer.py`` and ``bench_generate.py`` (run as scripts, so this folder is
+on ``sys.path``): VmHWM, reset to the current RSS through ``/proc/self/clear_refs``, minus VmRSS just before the
+work; where the reset is not allowed, the ``ru_maxrss`` delta (which includes anything earlier that peaked higher).
+"""
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+from typing import Any, Callable
+
+
+def status_kb(key: str) -> int:
+    """A ``/proc/self/status`` line (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_rss_delta(work: Callable[[], Any], what: str = "the step") -> dict[str, Any]:
+    """Run ``work()``; return ``{"peak_rss_delta_mib", "memory_method"}``."""
+    rss0 = status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")                 # reset VmHWM to the current RSS
+        hwm = True
+    except OSError:
+        hwm = False
+    max0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    work()
+    if hwm:
+        return {"peak_rss_delta_mib": (status_kb("VmHWM") - rss0) / 1024,
+                "memory_method": f"VmHWM after /proc/self/clear_refs reset, minus VmRSS before {what}"}
+    return {"peak_rss_delta_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max0) / 1024,
+            "memory_method": "ru_maxrss delta (includes model loading if that peaked higher)"}
