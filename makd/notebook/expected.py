@@ -20,12 +20,9 @@ notebooks present): they move whenever a module or a notebook is added, not when
 Tolerances (absolute; ``|got - expected| <= tolerance`` passes), from the reference runs' values of a quantity:
 
 - always at least the numerical-noise floor ``max(1e-6, 1e-4 × |value|)``: float rounding that differs across CPU
-  types, thread counts and library builds, not a change of the method (measured on the smoke profile: 1 vs 4
-  threads agree bitwise; AVX-512 vs AVX2 kernels — ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
-  ONEDNN_MAX_CPU_ISA=AVX2`` — differ by at most 3e-5 relative above the absolute floor). A reference set should
-  span both: the checked-in smoke file comes from two default runs and one AVX2 run, each with a fresh
-  ``MAKD_CACHE_DIR`` so the tiny models are built anew (their tokenizer used to differ between processes, which
-  no tolerance could absorb);
+  types, thread counts and library builds, not a change of the method (smoke profile: 1 vs 4 threads agree
+  bitwise, AVX-512 vs AVX2 — ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`` —
+  within 3e-5 relative); the checked-in smoke file: two default runs + one AVX2 run, each with a fresh cache;
 - 3 or more runs: the value is their mean and the tolerance ``3 × std`` (sample std) when larger than the floor,
   labelled seed variation when the runs' ``seed`` parameters differ, run-to-run variation when they do not;
 - 1 or 2 runs: numerical noise only: the floor, or twice the two runs' difference when that is larger.
