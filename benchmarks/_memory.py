@@ -1,4 +1,5 @@
-"""Peak resident-set increase of one piece of work, for the benchmarks' fresh-process memory rows (Linux).
+"""Peak resident-set increase of one piece of work, for the benchmarks' fresh-process memory rows (Linux), and the
+options every benchmark with such rows shares.
 
 Used by ``bench_step.py``, ``bench_vs_textbrewer.py`` and ``bench_generate.py`` (run as scripts, so this folder is
 on ``sys.path``): VmHWM, reset to the current RSS through ``/proc/self/clear_refs``, minus VmRSS just before the
@@ -6,6 +7,7 @@ work; where the reset is not allowed, the ``ru_maxrss`` delta (which includes an
 """
 from __future__ import annotations
 
+import argparse
 import resource
 from pathlib import Path
 from typing import Any, Callable
@@ -34,3 +36,13 @@ def peak_rss_delta(work: Callable[[], Any], what: str = "the step") -> dict[str,
                 "memory_method": f"VmHWM after /proc/self/clear_refs reset, minus VmRSS before {what}"}
     return {"peak_rss_delta_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max0) / 1024,
             "memory_method": "ru_maxrss delta (includes model loading if that peaked higher)"}
+
+
+def add_run_options(p: argparse.ArgumentParser, *, quick: str, memory: str, out: Path) -> None:
+    """--threads, --quick (``quick``: what it runs), --no-memory (``memory``: what it skips), the internal --memory
+    child mode and --out (default ``out``)."""
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--no-memory", action="store_true", help=f"skip the {memory} memory subprocesses")
+    p.add_argument("--memory", default=None, help=argparse.SUPPRESS)   # internal: child process mode
+    p.add_argument("--out", type=Path, default=out)

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import peak_rss_delta  # noqa: E402
+from _memory import add_run_options, peak_rss_delta  # noqa: E402
 import makd  # noqa: E402
 from makd.assets.models import load_model  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
@@ -91,11 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", type=int, default=256, help="prompt tokens")
     p.add_argument("--new", type=int, default=128, help="generated tokens (exactly)")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="tiny random Llama, prompt 32, 16 new tokens, 2 runs")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-(model, batch) memory subprocesses")
-    p.add_argument("--memory", default=None, help=argparse.SUPPRESS)   # internal: child process mode
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generate.json")
+    add_run_options(p, quick="tiny random Llama, prompt 32, 16 new tokens, 2 runs", memory="per-(model, batch)",
+                    out=ROOT / "benchmarks" / "results" / "generate.json")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

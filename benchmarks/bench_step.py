@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import peak_rss_delta  # noqa: E402
+from _memory import add_run_options, peak_rss_delta  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.objective import MaKDObjective  # noqa: E402
 
@@ -123,11 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--layer-ratio", type=float, default=0.5)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="tiny random BERT, batch 4 x 16, 3 runs")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-preset memory subprocesses")
-    p.add_argument("--memory", default=None, help=argparse.SUPPRESS)   # internal: child process mode
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step.json")
+    add_run_options(p, quick="tiny random BERT, batch 4 x 16, 3 runs", memory="per-preset",
+                    out=ROOT / "benchmarks" / "results" / "step.json")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

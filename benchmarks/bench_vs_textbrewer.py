@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import peak_rss_delta  # noqa: E402
+from _memory import add_run_options, peak_rss_delta  # noqa: E402
 import makd  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.capture import capture  # noqa: E402
@@ -261,11 +261,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--layer-ratio", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="tiny-bert preset, batch 4 x 32, 3 runs")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-step memory subprocesses")
-    p.add_argument("--memory", default=None, help=argparse.SUPPRESS)   # internal: child process mode
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "textbrewer.json")
+    add_run_options(p, quick="tiny-bert preset, batch 4 x 32, 3 runs", memory="per-step",
+                    out=ROOT / "benchmarks" / "results" / "textbrewer.json")
     args = p.parse_args(argv)
     try:
         import textbrewer
