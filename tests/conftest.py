@@ -61,3 +61,15 @@ def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1, pad: bool = True):
 @pytest.fixture(params=["bert", "gpt2", "llama"])
 def family(request):
     return request.param
+
+
+@pytest.fixture(scope="module")
+def _tiny_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def tiny_cache(_tiny_dir, monkeypatch):
+    """A private cache for the tiny presets (built once per test module, ~1 s); the real cache elsewhere."""
+    monkeypatch.setenv("MAKD_CACHE_DIR", _tiny_dir)
+    return _tiny_dir

@@ -25,18 +25,6 @@ PRESETS = {"tiny-bert": "cls", "tiny-gpt2": "lm", "tiny-llama": "lm"}
 MIXED = {"q": 16, "k": 4, "v": 12, "o": 20, "ffn_gate": 8, "ffn_in": 30, "ffn_out": 5}
 
 
-@pytest.fixture(scope="module")
-def _tiny_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture
-def tiny_cache(_tiny_dir, monkeypatch):
-    """A private cache for the tiny presets (built once per module); the real cache elsewhere."""
-    monkeypatch.setenv("MAKD_CACHE_DIR", _tiny_dir)
-    return _tiny_dir
-
-
 def teacher(name: str, dtype=torch.float64):
     model, _ = load_model(name, head=PRESETS[name], dtype=dtype, attn_implementation="eager")
     return model.eval()

@@ -18,18 +18,6 @@ from makd.assets import models
 from makd.assets import onnx_bert
 
 
-@pytest.fixture(scope="module")
-def _tiny_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture
-def tiny_cache(_tiny_dir, monkeypatch):
-    """A private cache for the tiny presets (built once per module, ~1 s); the real cache elsewhere."""
-    monkeypatch.setenv("MAKD_CACHE_DIR", _tiny_dir)
-    return _tiny_dir
-
-
 def test_resolve_rules(tiny_cache, tmp_path):
     folder = models.resolve("tiny-bert")
     assert folder.startswith(tiny_cache) and os.path.isfile(os.path.join(folder, "config.json"))
