@@ -52,6 +52,7 @@ tasks — data, metrics and the teacher per task
     tasks.prompts      instruction prompts (chat or Alpaca template), response-only training features, collator
     tasks.generate     frozen generation settings, generation, Rouge-L evaluation
     tasks.teacher      the one cached fine-tuning of the teacher (GLUE and SQuAD), its hash checked on reuse
+    tasks.teacher_cache  the teacher cache's checks: its weights' hash, the base model's files it was tuned from
 students — students that are not SVD factors of the teacher: subquadratic token mixers (arXiv 2504.14366)
     students.mixers.base  the contract of a mixer: parallel form, recurrent step, materialised mixing matrix, padding
     students.mixers.deltanet  DeltaNet: the delta rule, chunked by the UT transform; shared short convolution

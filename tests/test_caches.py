@@ -1,8 +1,9 @@
 """Caches that verify themselves: fine-tuned teachers (tasks.teacher) and built models (assets.builders).
 
 A damaged cached teacher (flipped bytes, truncated weights, unreadable) is found on reuse, removed and
-fine-tuned again under the same key, and the hash a run states is the hash of the weights it loaded; a teacher
-saved before hashes were stored is trusted once and gets its hash recorded. Built model folders are checked by
+fine-tuned again under the same key, and the hash a run states is the hash of the weights it loaded; so is one
+fine-tuned from a base model whose files changed since; a teacher saved before hashes were stored is trusted once
+and gets its hash recorded. Built model folders are checked by
 their stamps and recorded hashes and rebuilt when broken. (Extracted assets: tests/test_assets.py.)
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from makd.assets.fetch import AssetUnavailableError
 from makd.assets.files import sha256_file, sha256_folder
 from makd.core.errors import CacheError
 from makd.tasks import teacher as teachers
+from makd.tasks import teacher_cache
 from makd.tasks.glue import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,16 +97,19 @@ def test_a_damaged_teacher_is_fine_tuned_again_and_states_the_hash_of_its_new_we
     assert _again(trained).reused
 
 
-def test_a_teacher_saved_without_a_hash_is_trusted_once_and_the_hash_recorded(trained, cached, caplog):
+@pytest.mark.parametrize("field,note", [("checkpoint_sha256", "no stored checkpoint sha256"),
+                                        ("base_sha256", "which base model files")])
+def test_a_teacher_saved_without_a_hash_is_trusted_once_and_the_hash_recorded(trained, cached, caplog, field, note):
     info = _info(cached)
-    del info["checkpoint_sha256"]                                         # as an earlier makd may have left it
+    del info[field]                                                       # as an earlier makd may have left it
     (cached / "teacher_info.json").write_text(json.dumps(info))
     with caplog.at_level(logging.INFO, logger="makd.tasks.teacher"):
         again = _again(trained)
     assert again.reused and not _messages(caplog)
-    (note,) = [m for m in _messages(caplog, logging.INFO) if "no stored checkpoint sha256" in m]
-    assert str(cached) in note and "trusting it from now on" in note
+    (line,) = [m for m in _messages(caplog, logging.INFO) if note in m]
+    assert str(cached) in line and "trusting it from now on" in line
     assert again.checkpoint_sha256 == sha256_folder(cached) == _info(cached)["checkpoint_sha256"]
+    assert _info(cached)["base_sha256"] == teacher_cache.base_fingerprint(models.resolve("tiny-bert"))
 
 
 def test_a_teacher_without_a_hash_that_cannot_be_read_is_fine_tuned_again(trained, cached, caplog):
@@ -126,6 +131,50 @@ def test_a_teacher_killed_before_its_info_was_written_is_fine_tuned_again(traine
         again = _again(trained)
     assert not again.reused and not _messages(caplog)                     # nothing was cached: no warning
     assert again.checkpoint_sha256 == sha256_folder(cached) == trained["result"].checkpoint_sha256
+
+
+def _retune_base(folder: Path) -> None:
+    """Rewrite the base model's weights in place, as a rebuilt preset or an overwritten folder would."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+def test_a_teacher_fine_tuned_from_a_base_model_that_changed_since_is_fine_tuned_again(trained, tmp_path,
+                                                                                       monkeypatch, caplog):
+    monkeypatch.setenv("MAKD_CACHE_DIR", str(trained["cache"]))
+    monkeypatch.setattr(teachers, "cache_dir", lambda: tmp_path / "cache")
+    base = tmp_path / "my-bert"
+    shutil.copytree(models.resolve("tiny-bert"), base)                    # a user's own base folder
+
+    def tune():
+        return teachers.finetune_teacher(str(base), trained["task"], seed=0, settings=SETTINGS, disable_tqdm=True)
+    first = tune()
+    assert _info(first.path)["base_sha256"] == teacher_cache.base_fingerprint(str(base))
+    assert tune().reused                                                  # same base files: reused
+    _retune_base(base)
+    with caplog.at_level(logging.WARNING, logger="makd.tasks.teacher"):
+        again = tune()
+    (warning,) = _messages(caplog)
+    assert str(first.path) in warning and "another version of its base model" in warning
+    assert not again.reused and again.path == first.path                 # the key names the base by location
+    assert again.checkpoint_sha256 != first.checkpoint_sha256
+    assert _info(again.path)["base_sha256"] == teacher_cache.base_fingerprint(str(base))
+
+
+def test_a_hub_id_has_no_base_fingerprint_and_a_folder_fingerprint_covers_weights_config_and_tokenizer(tmp_path):
+    assert teacher_cache.base_fingerprint("bert-base-uncased") is None
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    before = teacher_cache.base_fingerprint(str(folder))
+    (folder / "README.md").write_text("notes")                           # not part of the model
+    assert teacher_cache.base_fingerprint(str(folder)) == before
+    for name in ("vocab.txt", "config.json", "model.safetensors"):
+        (folder / name).write_text(name)
+        assert teacher_cache.base_fingerprint(str(folder)) != before
+        before = teacher_cache.base_fingerprint(str(folder))
 
 
 def test_a_distillation_over_a_damaged_teacher_records_the_hash_it_loaded(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from transformers import TrainerCallback
 
 from makd.assets.runfolder import LOCK_NAME, FolderLock
-from makd.core.errors import RunFolderError
+from makd.core.errors import MissingInputError, RunFolderError
 from makd.experiments import grid as G
 from makd.experiments import distill as pipeline
 from makd.experiments import students
@@ -131,6 +132,26 @@ def test_grid_files_validate_and_errors_are_clear(tmp_path, capsys):
     listed = capsys.readouterr().out
     assert "sst2/makd/s0 [new]" in listed and "sst2/no-layer/s0" in listed
     assert G.main([str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+
+
+def test_a_grid_file_extends_another_merging_its_shared_options_and_refuses_a_cycle(tmp_path):
+    cpu, full = G.load_grid(ROOT / "grids" / "subquadratic-cpu.yaml"), G.load_grid(ROOT / "grids" / "subquadratic.yaml")
+    assert cpu["cells"] == full["cells"] and cpu["seeds"] == full["seeds"] and cpu["name"] == "subquadratic-cpu"
+    assert cpu["shared"] == {**full["shared"], "block_length": 128, "batch_size": 4, "mixing_tokens": 4096,
+                             "hidden_tokens": 4096, "kd_tokens": 4096, "eval_blocks": 32, "passkey_contexts": [256, 512],
+                             "passkey_per_cell": 2, "zero_shot_examples": 200}
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntasks: [sst2]\ncells: [{name: a}]\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntasks: [sst2]\ncells: [{name: b}]\n")
+    with pytest.raises(ValueError, match="'extends' makes a cycle"):
+        G.load_grid(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(MissingInputError, match="missing.yaml does not exist"):
+        G.load_grid(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: smoke.yaml\ntask_options: {sst2: {lr: 0.01}}\nshared: {max_steps: 1}\n")
+    shutil.copy(ROOT / "grids" / "smoke.yaml", tmp_path / "smoke.yaml")
+    smoke, d = G.load_grid(tmp_path / "smoke.yaml"), G.load_grid(tmp_path / "d.yaml")
+    assert d["cells"] == smoke["cells"] and d["shared"] == {**smoke["shared"], "max_steps": 1}
+    assert d["task_options"]["sst2"] == {**smoke["task_options"].get("sst2", {}), "lr": 0.01}
 
 
 @pytest.mark.parametrize("options, message", [

@@ -37,14 +37,43 @@ GROUPS = ("method", "baseline", "ablation", "budget")
 
 
 def load_grid(path: str | Path) -> dict[str, Any]:
-    """Read and validate a grid file (.yaml/.yml/.json); returns the dict with defaults filled in."""
-    path = Path(path)
+    """Read and validate a grid file (.yaml/.yml/.json); returns the dict with defaults filled in.
+
+    ``extends: OTHER.yaml`` (a path relative to the file) starts from that grid: the file's own top-level keys
+    replace the other's, except ``shared`` and ``task_options``, whose options are merged over the other's (the
+    same cells at another budget, say, in a few lines)."""
+    return validate_grid(_extended(Path(path), ()), where=str(path))
+
+
+def _extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The raw grid of ``path`` with its ``extends`` chain merged in (a cycle is an error)."""
+    grid = _read(path)
+    if not isinstance(grid, dict) or "extends" not in grid:
+        return grid
+    base_path = (path.parent / str(grid.pop("extends"))).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ValueError(f"{path}: 'extends' makes a cycle through {base_path}")
+    base = _extended(base_path, (*seen, path.resolve()))
+    if not isinstance(base, dict):
+        raise ValueError(f"{path}: 'extends' names {base_path}, which is not a grid mapping")
+    merged = {**base, **grid}
+    merged["shared"] = {**base.get("shared", {}), **grid.get("shared", {})}
+    options = {**base.get("task_options", {})}
+    for task, extra in (grid.get("task_options") or {}).items():
+        options[task] = {**options.get(task, {}), **extra}
+    if options:
+        merged["task_options"] = options
+    return merged
+
+
+def _read(path: Path) -> Any:
+    """A grid file's parsed content, or one error naming the file (and line) to fix."""
     if not path.is_file():
         raise MissingInputError(f"grid file {path} does not exist: give a grid file (examples: grids/*.yaml)")
     text = path.read_text()
     fix = "Fix the file (examples: grids/*.yaml; the grid format: python -m makd grid --help)"
     try:
-        grid = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}). {fix}") from None
     except yaml.YAMLError as err:
@@ -52,7 +81,6 @@ def load_grid(path: str | Path) -> dict[str, Any]:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise DataError(f"{path}{line}: not valid YAML ({problem}). {fix}") from None
-    return validate_grid(grid, where=str(path))
 
 
 def validate_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, Any]:
@@ -208,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m makd grid", description="baselines and ablations declared as data, run over "
                        "tasks × seeds, resumable (python -m makd grid --help)",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("grid", help="grid file (YAML or JSON): tasks, seeds, shared options, cells")
+    p.add_argument("grid", help="grid file (YAML or JSON): tasks, seeds, shared options, cells; 'extends: "
+                   "OTHER.yaml' starts from another grid file (its shared options merged under this file's)")
     p.add_argument("--out", required=True, help="results folder: OUT/<task>/<cell>/s<seed>/metrics.json")
     p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells")
     p.add_argument("--seeds", nargs="+", type=int, help="override the grid's seeds")

@@ -9,21 +9,20 @@ same CPU reproduces the checkpoint bit for bit whatever ran before it. ``check_t
 dev score is at chance level. :func:`finetune_cached` is the one cached fine-tuning behind it and behind the SQuAD
 teacher (:func:`makd.experiments.squad_teacher.finetune_qa_teacher`): a :class:`TeacherSpec` says what differs.
 
-The cache verifies itself. ``teacher_info.json`` is written last and atomically, with the sha256 of the weight
-files (:func:`makd.assets.files.sha256_folder`): a fine-tuning killed midway leaves no info and is redone. On
-reuse the weights are hashed again (about 0.1 s per 100 MB) and loaded; a hash that differs from the stored one
-(flipped bytes, a truncated file) or a file that cannot be read gives one warning naming the folder and the
-cause, the folder is removed and the teacher fine-tuned again under the same key. A folder saved before the hash
-was stored has it recorded on its first reuse (trust on first use, said in one log line). The hash a run record
-states is always the hash of the weights that were loaded.
+The cache verifies itself (:mod:`makd.tasks.teacher_cache`). ``teacher_info.json`` is written last and atomically,
+with the sha256 of the weight files and the fingerprint of the base model's files: a fine-tuning killed midway
+leaves no info and is redone. On reuse the weights are hashed again (about 0.1 s per 100 MB) and loaded; a hash that
+differs from the stored one (flipped bytes, a truncated file), a file that cannot be read, or a base model whose
+files changed since (a rebuilt tiny preset, an overwritten folder: the key names the base by location) gives one
+warning naming the folder and the cause, the folder is removed and the teacher fine-tuned again under the same
+key. A folder saved before a hash was stored has it recorded on its first reuse (trust on first use, said in one
+log line). The hash a run record states is always the hash of the weights that were loaded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +30,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer,
                           DataCollatorWithPadding, Trainer, TrainingArguments)
 
 from makd.assets.models import load_model, resolve
 from makd.assets.paths import cache_dir
 from makd.assets.files import sha256_folder, write_json
-from makd.core.errors import CacheError, MakdError
+from makd.core.errors import MakdError
 from makd.core.livelog import live_log
 from makd.core.trainer import refuse_fsdp_on_cpu
 from makd.tasks.glue import tokenize_task
+from makd.tasks.teacher_cache import Unusable, base_fingerprint, is_main_process, load_cached, remove
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +188,16 @@ def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dic
     """
     path = cache_dir() / "teachers" / spec_key(teacher, spec, settings, seed)
     info_path = path / "teacher_info.json"
+    base = base_fingerprint(resolve(teacher))
     if info_path.is_file() and not force_retrain:
         try:
-            model, tok, info, digest = _load_cached(path, spec.head)
-        except _Unusable as why:
+            model, tok, info, digest = load_cached(path, _AUTO[spec.head], base)
+        except Unusable as why:
             log.warning("cached teacher %s is unusable (%s): removing it and fine-tuning the teacher again under "
                         "the same key", path, why)
-            _remove(path, why)
+            remove(path, why)
         else:
-            return _reuse(model.to(device) if device else model, tok, info, digest, path, spec, settings, evaluate)
+            return _reuse(model.to(device) if device else model, tok, info, digest, base, path, spec, settings, evaluate)
 
     started = time.time()
     head_kw = {"num_labels": spec.num_labels} if spec.num_labels is not None else {}
@@ -223,7 +223,8 @@ def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dic
         tok.save_pretrained(path)
         digest = sha256_folder(path)
         scores = {"metrics": metrics} if spec.eval_key is None else {"evals": {spec.eval_key: metrics}}
-        write_json(info_path, {"teacher": teacher, "resolved": resolve(teacher), "task": spec.task, **extra,
+        write_json(info_path, {"teacher": teacher, "resolved": resolve(teacher), "base_sha256": base,
+                               "task": spec.task, **extra,
                                "data_files_sha256": spec.files, "seed": seed, "settings": settings, **scores,
                                "checkpoint_sha256": digest, **({"head_init_seed": seed} if spec.seed_head else {}),
                                "wall_time_s": round(time.time() - started, 1)})
@@ -232,44 +233,18 @@ def finetune_cached(teacher: str, spec: TeacherSpec, *, seed: int, settings: dic
     return TeacherResult(model.eval(), tok, path, metrics, digest, settings)
 
 
-class _Unusable(Exception):
-    """Why a cached teacher cannot be reused (the message names the cause)."""
-
-
-def _load_cached(path: Path, head: str) -> tuple[Any, Any, dict, str]:
-    """(model, tokenizer, info, sha256 of the weight files) of the teacher cached in ``path``.
-
-    :class:`_Unusable` when ``teacher_info.json`` or the weights cannot be read, or the weights do not hash to
-    the ``checkpoint_sha256`` stored when they were saved.
-    """
-    try:
-        info = json.loads((path / "teacher_info.json").read_text())
-        digest = sha256_folder(path)
-    except (OSError, ValueError) as err:
-        raise _Unusable(f"{type(err).__name__}: {err}") from err
-    if not isinstance(info, dict):
-        raise _Unusable("teacher_info.json does not hold a JSON object")
-    stored = info.get("checkpoint_sha256")
-    if stored is not None and stored != digest:
-        raise _Unusable(f"its weights hash to {digest[:12]}..., not to the {stored[:12]}... stored when they "
-                        "were saved: the file was changed or truncated")
-    try:
-        model = _AUTO[head].from_pretrained(path, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
-        reason = (str(err).splitlines() or [""])[0]
-        raise _Unusable(f"it cannot be read: {type(err).__name__}: {reason}") from err
-    return model, tok, info, digest
-
-
-def _reuse(model, tok, info: dict, digest: str, path: Path, spec: TeacherSpec, settings: dict[str, Any],
-           evaluate: Callable) -> TeacherResult:
+def _reuse(model, tok, info: dict, digest: str, base: str | None, path: Path, spec: TeacherSpec,
+           settings: dict[str, Any], evaluate: Callable) -> TeacherResult:
     """The cached teacher as a result; records a missing hash (trust on first use) or a new evaluation set."""
     changed = "checkpoint_sha256" not in info
     if changed:
         info["checkpoint_sha256"] = digest
         log.info("cached teacher %s has no stored checkpoint sha256 (saved by an earlier makd): recorded %s, "
                  "trusting it from now on", path, digest)
+    if "base_sha256" not in info and base is not None:
+        info["base_sha256"], changed = base, True
+        log.info("cached teacher %s does not record which base model files it was fine-tuned from (saved by an "
+                 "earlier makd): recorded the current ones (%s...), trusting it from now on", path, base[:12])
     if spec.eval_key is None:
         metrics = info["metrics"]
     else:
@@ -277,26 +252,7 @@ def _reuse(model, tok, info: dict, digest: str, path: Path, spec: TeacherSpec, s
             info["evals"][spec.eval_key] = evaluate(model.eval(), tok, None)
             changed = True
         metrics = info["evals"][spec.eval_key]
-    if changed and _is_main_process():
+    if changed and is_main_process():
         write_json(path / "teacher_info.json", info)
     log.info("reusing fine-tuned teacher %s (dev %s)", path, metrics)
     return TeacherResult(model.eval(), tok, path, metrics, digest, settings, reused=True)
-
-
-def _is_main_process() -> bool:
-    """Process zero of a torchrun / accelerate launch (or the only process): the one that writes the cache."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _remove(path: Path, why: Exception) -> None:
-    """Move a broken teacher folder aside (one atomic rename), then delete it; only process zero does."""
-    if not _is_main_process():
-        return
-    aside = path.with_name(path.name + ".broken")
-    try:
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(path, aside)
-    except OSError as err:
-        raise CacheError(f"cached teacher {path} is unusable ({why}) and could not be removed ({err}): delete "
-                         "it and run again") from err
-    shutil.rmtree(aside, ignore_errors=True)
