@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -209,7 +210,7 @@ def test_committed_grid_cells_keep_their_config_hash(monkeypatch):
             if info.get("budget_of"):
                 o = job["options"]
                 budgets[(info["budget_of"], o.get("teacher", "minilm-l6"), o["task"],
-                         info["options"].get("data_dir"))] = info["options"]["budget"]      # no model is loaded
+                         os.path.expandvars(o.get("data_dir") or "") or None)] = info["options"]["budget"]  # no model
             assert P.config_hash(B.resolve_options(job["options"], budgets)) == info["config_hash"], folder
             assert len(budgets) <= 1, "a budget_of was computed: the committed budget did not match its key"
             checked += 1

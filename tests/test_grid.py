@@ -117,6 +117,26 @@ def test_budget_of_is_the_dense_students_exact_count_and_options_merge():
     assert not set(G.SIZE_KEYS) & set(G.cell_options(g, dense_cell, "sst2", 0))
 
 
+def test_the_config_hash_and_cell_json_do_not_depend_on_where_the_data_folder_lies(tmp_path):
+    here, there = _grid(), _grid(data_dir="/elsewhere/glue-data")
+    (a,), (b,) = (G.plan(g, only=["makd"], seeds=[0]) for g in (here, there))
+    assert a["options"]["data_dir"] != b["options"]["data_dir"]
+    assert G.config_hash(a["options"]) == G.config_hash(b["options"]) != G.config_hash({**a["options"], "data_dir": None})
+    assert G.portable_options(a["options"])["data_dir"] == "$MAKD_DATA_DIR"
+    seen = []
+
+    def fake(**options):                       # a finished run as the pipeline records it
+        seen.append(options)
+        res = {"task": "sst2", "metric": "accuracy", "student": {"metrics": {"accuracy": 0.5}, "params": 10},
+               "teacher": {"metrics": {"accuracy": 0.9}, "params": 20}, "record": {}, "train": {}}
+        Path(options["out"], "metrics.json").write_text(json.dumps(res))
+        return res
+    G.run_grid(here, tmp_path, only=["makd"], seeds=[0], run_fn=fake, echo=lambda s: None)
+    info = json.loads((tmp_path / "sst2" / "makd" / "s0" / "cell.json").read_text())
+    assert info["options"]["data_dir"] == "$MAKD_DATA_DIR" and seen[0]["data_dir"] == SHARED["data_dir"]
+    assert G.status(tmp_path / "sst2" / "makd" / "s0", G.config_hash(b["options"])) == "done"
+
+
 def test_grid_files_validate_and_errors_are_clear(tmp_path, capsys):
     for path in sorted((ROOT / "grids").glob("*.yaml")):
         assert G.load_grid(path)["cells"], path

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from makd.experiments import subquadratic_findings as sf
-from makd.experiments.report import report_markdown
+from makd.experiments.report import (README_MARKERS, SUBQUADRATIC_MARKERS, readme_block, readme_markdown,
+                                     replace_readme_block, report_markdown)
 from makd.experiments.stats import COLUMNS
 
 NOISE = (0.0, 0.004, -0.003)           # per seed, shared by all cells: paired differences are exact
@@ -88,3 +89,17 @@ def test_the_stats_report_of_a_subquadratic_grid_has_the_findings_section():
     assert "| hidden-state alignment is the most reliable gain |" in text
     with pytest.raises(KeyError):
         sf.findings_table(df.drop(columns=["score"]))
+
+
+def test_the_readme_block_of_a_subquadratic_grid_holds_its_table_and_findings_under_their_own_markers():
+    df = grid({**STUDY, **ABLATIONS}, {c: WOBBLE for c in ABLATIONS})
+    block, markers = readme_markdown(df)
+    assert markers == SUBQUADRATIC_MARKERS != README_MARKERS
+    assert "held-out Wikipedia (top-1 agreement with the teacher)" in block and "| xLSTM (mLSTM) is the best" in block
+    assert f"{len(df)} runs, 3–3 seeds per cell, {len(df) * 60 / 3600:.1f} CPU-hours" in block
+    assert "| hidden-state alignment is the most reliable gain | " in block
+    readme = f"intro\n{README_MARKERS[0]}\nGLUE\n{README_MARKERS[1]}\n{markers[0]}\nold\n{markers[1]}\n"
+    new = replace_readme_block(readme, block, markers)
+    assert readme_block(new, markers) == block and readme_block(new) == "GLUE"      # the GLUE block untouched
+    plain = df.assign(config=[{}] * len(df))
+    assert readme_markdown(plain)[1] == README_MARKERS

@@ -52,6 +52,7 @@ from makd.experiments.subquadratic import subquadratic
 from makd.experiments.grid_budget import budget_of, resolve_options  # noqa: F401
 from makd.experiments.grid_plan import (COMMANDS, GROUPS, SIZE_KEYS, VOLATILE, _parse_set, build_parser,  # noqa: F401
                                         cell_options, check_options, coerce_types, config_hash, load_grid, plan,
+                                        portable_options,
                                         validate_grid)
 
 log = logging.getLogger("makd.experiments.grid")
@@ -133,10 +134,11 @@ def _run_jobs(grid: dict[str, Any], jobs: list[dict[str, Any]], out_dir: Path, *
         echo(f"{prefix}: {'resuming' if state == 'resume' else 'running'}{eta}")
         info = {"grid": grid["name"], "cell": job["cell"]["name"], "label": job["cell"]["label"],
                 "group": job["cell"]["group"], "task": job["task"], "seed": job["seed"], "config_hash": digest,
-                "options": {k: v for k, v in opts.items() if k != "budget_of"},
+                "options": {k: v for k, v in portable_options(opts).items() if k != "budget_of"},
                 "budget_of": opts.get("budget_of"), "status": "running"}
         write_json(folder / "cell.json", info)
-        run_opts = {**info["options"], "out": str(folder), "resume": state == "resume"}
+        run_opts = {**{k: v for k, v in opts.items() if k != "budget_of"}, "out": str(folder),
+                    "resume": state == "resume"}
         t0, c0 = time.time(), time.process_time()
         try:
             res = run_fn(**run_opts)

@@ -7,9 +7,9 @@ source — for subquadratic).
 Light (no torch, no model): :func:`precheck` lets the command line refuse a bad grid file, option or ``--set``
 before the heavy :mod:`makd.experiments.grid` (which runs the cells) is imported; ``budget_of`` is resolved by
 :mod:`makd.experiments.grid_budget`. Every error is a ValueError naming the grid file and
-the cell, raised before any cell runs. The config hash (sha256 of the resolved options without the VOLATILE ones)
-is what a finished cell is recognised by: it is unchanged from the first grids (tests/test_config.py recomputes
-the committed cells' hashes).
+the cell, raised before any cell runs. The config hash (sha256 of the resolved options without the VOLATILE ones,
+a given data folder written ``$MAKD_DATA_DIR`` wherever it lies) is what a finished cell is recognised by
+(tests/test_config.py recomputes the committed cells' hashes).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ VOLATILE = ("out", "resume", "quiet", "report_to", "save_student", "logging_step
 COMMANDS: dict[str, tuple[type[Config], str]] = {"distill": (DistillConfig, "task"),
                                                  "subquadratic": (SubquadraticConfig, "text")}
 GROUPS = ("method", "baseline", "ablation", "budget")
+DATA_PLACEHOLDER = "$MAKD_DATA_DIR"          # a given data folder, as cell.json and the config hash see it
 
 
 def load_grid(path: str | Path) -> dict[str, Any]:
@@ -183,9 +184,18 @@ def coerce_types(opts: dict[str, Any], cls: type[Config] = DistillConfig) -> dic
     return coerce_numbers(cls, opts)
 
 
+def portable_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` as a cell.json records them and the config hash sees them: a data folder given (``data_dir``) is
+    written ``$MAKD_DATA_DIR`` wherever it lies. Its location is not part of a run's configuration (the sha256 of
+    the data files a run read is in its run record), so a results folder moved to another machine, or run with
+    the data elsewhere, keeps its hashes: finished cells are recognised, not run again."""
+    return {**opts, "data_dir": DATA_PLACEHOLDER} if opts.get("data_dir") else dict(opts)
+
+
 def config_hash(opts: dict[str, Any]) -> str:
-    """sha256 (16 hex) of the resolved options without the VOLATILE ones (and without the budget_of label)."""
-    kept = {k: v for k, v in opts.items() if k not in VOLATILE and k != "budget_of"}
+    """sha256 (16 hex) of the resolved options (:func:`portable_options`) without the VOLATILE ones (and without
+    the budget_of label)."""
+    kept = {k: v for k, v in portable_options(opts).items() if k not in VOLATILE and k != "budget_of"}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

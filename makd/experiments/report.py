@@ -27,11 +27,15 @@ from makd.experiments.verdicts import direction, verdicts
 
 GROUP_ORDER = {"method": 0, "baseline": 1, "ablation": 2, "budget": 3}
 TASK_NAMES = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "sst2": "SST-2", "stsb": "STS-B", "qnli": "QNLI",
-              "qqp": "QQP", "mnli": "MNLI", "wnli": "WNLI", "squad": "SQuAD"}
+              "qqp": "QQP", "mnli": "MNLI", "wnli": "WNLI", "squad": "SQuAD",
+              "wiki": "held-out Wikipedia"}
 METRIC_NAMES = {"matthews_correlation": "MCC", "f1": "F1", "accuracy": "acc.", "spearmanr": "Spearman",
-                "pearsonr": "Pearson", "exact_match": "EM", "rougeL": "Rouge-L"}
+                "pearsonr": "Pearson", "exact_match": "EM", "rougeL": "Rouge-L",
+                "top1": "top-1 agreement with the teacher"}
 TEACHER_NAMES = {"minilm-l6": "MiniLM-L6"}
 README_MARKERS = ("<!-- makd stats --readme: grid table -->", "<!-- /makd stats --readme -->")
+# a subquadratic grid (arXiv 2504.14366) has its own README block: its cells table, then the findings table
+SUBQUADRATIC_MARKERS = ("<!-- makd stats --readme: subquadratic table -->", "<!-- /makd stats --readme: subquadratic -->")
 
 
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -74,6 +78,19 @@ def readme_table(df: pd.DataFrame) -> str:
     table.loc[table["group"] == "teacher", "label"] = f"fine-tuned {TEACHER_NAMES.get(teacher, teacher)}"
     table = table.drop(columns="cell").rename(columns={"label": "cell", **rename})
     return markdown_table(table)
+
+
+def readme_markdown(df: pd.DataFrame) -> tuple[str, tuple[str, str]]:
+    """What ``--readme`` writes for the runs of ``df`` and between which markers: the cells × tasks table
+    (:func:`readme_table`), and for a subquadratic grid the findings table under it, in its own block."""
+    if not is_subquadratic(df):
+        return readme_table(df), README_MARKERS
+    cpu = pd.to_numeric(df["cpu_s"], errors="coerce").sum() / 3600 if "cpu_s" in df else float("nan")
+    seeds = df.groupby("cell")["seed"].nunique()
+    return "\n".join([readme_table(df), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per cell, "
+                      f"{cpu:.1f} CPU-hours; the study's findings read from them (top-1 agreement with the teacher "
+                      "on held-out text, paired over seeds):", "", markdown_table(findings_table(df))]), \
+        SUBQUADRATIC_MARKERS
 
 
 def _block_span(text: str, markers: tuple[str, str], missing: str) -> tuple[int, int]:
@@ -191,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write one row per run as CSV here")
     p.add_argument("--readme", metavar="FILE",
                    help="also rewrite the cells x tasks table in FILE (e.g. README.md) between the lines "
-                        f"{README_MARKERS[0]!r} and {README_MARKERS[1]!r}, with task/metric names spelled out")
+                        f"{README_MARKERS[0]!r} and {README_MARKERS[1]!r}, with task/metric names spelled out "
+                        f"(a subquadratic grid: its table and the findings table, between {SUBQUADRATIC_MARKERS[0]!r} "
+                        f"and {SUBQUADRATIC_MARKERS[1]!r})")
     return p
 
 
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.readme).is_file():
             p.error(f"--readme: no file {args.readme!r}")
         try:
-            readme = replace_readme_block(Path(args.readme).read_text(), readme_table(df))
+            readme = replace_readme_block(Path(args.readme).read_text(), *readme_markdown(df))
         except ValueError as e:
             p.error(f"--readme {args.readme}: {e}")
     if args.method and args.method not in set(df["cell"]):
