@@ -28,7 +28,7 @@
 # | profile | runtime (2 CPU cores) | what it uses |
 # |---|---|---|
 # | smoke | ~1 min | tiny random Llama (GQA), 24 tokens; stages of 1,024 tokens each on 64-token blocks |
-# | demo (defaults) | ~12 min (idle machine, estimated from the stage costs) | SmolLM2-135M-Instruct (embedded), 48 tokens of held-out Wikipedia; mlstm / gla / linear, 4,096 tokens per stage on 128-token blocks, one seed |
+# | demo (defaults) | 6.4 min (measured 2026-12-06: idle machine, default threads, fresh cache) | SmolLM2-135M-Instruct (embedded), 48 tokens of held-out Wikipedia; mlstm / gla / linear, 4,096 tokens per stage on 128-token blocks, one seed |
 # | full / paper | as demo | the same (the recorded study with 3 seeds is the grid `grids/subquadratic.yaml`) |
 #
 # [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/makd-project/makd/blob/main/notebooks/11_subquadratic_students.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/makd-project/makd/main?labpath=notebooks%2F11_subquadratic_students.ipynb)
