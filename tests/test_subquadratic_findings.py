@@ -103,3 +103,11 @@ def test_the_readme_block_of_a_subquadratic_grid_holds_its_table_and_findings_un
     assert readme_block(new, markers) == block and readme_block(new) == "GLUE"      # the GLUE block untouched
     plain = df.assign(config=[{}] * len(df))
     assert readme_markdown(plain)[1] == README_MARKERS
+
+
+def test_a_single_paired_seed_is_never_read_as_closeness_or_limited_gain():
+    one = grid({**STUDY, **ABLATIONS}).query("seed == 0")
+    v = _verdicts(one)
+    assert v["GLA is close to the best"] == "inconclusive (1 of 1 comparisons on a single paired seed: untestable)"
+    assert v["matrix mixing gives limited gains"].startswith("inconclusive (3 of 3 comparisons on a single paired seed")
+    assert v["xLSTM (mLSTM) is the best student"].startswith("inconclusive")

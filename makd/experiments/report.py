@@ -32,7 +32,7 @@ TASK_NAMES = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "sst2": "SST-2", "st
 METRIC_NAMES = {"matthews_correlation": "MCC", "f1": "F1", "accuracy": "acc.", "spearmanr": "Spearman",
                 "pearsonr": "Pearson", "exact_match": "EM", "rougeL": "Rouge-L",
                 "top1": "top-1 agreement with the teacher"}
-TEACHER_NAMES = {"minilm-l6": "MiniLM-L6"}
+TEACHER_NAMES = {"minilm-l6": "MiniLM-L6", "smollm2-135m-instruct": "SmolLM2-135M-Instruct"}
 README_MARKERS = ("<!-- makd stats --readme: grid table -->", "<!-- /makd stats --readme -->")
 # a subquadratic grid (arXiv 2504.14366) has its own README block: its cells table, then the findings table
 SUBQUADRATIC_MARKERS = ("<!-- makd stats --readme: subquadratic table -->", "<!-- /makd stats --readme: subquadratic -->")
@@ -59,7 +59,8 @@ def grid_table(df: pd.DataFrame) -> pd.DataFrame:
             hit = summ[(summ["task"] == t) & (summ["cell"] == r["cell"])]
             row[cols[t]] = "–" if hit.empty else f"{mean_pm_std(hit['mean'].iloc[0], hit['std'].iloc[0])} ({hit['n'].iloc[0]})"
         rows.append(row)
-    teach = {"group": "teacher", "cell": "teacher", "label": f"fine-tuned teacher ({df['teacher'].iloc[0]})"}
+    kind = "teacher" if is_subquadratic(df) else "fine-tuned teacher"     # subquadratic: the teacher as it is
+    teach = {"group": "teacher", "cell": "teacher", "label": f"{kind} ({df['teacher'].iloc[0]})"}
     for t in tasks:
         ts = df[df["task"] == t]["teacher_score"].astype(float)
         teach[cols[t]] = f"{as_points(ts.mean()):.1f}" if ts.notna().any() else "–"
@@ -75,7 +76,8 @@ def readme_table(df: pd.DataFrame) -> str:
     metric = {t: df[df["task"] == t]["metric"].iloc[0] for t in df["task"].unique()}
     rename = {f"{t} ({m})": f"{TASK_NAMES.get(t, t)} ({METRIC_NAMES.get(m, m)})" for t, m in metric.items()}
     teacher = df["teacher"].iloc[0]
-    table.loc[table["group"] == "teacher", "label"] = f"fine-tuned {TEACHER_NAMES.get(teacher, teacher)}"
+    kind = "teacher" if is_subquadratic(df) else "fine-tuned"
+    table.loc[table["group"] == "teacher", "label"] = f"{kind} {TEACHER_NAMES.get(teacher, teacher)}"
     table = table.drop(columns="cell").rename(columns={"label": "cell", **rename})
     return markdown_table(table)
 

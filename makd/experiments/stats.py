@@ -59,7 +59,7 @@ def collect(root: str | Path) -> pd.DataFrame:
             "layer_ratio": d["student"].get("layer_ratio"), "param_ratio": d["student"].get("ratio"),
             "objective": d.get("objective"), "student_kind": cfg.get("student", "svd"),
             "weighting": cfg.get("weighting", "none"), "is_proxy": bool(d.get("is_proxy")),
-            "source": d.get("source"), "teacher": d["teacher"].get("id"),
+            "source": d.get("source"), "teacher": d["teacher"].get("id") or d.get("teacher_name"),
             "teacher_sha": d.get("record", {}).get("teacher_checkpoint_sha256"),
             "teacher_key": Path(d["teacher"]["path"]).name if d["teacher"].get("path") else None,
             "teacher_loss": d["teacher"]["metrics"].get("loss"), "config": cfg,

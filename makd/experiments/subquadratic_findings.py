@@ -10,6 +10,8 @@ paired difference excludes 0 AND the paired t-test agrees (p < 0.05). How each f
 * "xLSTM (mLSTM) is the best student": mLSTM clearly higher than every other mixer → agrees; some mixer clearly
   higher than mLSTM → disagrees; otherwise inconclusive.
 * "GLA is close to the best": GLA is the best, or not clearly lower than the best → agrees; clearly lower → disagrees.
+  "Not clearly lower" needs at least two paired seeds: with one, the comparison is untestable → inconclusive (the
+  same for "matrix mixing gives limited gains").
   (MetaLA, also "close" in the study, is not built here.)
 * "plain kernel linear attention struggles": ``linear`` has the lowest mean and is clearly lower than the best →
   agrees; some mixer clearly lower than ``linear`` → disagrees; otherwise inconclusive.
@@ -84,7 +86,7 @@ def _ranking(df, mixers) -> list[dict]:
             r = _cmp(df, best, "gla")
             rows.append(_row("GLA is close to the best", f"best ({best}) − GLA: {_pts(r['mean_diff'])} points, CI "
                              f"[{_pts(r['ci_low'])}, {_pts(r['ci_high'])}], p = {r['p']:.3g}",
-                             "disagrees" if r["dir"] == "higher" else "agrees"))
+                             _untestable([r]) or ("disagrees" if r["dir"] == "higher" else "agrees")))
     else:
         rows.append(_row("GLA is close to the best", "", "not tested (cells missing: gla)"))
     if "linear" in cells:
@@ -136,7 +138,16 @@ def _clear_rule(res, df) -> str:
     return "agrees" if ok == len(res) else f"inconclusive (holds for {ok} of {len(res)} mixers)"
 
 
+def _untestable(results) -> str | None:
+    """The verdict when some comparison that a finding would read as "no clear difference" rests on one paired
+    seed: absence of evidence is not closeness."""
+    n = sum(r["dir"] == "untestable" for r in results)
+    return f"inconclusive ({n} of {len(results)} comparisons on a single paired seed: untestable)" if n else None
+
+
 def _mixing_rule(res, df) -> str:
+    if _untestable(list(res.values())):
+        return _untestable(list(res.values()))
     hidden = {m: _cmp(df, m, f"{m}-no-hidden")["mean_diff"] for m in res if f"{m}-no-hidden" in set(df["cell"])}
     limited = [m for m, r in res.items() if r["dir"] != "higher" or r["mean_diff"] < hidden.get(m, float("inf"))]
     return "agrees" if len(limited) == len(res) else \
