@@ -286,3 +286,12 @@ def test_committed_readme_grid_table_matches_the_glue_grid():
     assert report.readme_block(text) == report.readme_table(stats.collect(RESULTS / "grid-glue")), (
         "README.md's GLUE table is stale: regenerate it with "
         "python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md --readme README.md")
+
+
+def test_committed_readme_subquadratic_block_matches_the_cpu_grid():
+    # the README's subquadratic block is `python -m makd stats results/subquadratic-cpu --readme README.md`
+    text = (RESULTS.parent / "README.md").read_text()
+    block, markers = report.readme_markdown(stats.collect(RESULTS / "subquadratic-cpu"))
+    assert markers == report.SUBQUADRATIC_MARKERS and report.readme_block(text, markers) == block, (
+        "README.md's subquadratic block is stale: regenerate it with python -m makd stats results/subquadratic-cpu "
+        "--out results/subquadratic-cpu/REPORT.md --readme README.md")
