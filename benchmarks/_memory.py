@@ -1,5 +1,5 @@
 """Peak resident-set increase of one piece of work, for the benchmarks' fresh-process memory rows (Linux), and the
-options every benchmark with such rows shares.
+options every benchmark with such rows shares (and the step shape the two training-step benchmarks share).
 
 Used by ``bench_step.py``, ``bench_vs_textbrewer.py`` and ``bench_generate.py`` (run as scripts, so this folder is
 on ``sys.path``): VmHWM, reset to the current RSS through ``/proc/self/clear_refs``, minus VmRSS just before the
@@ -36,6 +36,16 @@ def peak_rss_delta(work: Callable[[], Any], what: str = "the step") -> dict[str,
                 "memory_method": f"VmHWM after /proc/self/clear_refs reset, minus VmRSS before {what}"}
     return {"peak_rss_delta_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max0) / 1024,
             "memory_method": "ru_maxrss delta (includes model loading if that peaked higher)"}
+
+
+def add_step_options(p: argparse.ArgumentParser) -> None:
+    """The training-step shape of ``bench_step.py`` and ``bench_vs_textbrewer.py``: --batch, --seq, --runs, --warmup,
+    --layer-ratio (the student's)."""
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--layer-ratio", type=float, default=0.5)
 
 
 def add_run_options(p: argparse.ArgumentParser, *, quick: str, memory: str, out: Path) -> None:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import add_run_options, peak_rss_delta  # noqa: E402
+from _memory import add_run_options, add_step_options, peak_rss_delta  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.objective import MaKDObjective  # noqa: E402
 
@@ -117,11 +117,7 @@ def lighter_step_targets(rows: list[dict]) -> dict[str, bool]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--layer-ratio", type=float, default=0.5)
+    add_step_options(p)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     add_run_options(p, quick="tiny random BERT, batch 4 x 16, 3 runs", memory="per-preset",
                     out=ROOT / "benchmarks" / "results" / "step.json")

@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import add_run_options, peak_rss_delta  # noqa: E402
+from _memory import add_run_options, add_step_options, peak_rss_delta  # noqa: E402
 import makd  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.capture import capture  # noqa: E402
@@ -256,11 +256,7 @@ def measure_memory(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--layer-ratio", type=float, default=0.5)
+    add_step_options(p)
     add_run_options(p, quick="tiny-bert preset, batch 4 x 32, 3 runs", memory="per-step",
                     out=ROOT / "benchmarks" / "results" / "textbrewer.json")
     args = p.parse_args(argv)

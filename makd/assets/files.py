@@ -17,12 +17,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_folder(path: str | os.PathLike, pattern: str = "*.safetensors") -> str:
-    """One hash over the weight files of a checkpoint folder (sorted by name)."""
+def sha256_folder(path: str | os.PathLike, pattern: str | tuple[str, ...] = "*.safetensors") -> str:
+    """One hash over the files of a folder that match ``pattern`` (or any of several), sorted by name: each name and
+    its sha256 in turn (default: the weight files of a checkpoint)."""
     h = hashlib.sha256()
-    files = sorted(Path(path).glob(pattern))
+    patterns = (pattern,) if isinstance(pattern, str) else pattern
+    files = sorted({f for p in patterns for f in Path(path).glob(p) if f.is_file()})
     if not files:
-        raise FileNotFoundError(f"no {pattern} files in {path}")
+        raise FileNotFoundError(f"no {' / '.join(patterns)} files in {path}")
     for f in files:
         h.update(f.name.encode())
         h.update(sha256_file(f).encode())

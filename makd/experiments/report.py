@@ -82,12 +82,17 @@ def readme_table(df: pd.DataFrame) -> str:
     return markdown_table(table)
 
 
+def _cpu_seconds(df: pd.DataFrame) -> pd.Series:
+    """Each run's CPU seconds from its cell.json (NaN where not recorded)."""
+    return pd.to_numeric(df["cpu_s"] if "cpu_s" in df else pd.Series(dtype=float), errors="coerce")
+
+
 def readme_markdown(df: pd.DataFrame) -> tuple[str, tuple[str, str]]:
     """What ``--readme`` writes for the runs of ``df`` and between which markers: the cells × tasks table
     (:func:`readme_table`), and for a subquadratic grid the findings table under it, in its own block."""
     if not is_subquadratic(df):
         return readme_table(df), README_MARKERS
-    cpu = pd.to_numeric(df["cpu_s"], errors="coerce").sum() / 3600 if "cpu_s" in df else float("nan")
+    cpu = _cpu_seconds(df).sum() / 3600
     seeds = df.groupby("cell")["seed"].nunique()
     return "\n".join([readme_table(df), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per cell, "
                       f"{cpu:.1f} CPU-hours; the study's findings read from them (top-1 agreement with the teacher "
@@ -185,7 +190,7 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
         parts += ["", "## Verdicts", ""]
         for key, lines in verdicts(df, method, keep=keep).items():
             parts += [f"- **{key}**"] + [f"  - {line}" for line in lines]
-    cpu = pd.to_numeric(df["cpu_s"] if "cpu_s" in df else pd.Series(dtype=float), errors="coerce")
+    cpu = _cpu_seconds(df)
     cpu_txt = f"{cpu.sum() / 60:.1f} min of CPU time" if cpu.notna().any() else "CPU time not recorded"
     per_task = ", ".join(f"{t} {n}" for t, n in df.groupby("task").size().items())
     parts += ["", f"{len(df)} runs ({per_task}); {cpu_txt} (from the cells' cell.json; a teacher's fine-tuning counts in the cell that triggered it)."]

@@ -146,8 +146,8 @@ def _untestable(results) -> str | None:
 
 
 def _mixing_rule(res, df) -> str:
-    if _untestable(list(res.values())):
-        return _untestable(list(res.values()))
+    if untestable := _untestable(list(res.values())):
+        return untestable
     hidden = {m: _cmp(df, m, f"{m}-no-hidden")["mean_diff"] for m in res if f"{m}-no-hidden" in set(df["cell"])}
     limited = [m for m, r in res.items() if r["dir"] != "higher" or r["mean_diff"] < hidden.get(m, float("inf"))]
     return "agrees" if len(limited) == len(res) else \

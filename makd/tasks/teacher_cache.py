@@ -13,7 +13,6 @@ nothing checked.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer
 
-from makd.assets.files import sha256_file, sha256_folder
+from makd.assets.files import sha256_folder
 from makd.core.errors import CacheError
 
 # what makes a base model the same base model: its weights, its configuration and its tokenizer's files
@@ -37,17 +36,10 @@ class Unusable(Exception):
 
 
 def base_fingerprint(resolved: str) -> str | None:
-    """sha256 over the base model folder's weight, configuration and tokenizer files (names and contents, sorted);
-    ``None`` for a hub id (no local folder)."""
+    """:func:`~makd.assets.files.sha256_folder` over the base model folder's weight, configuration and tokenizer
+    files (:data:`BASE_FILES`); ``None`` for a hub id (no local folder)."""
     folder = Path(resolved)
-    if not folder.is_dir():
-        return None
-    files = sorted({f for pattern in BASE_FILES for f in folder.glob(pattern) if f.is_file()})
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
+    return sha256_folder(folder, BASE_FILES) if folder.is_dir() else None
 
 
 def load_cached(path: Path, auto: Any, base: str | None) -> tuple[Any, Any, dict, str]:
