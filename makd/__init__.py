@@ -92,6 +92,7 @@ experiments — runs that write metrics.json with a run record
     experiments.subquadratic_config  SubquadraticConfig: teacher, mixer, init, per-stage budgets, rates, schedules
     experiments.subquadratic  ``python -m makd subquadratic``: teacher, student, stages, evaluation, metrics.json
     experiments.subquadratic_findings  the study's findings tested on the grid: finding | ours | verdict, from paired tests
+    experiments.subquadratic_curve  how far a token budget gets: the budget curve, paired steps, a labelled extrapolation
     experiments.grid       ``python -m makd grid``: baselines and ablations over seeds, resumable
     experiments.grid_plan  a grid file validated into cells (light: options, config hash, the pre-check of `grid`)
     experiments.grid_budget  budget_of made exact (the dense student counted) and a cell's options resolved

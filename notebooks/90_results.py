@@ -38,6 +38,8 @@ method: str = "makd"  # the grid cell that is "MaKD" in the paired comparison
 keep: float = 0.95  # budget verdict: lowest layer ratio keeping this fraction of the teacher's score
 
 # %%
+from pathlib import Path
+
 import pandas as pd
 
 from makd.experiments import figures, published, stats, tables, verdicts
@@ -113,7 +115,8 @@ show(versus[["grid", "task", "best_baseline", "n", "mean_a", "mean_b", "mean_dif
 # longest training, then the most runs), so cells of different grids (other training lengths) are never mixed.
 
 # %%
-budget_runs, budget_from = stats.richest_per_task(grid_runs, "budget")
+subquadratic = grid_runs["config"].apply(lambda c: isinstance(c, dict) and "mixer" in c)   # their own section below
+budget_runs, budget_from = stats.richest_per_task(grid_runs[~subquadratic], "budget")
 if len(budget_runs):
     fig = figures.plot_budget(stats.summarize(budget_runs))
     savefig(fig, "results_accuracy_vs_layer_ratio", run_dir)
@@ -123,6 +126,32 @@ if len(ablation_runs):
     fig2 = figures.plot_ablation_deltas(deltas)
     savefig(fig2, "results_ablation_deltas", run_dir)
 pd.DataFrame({"budget figure from": pd.Series(budget_from), "ablation figure from": pd.Series(ablation_from)})
+
+# %% [markdown]
+# ## Subquadratic students (arXiv 2504.14366): the study's findings and how far the token budget gets
+#
+# Per subquadratic grid folder: the findings table (each of the study's reported findings against our paired
+# comparisons) where the grid has mixer cells, and the budget curve (perplexity over the teacher's and top-1
+# agreement against the training tokens per stage, with the issue's targets) where it has budget cells.
+
+# %%
+from makd.experiments.subquadratic_curve import extrapolate, token_curve
+from makd.experiments.subquadratic_findings import findings_table
+
+sq_grids = {w: g for w, g in grid_runs[subquadratic].groupby("where", sort=True)}
+curves = {}
+for w, g in sq_grids.items():
+    if (g["group"] != "budget").any():
+        print(f"[{w}] findings")
+        show(findings_table(g))
+    if (g["group"] == "budget").any():
+        curves[w] = token_curve(g)
+        print(f"[{w}] budget curve; straight-line extrapolation on log axes (a reading aid): {extrapolate(curves[w])}")
+        show(curves[w][["label", "stage_tokens", "n", "ppl_mean", "ppl_std", "ppl_ratio_mean", "top1_mean",
+                        "top1_std", "vs_below"]])
+        savefig(figures.plot_token_curve(curves[w]), f"results_budget_curve_{Path(w).name}", run_dir)
+if not sq_grids:
+    print("no subquadratic grid under", [str(r) for r in roots])
 
 # %% [markdown]
 # ## Verdict per question (generated from the numbers), per grid

@@ -45,6 +45,8 @@ def test_headline_quantities_are_numbers_without_runtimes():
     assert xp.headline(metrics) == {"acc": 0.5, "n": 3, "per_task.rte.student": 0.25, "steps": 2}
     inventory = {"modules": 90, "layers": 7, "notebooks_present": 12, "n_layers": 4}
     assert xp.checked("00_overview", inventory) == {"n_layers": 4} and xp.checked("01_x", inventory) == inventory
+    recorded = {"n_runs": 270, "table_rows": 40, "ours_rows": 20, "published_rows": 20, "makd_minus_best_baseline": {"g:rte": -0.02}}
+    assert xp.checked("90_results", recorded) == {"published_rows": 20, "makd_minus_best_baseline.g:rte": -0.02}
 
 
 def test_tolerance_from_reference_runs():
@@ -144,6 +146,7 @@ def test_committed_smoke_expected_values_cover_every_notebook():
         assert nb["quantities"], f"{stem}: no checked quantity"
         for name, q in nb["quantities"].items():
             assert not xp.RUNTIME.search(name.split(".")[-1]), f"{stem}.{name}: runtimes are not checked"
+            assert name not in xp.INVENTORY.get(stem, ()), f"{stem}.{name}: a count of the repository's files is not checked"
             assert q["tolerance"] >= max(xp.NOISE_ATOL, xp.NOISE_RTOL * abs(q["value"])) and q["why"]
             assert len(q["runs"]) == doc["reference"]["runs"]
 

@@ -1,7 +1,8 @@
-"""The two figures of a grid: each ablation's paired difference to MaKD with its bootstrap CI, and the mean score
-against the budget per method of the budget sweep. Both take the frames of :mod:`makd.experiments.stats`
-(``ablation_deltas`` rows, a ``summarize`` table) and return a matplotlib figure; saving is the caller's
-(``makd.notebook.plotting.savefig``).
+"""The figures of a grid: each ablation's paired difference to MaKD with its bootstrap CI, and the mean score
+against the budget per method of the budget sweep (frames of :mod:`makd.experiments.stats`: ``ablation_deltas``
+rows, a ``summarize`` table), and a subquadratic student's budget curve (a
+:func:`makd.experiments.subquadratic_curve.token_curve` frame). Each returns a matplotlib figure; saving is the
+caller's (``makd.notebook.plotting.savefig``).
 """
 from __future__ import annotations
 
@@ -51,6 +52,33 @@ def plot_budget(summary: pd.DataFrame, x: str = "layer_ratio"):
         ax.set_ylabel(f"dev {t['metric'].iloc[0]} (×100)")
         if len(tasks) > 1:
             ax.set_title(task)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_curve(curve: pd.DataFrame, *, ppl_target: float = 1.5, top1_target: float = 0.60):
+    """The budget curve of a subquadratic student (:func:`makd.experiments.subquadratic_curve.token_curve`):
+    perplexity over the teacher's (log scale) and top-1 agreement (×100) against the tokens per stage (log
+    scale), mean ± std over seeds, with the targets as dashed lines."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    if curve.empty:
+        left.text(0.5, 0.5, "no budget curve runs", ha="center", va="center", transform=left.transAxes)
+        return fig
+    x = curve["stage_tokens"].to_numpy(float)
+    left.errorbar(x, curve["ppl_ratio_mean"], yerr=curve["ppl_ratio_std"].fillna(0), marker="o", capsize=3)
+    left.axhline(ppl_target, color="k", ls="--", lw=0.8, label=f"target {ppl_target}×")
+    left.set_yscale("log")
+    left.set_ylabel("held-out perplexity / teacher's")
+    right.errorbar(x, 100 * curve["top1_mean"], yerr=100 * curve["top1_std"].fillna(0), marker="o", capsize=3)
+    right.axhline(100 * top1_target, color="k", ls="--", lw=0.8, label=f"target {100 * top1_target:.0f} %")
+    right.set_ylabel("top-1 agreement with the teacher (%)")
+    right.set_ylim(0, 100)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training tokens per stage")
         ax.legend()
     fig.tight_layout()
     return fig

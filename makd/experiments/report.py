@@ -20,6 +20,7 @@ from makd.core.errors import ArgumentParser
 from makd.experiments.published import as_points
 from makd.experiments.stats import (ablation_deltas, across_tasks, budget_comparisons, collect, mean_pm_std,
                                     summarize, versus_best_baseline)
+from makd.experiments.subquadratic_curve import curve_markdown
 from makd.experiments.subquadratic_findings import findings_table, is_subquadratic
 from makd.experiments.tables import markdown_table
 from makd.experiments.teachers import mixed_teachers, retrained_note, retrained_teachers
@@ -36,6 +37,8 @@ TEACHER_NAMES = {"minilm-l6": "MiniLM-L6", "smollm2-135m-instruct": "SmolLM2-135
 README_MARKERS = ("<!-- makd stats --readme: grid table -->", "<!-- /makd stats --readme -->")
 # a subquadratic grid (arXiv 2504.14366) has its own README block: its cells table, then the findings table
 SUBQUADRATIC_MARKERS = ("<!-- makd stats --readme: subquadratic table -->", "<!-- /makd stats --readme: subquadratic -->")
+# ... and its budget curve (a grid of budget cells only, grids/subquadratic-curve.yaml) another one
+CURVE_MARKERS = ("<!-- makd stats --readme: subquadratic curve -->", "<!-- /makd stats --readme: subquadratic curve -->")
 
 
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -89,11 +92,16 @@ def _cpu_seconds(df: pd.DataFrame) -> pd.Series:
 
 def readme_markdown(df: pd.DataFrame) -> tuple[str, tuple[str, str]]:
     """What ``--readme`` writes for the runs of ``df`` and between which markers: the cells × tasks table
-    (:func:`readme_table`), and for a subquadratic grid the findings table under it, in its own block."""
+    (:func:`readme_table`), and for a subquadratic grid the findings table under it, in its own block; a
+    subquadratic grid of budget cells only (the budget curve) writes its curve section in a third block."""
     if not is_subquadratic(df):
         return readme_table(df), README_MARKERS
     cpu = _cpu_seconds(df).sum() / 3600
     seeds = df.groupby("cell")["seed"].nunique()
+    if (df["group"] == "budget").all():
+        section = curve_markdown(df).split("\n", 2)[2]                      # without its heading
+        return "\n".join([section, "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per budget, "
+                          f"{cpu:.1f} CPU-hours."]), CURVE_MARKERS
     return "\n".join([readme_table(df), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per cell, "
                       f"{cpu:.1f} CPU-hours; the study's findings read from them (top-1 agreement with the teacher "
                       "on held-out text, paired over seeds):", "", markdown_table(findings_table(df))]), \
@@ -184,8 +192,11 @@ def report_markdown(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.9
                              **_paired_columns(budget, f"{budget_label} − other")})
         parts += ["", f"## Budget sweep: {budget_label} vs the best other method at each ratio", "", markdown_table(rows)]
     if is_subquadratic(df):
-        parts += ["", "## The study's findings (arXiv 2504.14366) vs ours (top-1 agreement, paired over seeds)", "",
-                  markdown_table(findings_table(df))]
+        if (df["group"] != "budget").any():
+            parts += ["", "## The study's findings (arXiv 2504.14366) vs ours (top-1 agreement, paired over seeds)",
+                      "", markdown_table(findings_table(df))]
+        if (df["group"] == "budget").any():
+            parts += ["", curve_markdown(df)]
     else:
         parts += ["", "## Verdicts", ""]
         for key, lines in verdicts(df, method, keep=keep).items():
@@ -217,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also rewrite the cells x tasks table in FILE (e.g. README.md) between the lines "
                         f"{README_MARKERS[0]!r} and {README_MARKERS[1]!r}, with task/metric names spelled out "
                         f"(a subquadratic grid: its table and the findings table, between {SUBQUADRATIC_MARKERS[0]!r} "
-                        f"and {SUBQUADRATIC_MARKERS[1]!r})")
+                        f"and {SUBQUADRATIC_MARKERS[1]!r}; its budget curve between {CURVE_MARKERS[0]!r} and "
+                        f"{CURVE_MARKERS[1]!r})")
     return p
 
 

@@ -25,7 +25,7 @@ from makd.experiments.results import ROW_NAMES
 
 COLUMNS = ["task", "cell", "label", "group", "seed", "metric", "score", "teacher_score", "relative",
            "student_params", "teacher_params", "layer_ratio", "param_ratio", "objective", "student_kind",
-           "weighting", "is_proxy", "source", "teacher", "teacher_sha", "teacher_key", "teacher_loss", "config", "steps", "cpu_s", "wall_s", "grid", "where", "origin", "path"]
+           "weighting", "is_proxy", "source", "teacher", "teacher_sha", "teacher_key", "teacher_loss", "ppl", "teacher_ppl", "kl", "config", "steps", "cpu_s", "wall_s", "grid", "where", "origin", "path"]
 
 
 def collect(root: str | Path) -> pd.DataFrame:
@@ -34,7 +34,8 @@ def collect(root: str | Path) -> pd.DataFrame:
     folder (``<row>``, or ``<cell>`` of ``<cell>/s<seed>``) and their seed from the run record.
     ``origin`` is ``root`` as given; ``where`` the folder above the task folder (``results/grid`` for
     ``results/grid/rte/makd/s0``); ``grid`` the grid name (None for runs not made by the grid); ``config``
-    the recorded pipeline options."""
+    the recorded pipeline options; ``ppl`` / ``teacher_ppl`` / ``kl``: a language-model run's held-out perplexity,
+    its teacher's and KL(teacher ‖ student) (None for the others)."""
     rows = []
     for path in sorted(Path(root).rglob("metrics.json")):
         d = json.loads(path.read_text())
@@ -62,7 +63,8 @@ def collect(root: str | Path) -> pd.DataFrame:
             "source": d.get("source"), "teacher": d["teacher"].get("id") or d.get("teacher_name"),
             "teacher_sha": d.get("record", {}).get("teacher_checkpoint_sha256"),
             "teacher_key": Path(d["teacher"]["path"]).name if d["teacher"].get("path") else None,
-            "teacher_loss": d["teacher"]["metrics"].get("loss"), "config": cfg,
+            "teacher_loss": d["teacher"]["metrics"].get("loss"), "ppl": d["student"]["metrics"].get("ppl"),
+            "teacher_ppl": d["teacher"]["metrics"].get("ppl"), "kl": d["student"]["metrics"].get("kl"), "config": cfg,
             "steps": d.get("train", {}).get("steps"), "cpu_s": info.get("cpu_s"),
             "wall_s": info.get("wall_s", d.get("record", {}).get("wall_time_s")), "grid": info.get("grid"),
             "where": str(where), "origin": str(root),

@@ -15,7 +15,9 @@ throughput (a name part that is or contains ``runtime``, ``time``, ``seconds``, 
 ``per_s``, or ends in ``_s``): those depend on the machine; each notebook's runtime is recorded beside the verdict
 with the machine's CPU, core count and load average at start, and the reference runtimes sit in the expected file.
 Nor are the counts of the repository's own files that ``00_overview`` reports (`INVENTORY`: modules, layers,
-notebooks present): they move whenever a module or a notebook is added, not when a result does.
+notebooks present): they move whenever a module or a notebook is added, not when a result does; nor the counts of
+recorded runs that ``90_results`` reads from ``results/`` (runs, rows of ours in the paper-vs-ours table): they
+move whenever a run is recorded.
 
 Tolerances (absolute; ``|got - expected| <= tolerance`` passes), from the reference runs' values of a quantity:
 
@@ -50,7 +52,8 @@ from makd.experiments.runrecord import git_commit
 
 NOISE_ATOL, NOISE_RTOL, SPREAD_K = 1e-6, 1e-4, 3.0
 RUNTIME = re.compile(r"runtime|time|seconds|speed|throughput|per_s(ec)?$|_s$")
-INVENTORY = {"00_overview": ("modules", "layers", "notebooks_present")}  # counts of the package's own files
+INVENTORY = {"00_overview": ("modules", "layers", "notebooks_present"),   # counts of the package's own files ...
+             "90_results": ("n_runs", "table_rows", "ours_rows")}      # ... and of its recorded runs (results/)
 README_PROFILE = "demo"
 README_MARKERS = ("<!-- makd reproduce --readme: demo numbers -->", "<!-- /makd reproduce --readme -->")
 # the demo quantities the README states (fnmatch patterns "<notebook>:<quantity>"); all others are in the file
