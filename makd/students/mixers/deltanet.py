@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from makd.students.mixers.base import Mixer, State, valid_mask
-from makd.students.mixers.gated_linear import head_rms_norm, project_out, two_products
+from makd.students.mixers.gated_linear import fused_linear, head_rms_norm, project_out, two_products
 
 
 # -- shared parts ----------------------------------------------------------------------------------------------------
@@ -82,9 +82,14 @@ class ShortConv(nn.Conv1d):
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C), state (B, K−1, C), mask (B, T) -> (outputs (B, T, C), state after the last real token)."""
         b, t, c = x.shape
+        unmasked = mask is None or bool((mask > 0).all())
+        if t == 1 and unmasked:  # one decoding step: the window [state, x] times the taps, no convolution call
+            window = torch.cat([state.to(x), x], 1)  # (B, K, C)
+            y = (window * self.weight.squeeze(1).t()).sum(1, keepdim=True)  # (B, 1, C)
+            return (y if self.bias is None else y + self.bias), window[:, 1:]
         count = torch.full((b,), t, dtype=torch.long, device=x.device)
         order = None
-        if mask is not None and not bool((mask > 0).all()):  # real tokens first, order kept; padding last
+        if not unmasked:  # real tokens first, order kept; padding last
             order = torch.argsort((mask <= 0).to(torch.int8), dim=1, stable=True)  # (B, T)
             x = x.gather(1, order[..., None].expand(b, t, c))
             count = (mask > 0).sum(1)
@@ -207,8 +212,8 @@ class MatrixStateWithConv:
 
     @staticmethod
     def _fused(x: torch.Tensor, *projections: nn.Linear) -> torch.Tensor:
-        """x (B, T, D) through bias-free projections as one matmul: (B, T, Σ widths), their outputs side by side."""
-        return F.linear(x, torch.cat([p.weight for p in projections]))
+        """x (B, T, D) through bias-free projections, their outputs side by side (:func:`fused_linear`)."""
+        return fused_linear(x, *projections)
 
     def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
         return {"S": s} if conv is None else {"S": s, "conv": conv}

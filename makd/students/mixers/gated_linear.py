@@ -152,20 +152,45 @@ def head_rms_norm(o: torch.Tensor, weight: torch.Tensor | None = None, eps: floa
     return o.mul_(weight) if not torch.is_grad_enabled() else o * weight
 
 
+def folds(x: torch.Tensor, in_features: int) -> bool:
+    """Whether a per-channel scale (or a concatenation) is cheaper on the weight than on the activations: folding
+    costs one pass over the (out, in) weight, scaling the activations one pass over (tokens, out), so fold when the
+    input holds more tokens than the weight has input features (prefill, training) and not otherwise (a decoding
+    step: one token, where folding would copy every weight of the mixer once more per token)."""
+    return x.numel() // x.shape[-1] > in_features
+
+
 def scaled_linear(x: torch.Tensor, proj: nn.Linear, scale: torch.Tensor | float) -> torch.Tensor:
-    """proj(x) ⊙ scale with the scale (a number, or per output channel: (d,) repeated over the heads, or (out,))
-    folded into the bias-free weight's rows: one small product instead of a pass over the (B, T, out) output."""
+    """proj(x) ⊙ scale with the scale (a number, or per output channel: (d,) repeated over the heads, or (out,));
+    on many tokens folded into the bias-free weight's rows (one small product instead of a pass over the
+    (B, T, out) output), on few tokens applied to the output (:func:`folds`)."""
+    fold = folds(x, proj.in_features)
     if not isinstance(scale, torch.Tensor):
-        return F.linear(x, proj.weight * scale)
-    return F.linear(x, proj.weight * scale.repeat(proj.out_features // scale.numel())[:, None])
+        return F.linear(x, proj.weight * scale) if fold else F.linear(x, proj.weight).mul_(scale)
+    if fold:
+        return F.linear(x, proj.weight * scale.repeat(proj.out_features // scale.numel())[:, None])
+    out = F.linear(x, proj.weight)                                                  # (…, out)
+    out.unflatten(-1, (-1, scale.numel())).mul_(scale)                              # per head, broadcast, in place
+    return out
 
 
 def project_out(o: torch.Tensor, proj: nn.Linear, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """proj(o ⊙ weight), o (B, T, H·d), weight (d,) per head channel or (H·d,), folded into the bias-free weight's
-    columns (the output norm's weight, without a pass over o)."""
+    """proj(o ⊙ weight), o (B, T, H·d), weight (d,) per head channel or (H·d,): on many tokens folded into the
+    bias-free weight's columns (the output norm's weight, without a pass over o), on few tokens applied to o."""
     if weight is None:
         return proj(o)
-    return F.linear(o, proj.weight * weight.repeat(proj.in_features // weight.numel()))
+    if folds(o, proj.in_features):
+        return F.linear(o, proj.weight * weight.repeat(proj.in_features // weight.numel()))
+    return F.linear((o.unflatten(-1, (-1, weight.numel())) * weight).flatten(-2), proj.weight)
+
+
+def fused_linear(x: torch.Tensor, *projections: nn.Linear) -> torch.Tensor:
+    """x (B, T, D) through bias-free projections, their outputs side by side (B, T, Σ widths): on many tokens one
+    matmul with the weights concatenated, on few tokens one per projection (:func:`folds`: concatenating would copy
+    the weights for one token's products)."""
+    if folds(x, projections[0].in_features):
+        return F.linear(x, torch.cat([p.weight for p in projections]))
+    return torch.cat([F.linear(x, p.weight) for p in projections], dim=-1)
 
 
 def gate(g: torch.Tensor, o: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
