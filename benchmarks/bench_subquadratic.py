@@ -11,8 +11,9 @@ with its default attention (SDPA) and KV cache; the prompt pass computes the las
 ``generate`` does; every student prefills with its chunked parallel form (K/V at the teacher's GQA widths, the
 layout of :mod:`makd.students.qkv`; ``--repeat-kv`` for the earlier one-K/V-per-query-head layout) and
 generates through its recurrent form (:mod:`makd.students.subquadratic`). Models are timed in interleaved rounds
-(each round times every model once), the median reported, so load from other processes hits all alike; the
-load average is recorded at the start and the end. ``--layers N`` keeps the teacher's first N layers (and builds
+(each round times every model once; generation continues the same sequence in every round, each model's cache or
+state kept from its prompt), the median reported, so load from other processes hits all alike; the load average is
+recorded at the start and the end. ``--layers N`` keeps the teacher's first N layers (and builds
 the students from them): every layer costs the same, so the ratios to the teacher are those of the whole model
 within the noise, at 30/N of the time — for quick comparisons on a busy machine.
 
@@ -90,20 +91,40 @@ def prefill(model, ids):
     return model(input_ids=ids, use_cache=True, logits_to_keep=1)
 
 
-def decode(model, ids, steps: int) -> tuple[float, int]:
-    """(median seconds per new token, state bytes after the prompt) for ``steps`` greedy tokens after ``ids``."""
-    out = prefill(model, ids)
-    cache, state = out.past_key_values, cache_bytes(out.past_key_values)
-    token = out.logits[:, -1:].argmax(-1)
-    mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        out = model(input_ids=token, past_key_values=cache, attention_mask=mask, use_cache=True)
-        times.append(time.perf_counter() - t0)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        mask = torch.cat([mask, mask[:, :1]], dim=1)
-    return statistics.median(times), state
+class Decoder:
+    """Greedy generation after a prompt, timed a token at a time: ``prompt`` runs the prefill (the KV cache or
+    the recurrent state, and the state's bytes), then every ``tokens(n)`` call times n more tokens continuing the
+    same sequence, so rounds can interleave models without prefilling again."""
+
+    def __init__(self, model, ids: torch.Tensor) -> None:
+        out = prefill(model, ids)
+        self.model, self.cache, self.state_bytes = model, out.past_key_values, cache_bytes(out.past_key_values)
+        self.token = out.logits[:, -1:].argmax(-1)
+        self.mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long)
+
+    def tokens(self, n: int) -> list[float]:
+        """Seconds of each of n greedy steps."""
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            out = self.model(input_ids=self.token, past_key_values=self.cache, attention_mask=self.mask, use_cache=True)
+            times.append(time.perf_counter() - t0)
+            self.cache, self.token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            self.mask = torch.cat([self.mask, self.mask[:, :1]], dim=1)
+        return times
+
+
+def decode(models: dict, ids: torch.Tensor, steps: int, runs: int) -> dict[str, dict]:
+    """Per model: median seconds per new token over ``runs`` interleaved rounds of ``steps`` greedy tokens each
+    after the prompt ``ids`` (each round times every model once, so load from other processes hits all alike),
+    the per-round medians, and the state bytes after the prompt."""
+    decoders = {name: Decoder(model, ids) for name, model in models.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(runs):
+        for name, dec in decoders.items():
+            rounds[name].append(statistics.median(dec.tokens(steps)))
+    return {name: {"seconds_per_token": statistics.median(r), "rounds": r,
+                   "state_bytes": decoders[name].state_bytes} for name, r in rounds.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="students to time (default all seven)")
     p.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096, 8192], help="prefill lengths")
     p.add_argument("--contexts", nargs="*", type=int, default=[1024, 4096, 8192], help="generation contexts")
-    p.add_argument("--steps", type=int, default=8, help="generated tokens timed per context (median)")
-    p.add_argument("--runs", type=int, default=1, help="interleaved rounds per measurement (median)")
+    p.add_argument("--steps", type=int, default=8, help="generated tokens timed per context and round (median)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="interleaved rounds per measurement (median): prefill, and the generated tokens (the same "
+                        "sequence continued each round)")
     p.add_argument("--quick", action="store_true", help="tiny random Llama, short lengths (a smoke run)")
     p.add_argument("--layers", type=int, default=None, help="keep the teacher's first N layers (quick ratios)")
     p.add_argument("--repeat-kv", action="store_true", help="students with K/V repeated to every query head")
@@ -160,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True)
         for C in args.contexts:
             ids = torch.randint(3, vocab, (1, C), generator=g)
-            entry = {}
-            for name, model in models.items():
-                per_token, state = decode(model, ids, args.steps)
-                entry[name] = {"seconds_per_token": per_token, "state_bytes": state}
-                print(f"generate C={C:5d} {name:15s} {1000 * per_token:8.1f} ms/token  state "
-                      f"{state / 2**20:8.2f} MiB", flush=True)
+            entry = decode(models, ids, args.steps, args.runs)
+            for name, e in entry.items():
+                print(f"generate C={C:5d} {name:15s} {1000 * e['seconds_per_token']:8.1f} ms/token  state "
+                      f"{e['state_bytes'] / 2**20:8.2f} MiB", flush=True)
+            print(f"generate C={C:5d} student / teacher (median, load {os.getloadavg()[0]:.2f}): " + ", ".join(
+                f"{k} {entry[k]['seconds_per_token'] / entry['teacher']['seconds_per_token']:.2f}"
+                for k in entry if k != "teacher"), flush=True)
             result["generation"][str(C)] = entry
     result["load_avg_end"] = os.getloadavg()
     out = Path(args.out)
