@@ -31,7 +31,8 @@ def _positive(x) -> bool:
 def test_decoder_svd_benchmark_writes_a_row_per_ratio_and_weighting(tmp_path):
     res = _run("bench_decoder_svd.py", tmp_path / "d.json")
     kinds = [(r["layer_ratio"], r["weighting"], r.get("ranks")) for r in res["rows"]]
-    per_ratio = [("none", "uniform")] + [(w, rule) for w in ("activation", "whiten", "whiten-sequential")
+    per_ratio = [("none", "uniform")] + [(w, rule) for w in ("activation", "whiten", "whiten-sequential",
+                                                                      "whiten-compensated")
                                          for rule in ("uniform", "auto")]
     assert kinds == [(1.0, "-", None)] + [(ratio, w, rule) for ratio in (0.9, 0.5) for w, rule in per_ratio]
     assert all(r["response_ce"] > 0 for r in res["rows"]) and res["uniform_ce"] > 0
@@ -97,7 +98,7 @@ def test_step_benchmark_measures_each_presets_peak_memory(tmp_path):
 
 
 def test_subquadratic_benchmark_times_every_student_and_counts_states(tmp_path):
-    res = _run("bench_subquadratic.py", tmp_path / "q.json", "--mixers", "gla", "mamba2")
+    res = _run("bench_subquadratic.py", tmp_path / "q.json", "--mixers", "gla", "mamba2", "--runs", "2")
     assert set(res["params"]) == {"teacher", "gla", "mamba2"}
     for T in ("32", "64"):
         assert all(_positive(v["seconds"]) for v in res["prefill"][T].values())
@@ -107,6 +108,9 @@ def test_subquadratic_benchmark_times_every_student_and_counts_states(tmp_path):
         states = {res["generation"][C][name]["state_bytes"] for C in ("32", "64")}
         assert len(states) == 1 and states.pop() > 0
         assert all(_positive(res["generation"][C][name]["seconds_per_token"]) for C in ("32", "64"))
+    for entry in res["generation"].values():                              # interleaved rounds, their median
+        for e in entry.values():
+            assert len(e["rounds"]) == 2 and e["seconds_per_token"] == statistics.median(e["rounds"])
     assert (tmp_path / "q.png").stat().st_size > 1000
 
 

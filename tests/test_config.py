@@ -45,7 +45,7 @@ def test_the_light_names_equal_the_heavy_modules_lists():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', got 'asvd'"),
+    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', 'whiten-compensated', got 'asvd'"),
     (dict(ranks="even"), "ranks must be one of 'uniform', 'auto', got 'even'"),
     (dict(rank=8, ranks="auto"), "ranks 'auto' spreads a budget"),
     (dict(damping=-1.0), "damping must be >= 0"),

@@ -175,7 +175,7 @@ def test_a_grid_file_extends_another_merging_its_shared_options_and_refuses_a_cy
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"weighting": "asvd"}, "cell 'a' (sst2): weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', got 'asvd'"),
+    ({"weighting": "asvd"}, "cell 'a' (sst2): weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', 'whiten-compensated', got 'asvd'"),
     ({"epochs": "one"}, "cell 'a' (sst2): epochs must be a number"),
     ({"weights": {"mhaa": 0}}, "cell 'a' (sst2): weights: unknown aspect(s) ['mhaa']"),
     ({"budget": {"budget_of": "layers:3", "x": 1}}, "cell 'a' (sst2): budget"),

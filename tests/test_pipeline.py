@@ -149,7 +149,7 @@ def test_unknown_keyword_is_rejected():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', got 'asvd'"),
+    (dict(weighting="asvd"), "weighting must be one of 'none', 'activation', 'whiten', 'whiten-sequential', 'whiten-compensated', got 'asvd'"),
     (dict(weights='{"mha": 0'), "not valid JSON"),
     (dict(epochs="3"), "epochs must be a number"),
     (dict(objective="hierarchical", layer_ratio=0.5, budget=0.5), "give only one of"),

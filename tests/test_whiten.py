@@ -109,7 +109,7 @@ def test_whitened_student_solves_the_teacher_forced_matrix_aspect(family):
     assert sum(lw.values()) < 0.9 * sum(lp.values())
 
 
-@pytest.mark.parametrize("weighting", ["whiten", "whiten-sequential"])
+@pytest.mark.parametrize("weighting", ["whiten", "whiten-sequential", "whiten-compensated"])
 def test_full_rank_whitening_reproduces_the_teacher(family, weighting):
     teacher = tiny_model(family, head="base")
     batch = tiny_batch(4, 12, seed=5)
@@ -129,10 +129,34 @@ def test_sequential_whitening_compensates_earlier_layers():
     errs = {}
     with torch.no_grad():
         ref = teacher(**held).last_hidden_state[mask]
-        for w in ("none", "whiten", "whiten-sequential"):
+        for w in ("none", "whiten", "whiten-sequential", "whiten-compensated"):
             s = fz.factorize(teacher, rank=0.25, weighting=w, calibration=None if w == "none" else calibration)
             errs[w] = float((s(**held).last_hidden_state[mask] - ref).norm() / ref.norm())
     assert errs["whiten"] < errs["none"] and errs["whiten-sequential"] < errs["none"], errs
+    assert errs["whiten-compensated"] < min(errs["whiten"], errs["whiten-sequential"]), errs
+
+
+@pytest.mark.parametrize("rank", [1, 3, 5])
+def test_compensated_factors_reach_the_reduced_rank_regression_minimum(rank):
+    w, x = _problem()                                               # teacher inputs X (d_in, n)
+    g = torch.Generator().manual_seed(7)
+    xs = x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)    # the student's inputs X̃, perturbed
+    lin = nn.Linear(6, 7, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    chol, _ = whitening_factor(xs @ xs.T, damping=0.0)
+    ab = LowRankLinear.from_linear(lin, rank, whiten=chol, cross=x @ xs.T).dense_weight().detach()
+    loss = torch.linalg.norm(w @ x - ab @ xs) ** 2
+    # min over rank-r M of ‖WX − MX̃‖²: the least-squares fit Ŷ = W X X̃ᵀ (X̃ X̃ᵀ)⁻¹ X̃, then Eckart–Young on Ŷ
+    fit = w @ x @ xs.T @ torch.linalg.solve(xs @ xs.T, xs)
+    optimum = torch.linalg.norm(w @ x - fit) ** 2 + (torch.linalg.svdvals(fit)[rank:] ** 2).sum()
+    torch.testing.assert_close(loss, optimum, rtol=1e-8, atol=1e-10)
+    teacher_forced = LowRankLinear.from_linear(lin, rank, whiten=chol).dense_weight().detach()   # fits W X̃
+    assert torch.linalg.norm(w @ x - teacher_forced @ xs) ** 2 > optimum
+    same = LowRankLinear.from_linear(lin, rank, whiten=chol, cross=xs @ xs.T).dense_weight().detach()   # X = X̃
+    torch.testing.assert_close(same, teacher_forced, rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="cross= needs whiten="):
+        LowRankLinear.from_linear(lin, rank, cross=x @ xs.T)
 
 
 def test_whitening_needs_calibration_and_a_known_weighting():

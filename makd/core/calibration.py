@@ -121,6 +121,15 @@ def whitening_factor(gram: torch.Tensor, damping: float = 1e-4, tries: int = 8) 
                      "give more calibration tokens")
 
 
+def damped_cross(cross: torch.Tensor, gram: torch.Tensor, lam: float) -> torch.Tensor:
+    """XᵀX̃ + λ·mean(diag X̃ᵀX̃)·I: the cross Gram with the damping :func:`whitening_factor` added to X̃ᵀX̃, as if
+    the same virtual tokens were added to both sides — the damping then pulls the fit towards W (X = X̃ gives the
+    plain whitened factors back exactly) instead of towards 0."""
+    level = float(gram.to(torch.float64).diagonal().mean()) or 1.0
+    eye = torch.eye(cross.shape[0], dtype=torch.float64, device=cross.device)
+    return cross.to(torch.float64) + lam * level * eye
+
+
 def layer_calls(model: nn.Module, layers: nn.ModuleList, calibration) -> list[list[tuple[tuple, dict]]]:
     """How each of ``layers`` is called on each calibration batch: ``[batch][layer] = (args, kwargs)``, from one
     no-grad pass (``args[0]`` or ``kwargs["hidden_states"]``: the layer's input; the rest — attention mask,
@@ -187,6 +196,48 @@ def layer_input_grams(layer: nn.Module, names: dict[str, nn.Module], calls: list
                 for h in handles:
                     h.remove()
     return sums
+
+
+def layer_cross_grams(teacher_layer: nn.Module, student_layer: nn.Module, names: list[str],
+                      calls: list[tuple[tuple, dict]], hidden_t: list[torch.Tensor], hidden_s: list[torch.Tensor],
+                      masks: list[torch.Tensor | None]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """For the modules ``names`` (relative to the layer, the same in both): the student inputs' Gram X̃ᵀX̃ and the
+    cross Gram XᵀX̃ of the teacher's inputs X against the student's X̃ at the same valid tokens (float64,
+    d_in × d_in), with ``teacher_layer`` run on ``hidden_t[b]`` and ``student_layer`` on ``hidden_s[b]``, each with
+    the rest of its recorded call ``calls[b]``."""
+    grams: dict[str, torch.Tensor] = {}
+    cross: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
+
+    def rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x.detach()                                                        # (B, T, d_in)
+        if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+            x = x[mask]                                                       # (N, d_in)
+        return x.reshape(-1, x.shape[-1]).double()
+
+    def teacher_hook(name, b):
+        def pre(_mod, args):
+            seen[name] = rows(args[0], masks[b])
+        return pre
+
+    def student_hook(name, b):
+        def pre(_mod, args):
+            x = rows(args[0], masks[b])                                       # X̃ (N, d_in)
+            grams[name] = grams.get(name, 0) + x.T @ x
+            cross[name] = cross.get(name, 0) + seen.pop(name).T @ x           # Xᵀ X̃
+        return pre
+
+    with torch.no_grad():
+        for b, (args, kwargs) in enumerate(calls):
+            for layer, hidden, hook in ((teacher_layer, hidden_t, teacher_hook), (student_layer, hidden_s, student_hook)):
+                handles = [layer.get_submodule(n).register_forward_pre_hook(hook(n, b)) for n in names]
+                try:
+                    a, k = _with_hidden(args, kwargs, hidden[b])
+                    layer(*a, **k)
+                finally:
+                    for h in handles:
+                        h.remove()
+    return grams, cross
 
 
 def layer_outputs(layer: nn.Module, calls: list[tuple[tuple, dict]], hidden: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -15,8 +15,14 @@ Weightings from calibration inputs (improvements over the paper, not the paper's
   matrix of the matrix's inputs in the TEACHER, then ``B ← B·S⁻¹`` — the closed-form minimiser of the
   teacher-forced matrix aspect ‖W X − A B X‖_F²;
 - ``"whiten-sequential"``: the same, layer by layer, with the inputs of layer l taken from the student whose
-  layers < l are already factorised (errors of earlier layers compensated; the matrices within layer l all see
-  the student's input to that layer, the layer itself still dense).
+  layers < l are already factorised (the truncation fitted to the inputs the student will see; the matrices
+  within layer l all see the student's input to that layer, the layer itself still dense). Its target is the
+  dense matrix on the student's inputs, W X̃, so the errors of earlier layers are carried on, not undone;
+- ``"whiten-compensated"``: layer by layer as above, but the target is the teacher's output W X on the teacher's
+  inputs X at the same tokens: the rank-r minimiser of ‖W Xᵀ − A B X̃ᵀ‖_F, reduced-rank regression with the closed
+  form SVD of W·(XᵀX̃)·S̃⁻ᵀ, B ← B·S̃⁻¹ (S̃ S̃ᵀ = X̃ᵀX̃ damped, the same damping added to XᵀX̃:
+  :func:`makd.core.calibration.damped_cross`) — every matrix also corrects, as far as its rank allows, the error
+  its input carries from the layers below (ours; reduces to ``whiten`` where X = X̃).
 
 Student sizes (an explicit ``rank``, a total parameter ``budget`` or a ``layer_ratio``) are turned into
 ranks by :mod:`makd.core.budget` (re-exported here: ``solve_ranks``, ``plan_ranks``, ``floor_parameters``,
@@ -33,8 +39,8 @@ import torch
 from torch import nn
 
 from makd.core import families
-from makd.core.calibration import (activation_scales, as_batches, input_grams, layer_calls, layer_input_grams,
-                                   layer_outputs, whitening_factor)
+from makd.core.calibration import (activation_scales, as_batches, damped_cross, input_grams, layer_calls,
+                                   layer_cross_grams, layer_input_grams, layer_outputs, whitening_factor)
 # re-exported here: makd.core.factorize.solve_ranks / LowRankLinear / ... keep working
 from makd.core.budget import (EMBED, allocate_ranks, count_parameters, floor_parameters, plan_ranks,  # noqa: F401
                               solve_ranks, targets)
@@ -46,7 +52,8 @@ __all__ = ["LowRankLinear", "LowRankEmbedding", "factorize", "solve_ranks", "pla
 
 
 # --------------------------------------------------------------------------------------- factorize
-WEIGHTINGS = ("none", "activation", "whiten", "whiten-sequential")
+WEIGHTINGS = ("none", "activation", "whiten", "whiten-sequential", "whiten-compensated")
+SEQUENTIAL = ("whiten-sequential", "whiten-compensated")            # factorised layer by layer
 RANK_RULES = ("uniform", "auto")
 
 
@@ -59,7 +66,7 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
     Exactly one of ``rank`` (int, fraction of full rank, or {module name or role: rank}; matrices not
     named in a dict stay dense), ``budget`` (total student parameters, int or fraction of the teacher)
     or ``layer_ratio`` (fraction of the dense matrices' parameters kept). ``weighting``: one of
-    :data:`WEIGHTINGS` — "none" (plain truncated SVD); "activation", "whiten", "whiten-sequential" need
+    :data:`WEIGHTINGS` — "none" (plain truncated SVD); "activation" and the three whitenings need
     ``calibration`` (see the module docstring); ``damping``: the whitening's λ (:func:`whitening_factor`).
     ``ranks``: "uniform" (one parameter fraction for every matrix, :mod:`makd.core.budget`) or "auto" (the same
     parameter count spread by :func:`allocate_ranks` over the spectra of the weighted matrices — teacher-forced
@@ -88,7 +95,7 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
     linear = [n for n in ranks if tg[n]["role"] != EMBED]
     scales = activation_scales(model, linear, calibration) if weighting == "activation" else {}
     forced: dict[str, tuple] = {}                                         # teacher-forced whitening factors
-    if weighting == "whiten" or (weighting == "whiten-sequential" and rule == "auto"):
+    if weighting == "whiten" or (weighting in SEQUENTIAL and rule == "auto"):
         grams, _ = input_grams(model, linear, calibration)
         forced = {n: whitening_factor(grams.pop(n), damping) for n in linear}
     if rule == "auto":
@@ -108,8 +115,9 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
             chol, lams[name] = forced.pop(name)
             student.set_submodule(name, LowRankLinear.from_linear(student.get_submodule(name), ranks[name],
                                                                   whiten=chol), strict=True)
-    elif weighting == "whiten-sequential":
-        lams = _whiten_sequentially(student, linear, tg, ranks, calibration, damping)
+    elif weighting in SEQUENTIAL:
+        lams = _whiten_sequentially(student, linear, tg, ranks, calibration, damping,
+                                    teacher=model if weighting == "whiten-compensated" else None)
     for name, r in ranks.items():
         if name in lams:
             continue
@@ -129,28 +137,42 @@ def factorize(model: nn.Module, *, rank=None, budget=None, layer_ratio=None, wei
 
 
 def _whiten_sequentially(student: nn.Module, linear: list[str], tg: dict, ranks: dict[str, int], calibration,
-                         damping: float) -> dict[str, float]:
+                         damping: float, teacher: nn.Module | None = None) -> dict[str, float]:
     """Factorise ``student``'s matrices layer by layer, each layer whitened on the inputs it gets from the
-    already-factorised layers below it. One pass records how every layer is called; then each layer runs alone
-    (O(layers) layer evaluations, not a whole forward per layer). Returns the damping used per matrix."""
+    already-factorised layers below it; with ``teacher``, each matrix fitted to the teacher's output at the same
+    tokens (``whiten-compensated``: the teacher's layers run beside, on the teacher's own hidden states). One pass
+    records how every layer is called; then each layer runs alone (O(layers) layer evaluations, not a whole
+    forward per layer). Returns the damping used per matrix."""
     layers = families.get_layers(student)
+    teacher_layers = families.get_layers(teacher) if teacher is not None else None
     batches = as_batches(calibration)
     calls = layer_calls(student, layers, batches)                      # [batch][layer] = (args, kwargs)
     masks = [b["attention_mask"].bool().to(next(student.parameters()).device) if "attention_mask" in b else None
              for b in batches]
     hidden = [(c[0][0][0] if c[0][0] else c[0][1]["hidden_states"]) for c in calls]   # inputs of layer 0
+    hidden_t = list(hidden)                                            # the teacher's: the same at layer 0
     lams: dict[str, float] = {}
     for index, layer in enumerate(layers):
         stage = [n for n in linear if tg[n]["layer"] == index]
         here = [c[index] for c in calls]
-        if stage:
-            prefix = families.layer_prefix(student) + f".{index}."
+        prefix = families.layer_prefix(student) + f".{index}."
+        cross: dict[str, torch.Tensor] = {}
+        if stage and teacher_layers is not None:
+            grams, cross = layer_cross_grams(teacher_layers[index], layer, [n[len(prefix):] for n in stage], here,
+                                             hidden_t, hidden, masks)
+            grams = {prefix + n: g for n, g in grams.items()}
+            cross = {prefix + n: c for n, c in cross.items()}
+        elif stage:
             grams = layer_input_grams(layer, {n: layer.get_submodule(n[len(prefix):]) for n in stage}, here, hidden,
                                       masks)
-            for name in stage:
-                chol, lams[name] = whitening_factor(grams.pop(name), damping)
-                student.set_submodule(name, LowRankLinear.from_linear(student.get_submodule(name), ranks[name],
-                                                                      whiten=chol), strict=True)
+        for name in stage:
+            gram = grams.pop(name)
+            chol, lams[name] = whitening_factor(gram, damping)
+            fit = damped_cross(cross.pop(name), gram, lams[name]) if name in cross else None
+            student.set_submodule(name, LowRankLinear.from_linear(student.get_submodule(name), ranks[name],
+                                                                  whiten=chol, cross=fit), strict=True)
+        if teacher_layers is not None:
+            hidden_t = layer_outputs(teacher_layers[index], here, hidden_t)
         hidden = layer_outputs(layer, here, hidden)
     return lams
 

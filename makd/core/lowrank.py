@@ -19,18 +19,27 @@ __all__ = ["LowRankLinear", "LowRankEmbedding", "dims", "dense_weight"]
 
 
 def _svd_factors(w: torch.Tensor, rank: int, scale: torch.Tensor | None = None,
-                 whiten: torch.Tensor | None = None):
+                 whiten: torch.Tensor | None = None, cross: torch.Tensor | None = None):
     """A = U_r Σ_r^½ (d_out, r), B = Σ_r^½ V_rᵀ T⁻¹ (r, d_in) from the SVD U Σ Vᵀ of W·T, in float64;
-    T = I, diag(``scale``) or the lower-triangular ``whiten`` factor S (d_in, d_in)."""
+    T = I, diag(``scale``) or the lower-triangular ``whiten`` factor S (d_in, d_in). With ``cross`` = XᵀX̃ (the
+    Gram of the teacher's inputs X against the student's X̃ at the same tokens, d_in × d_in) and ``whiten`` the
+    Cholesky factor of X̃ᵀX̃: the SVD of W·cross·S⁻ᵀ instead of W·S — the rank-r minimiser of ‖W Xᵀ − A B X̃ᵀ‖_F
+    (reduced-rank regression; X = X̃ gives W·S back)."""
     if scale is not None and whiten is not None:
         raise ValueError("give scale= or whiten=, not both")
+    if cross is not None and whiten is None:
+        raise ValueError("cross= needs whiten= (the Cholesky factor of the student inputs' Gram matrix)")
     w64 = w.detach().to(torch.float64)                                       # (d_out, d_in)
     if scale is not None:
         s = scale.detach().to(device=w.device, dtype=torch.float64)                 # (d_in,)
         w64 = w64 * s[None, :]
     if whiten is not None:
         chol = whiten.detach().to(device=w.device, dtype=torch.float64)             # (d_in, d_in), lower
-        w64 = w64 @ chol                                                      # W S
+        if cross is None:
+            w64 = w64 @ chol                                                  # W S
+        else:                                                                 # W·cross·S⁻ᵀ: solve G Sᵀ = W·cross
+            wc = w64 @ cross.detach().to(device=w.device, dtype=torch.float64)
+            w64 = torch.linalg.solve_triangular(chol.T, wc, upper=True, left=False)
     u, sig, vh = torch.linalg.svd(w64, full_matrices=False)                    # (o, k), (k,), (k, i)
     root = sig[:rank].sqrt()                                                  # (r,)
     a = u[:, :rank] * root[None, :]                                           # (d_out, r)
@@ -99,15 +108,15 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, module: nn.Module, rank: int, scale: torch.Tensor | None = None,
-                    whiten: torch.Tensor | None = None) -> "LowRankLinear":
-        """Truncated SVD of an nn.Linear or GPT-2 Conv1D: of W, of W·diag(scale) (scale (d_in,)), or of W·S for a
-        whitening factor S (d_in, d_in), lower triangular."""
+                    whiten: torch.Tensor | None = None, cross: torch.Tensor | None = None) -> "LowRankLinear":
+        """Truncated SVD of an nn.Linear or GPT-2 Conv1D: of W, of W·diag(scale) (scale (d_in,)), of W·S for a
+        whitening factor S (d_in, d_in), lower triangular, or of W·cross·S⁻ᵀ (``cross``: see :func:`_svd_factors`)."""
         new = cls.empty_like(module, rank)
         if scale is not None and scale.shape != (new.in_features,):
             raise ValueError(f"scale must have shape ({new.in_features},), got {tuple(scale.shape)}")
         if whiten is not None and whiten.shape != (new.in_features, new.in_features):
             raise ValueError(f"whiten must have shape ({new.in_features}, {new.in_features}), got {tuple(whiten.shape)}")
-        a, b = _svd_factors(dense_weight(module), rank, scale, whiten)
+        a, b = _svd_factors(dense_weight(module), rank, scale, whiten, cross)
         with torch.no_grad():
             new.up.weight.copy_(a)
             new.down.weight.copy_(b)

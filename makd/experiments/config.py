@@ -34,7 +34,7 @@ GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli-mm", "qnli", 
 TASKS = GLUE_TASKS + ("rt-polarity",)                               # makd.tasks.glue: GLUE_TASKS + PROXY_TASKS
 TEACHER_ALIASES = ("minilm-l6", "minilm-l3", "smollm2-135m-instruct", "tiny-bert", "tiny-gpt2", "tiny-llama")
 SIZE_KEYS = ("layer_ratio", "budget", "rank")
-WEIGHTINGS = ("none", "activation", "whiten", "whiten-sequential")  # makd.core.factorize.WEIGHTINGS
+WEIGHTINGS = ("none", "activation", "whiten", "whiten-sequential", "whiten-compensated")  # makd.core.factorize.WEIGHTINGS
 RANK_RULES = ("uniform", "auto")                                    # makd.core.factorize.RANK_RULES
 
 
@@ -76,8 +76,10 @@ class InitConfig(Config):
     GROUP = "student initialisation"
     weighting: str = option("none", "none (plain truncated SVD), activation (ASVD-style scaling), whiten (SVD-LLM "
                             "whitening on the teacher's inputs: the closed-form optimum of the teacher-forced "
-                            "matrix aspect) or whiten-sequential (layer by layer on the student's own inputs); all "
-                            "but none calibrate on training examples", choices=WEIGHTINGS)
+                            "matrix aspect), whiten-sequential (layer by layer on the student's own inputs) or "
+                            "whiten-compensated (layer by layer, each matrix fitted to the teacher's output at the "
+                            "same tokens: it also corrects the error its input carries); all but none calibrate on "
+                            "training examples", choices=WEIGHTINGS)
     ranks: str = option("uniform", "uniform (one parameter fraction per matrix) or auto (the same parameter count "
                         "spread where it removes the most relative truncation error)", choices=RANK_RULES)
     damping: float = option(1e-4, "whitening damping λ, a fraction of the Gram matrix's mean diagonal", low=0.0)
