@@ -295,3 +295,12 @@ def test_committed_readme_subquadratic_block_matches_the_cpu_grid():
     assert markers == report.SUBQUADRATIC_MARKERS and report.readme_block(text, markers) == block, (
         "README.md's subquadratic block is stale: regenerate it with python -m makd stats results/subquadratic-cpu "
         "--out results/subquadratic-cpu/REPORT.md --readme README.md")
+
+
+def test_committed_readme_curve_block_matches_the_curve_grid():
+    # the README's budget-curve block is `python -m makd stats results/subquadratic-curve --readme README.md`
+    text = (RESULTS.parent / "README.md").read_text()
+    block, markers = report.readme_markdown(stats.collect(RESULTS / "subquadratic-curve"))
+    assert markers == report.CURVE_MARKERS and report.readme_block(text, markers) == block, (
+        "README.md's budget-curve block is stale: regenerate it with python -m makd stats "
+        "results/subquadratic-curve --out results/subquadratic-curve/REPORT.md --readme README.md")
