@@ -288,19 +288,13 @@ def test_committed_readme_grid_table_matches_the_glue_grid():
         "python -m makd stats results/grid-glue --out results/grid-glue/REPORT.md --readme README.md")
 
 
-def test_committed_readme_subquadratic_block_matches_the_cpu_grid():
-    # the README's subquadratic block is `python -m makd stats results/subquadratic-cpu --readme README.md`
+@pytest.mark.parametrize("folder, markers", [("subquadratic-cpu", report.SUBQUADRATIC_MARKERS),
+                                             ("subquadratic-curve", report.CURVE_MARKERS)])
+def test_committed_readme_subquadratic_blocks_match_their_grids(folder, markers):
+    # the README's subquadratic block and its budget-curve block are `python -m makd stats results/<folder>
+    # --readme README.md` (the grid's runs choose the block)
     text = (RESULTS.parent / "README.md").read_text()
-    block, markers = report.readme_markdown(stats.collect(RESULTS / "subquadratic-cpu"))
-    assert markers == report.SUBQUADRATIC_MARKERS and report.readme_block(text, markers) == block, (
-        "README.md's subquadratic block is stale: regenerate it with python -m makd stats results/subquadratic-cpu "
-        "--out results/subquadratic-cpu/REPORT.md --readme README.md")
-
-
-def test_committed_readme_curve_block_matches_the_curve_grid():
-    # the README's budget-curve block is `python -m makd stats results/subquadratic-curve --readme README.md`
-    text = (RESULTS.parent / "README.md").read_text()
-    block, markers = report.readme_markdown(stats.collect(RESULTS / "subquadratic-curve"))
-    assert markers == report.CURVE_MARKERS and report.readme_block(text, markers) == block, (
-        "README.md's budget-curve block is stale: regenerate it with python -m makd stats "
-        "results/subquadratic-curve --out results/subquadratic-curve/REPORT.md --readme README.md")
+    block, chosen = report.readme_markdown(stats.collect(RESULTS / folder))
+    assert chosen == markers and report.readme_block(text, markers) == block, (
+        f"README.md's block of results/{folder} is stale: regenerate it with python -m makd stats results/{folder} "
+        f"--out results/{folder}/REPORT.md --readme README.md")

@@ -109,7 +109,7 @@ def whitening_factor(gram: torch.Tensor, damping: float = 1e-4, tries: int = 8) 
         raise ValueError(f"damping must be >= 0, got {damping}")
     g = gram.to(torch.float64)                                                # (d_in, d_in)
     g = (g + g.T) / 2
-    level = float(g.diagonal().mean()) or 1.0
+    level = _level(g)
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     lam = damping
     for _ in range(tries):
@@ -121,13 +121,17 @@ def whitening_factor(gram: torch.Tensor, damping: float = 1e-4, tries: int = 8) 
                      "give more calibration tokens")
 
 
+def _level(gram: torch.Tensor) -> float:
+    """The scale the damping λ is a fraction of: mean(diag G), or 1 for an all-zero G."""
+    return float(gram.to(torch.float64).diagonal().mean()) or 1.0
+
+
 def damped_cross(cross: torch.Tensor, gram: torch.Tensor, lam: float) -> torch.Tensor:
     """XᵀX̃ + λ·mean(diag X̃ᵀX̃)·I: the cross Gram with the damping :func:`whitening_factor` added to X̃ᵀX̃, as if
     the same virtual tokens were added to both sides — the damping then pulls the fit towards W (X = X̃ gives the
     plain whitened factors back exactly) instead of towards 0."""
-    level = float(gram.to(torch.float64).diagonal().mean()) or 1.0
     eye = torch.eye(cross.shape[0], dtype=torch.float64, device=cross.device)
-    return cross.to(torch.float64) + lam * level * eye
+    return cross.to(torch.float64) + lam * _level(gram) * eye
 
 
 def layer_calls(model: nn.Module, layers: nn.ModuleList, calibration) -> list[list[tuple[tuple, dict]]]:
@@ -171,6 +175,14 @@ def _with_hidden(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dic
     return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
 
 
+def _valid_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A module input (B, T, d_in) as float64 rows (N, d_in) of its valid tokens (all rows without a mask)."""
+    x = x.detach()
+    if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+        x = x[mask]                                                           # (N, d_in)
+    return x.reshape(-1, x.shape[-1]).double()
+
+
 def layer_input_grams(layer: nn.Module, names: dict[str, nn.Module], calls: list[tuple[tuple, dict]],
                       hidden: list[torch.Tensor], masks: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
     """G = Σ x xᵀ (float64) of the inputs of the modules ``names`` (name -> module inside ``layer``) when
@@ -179,11 +191,7 @@ def layer_input_grams(layer: nn.Module, names: dict[str, nn.Module], calls: list
 
     def hook(name, b):
         def pre(_mod, args):
-            x = args[0].detach()                                              # (B, T, d_in)
-            mask = masks[b]
-            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
-                x = x[mask]                                                   # (N, d_in)
-            x = x.reshape(-1, x.shape[-1]).double()
+            x = _valid_rows(args[0], masks[b])                                # (N, d_in)
             sums[name] = sums.get(name, 0) + x.T @ x
         return pre
 
@@ -209,20 +217,14 @@ def layer_cross_grams(teacher_layer: nn.Module, student_layer: nn.Module, names:
     cross: dict[str, torch.Tensor] = {}
     seen: dict[str, torch.Tensor] = {}
 
-    def rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x.detach()                                                        # (B, T, d_in)
-        if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
-            x = x[mask]                                                       # (N, d_in)
-        return x.reshape(-1, x.shape[-1]).double()
-
     def teacher_hook(name, b):
         def pre(_mod, args):
-            seen[name] = rows(args[0], masks[b])
+            seen[name] = _valid_rows(args[0], masks[b])
         return pre
 
     def student_hook(name, b):
         def pre(_mod, args):
-            x = rows(args[0], masks[b])                                       # X̃ (N, d_in)
+            x = _valid_rows(args[0], masks[b])                                # X̃ (N, d_in)
             grams[name] = grams.get(name, 0) + x.T @ x
             cross[name] = cross.get(name, 0) + seen.pop(name).T @ x           # Xᵀ X̃
         return pre

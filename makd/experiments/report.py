@@ -99,8 +99,7 @@ def readme_markdown(df: pd.DataFrame) -> tuple[str, tuple[str, str]]:
     cpu = _cpu_seconds(df).sum() / 3600
     seeds = df.groupby("cell")["seed"].nunique()
     if (df["group"] == "budget").all():
-        section = curve_markdown(df).split("\n", 2)[2]                      # without its heading
-        return "\n".join([section, "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per budget, "
+        return "\n".join([curve_markdown(df, heading=False), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per budget, "
                           f"{cpu:.1f} CPU-hours."]), CURVE_MARKERS
     return "\n".join([readme_table(df), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per cell, "
                       f"{cpu:.1f} CPU-hours; the study's findings read from them (top-1 agreement with the teacher "

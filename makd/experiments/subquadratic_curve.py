@@ -98,9 +98,9 @@ def _tokens(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def curve_markdown(df: pd.DataFrame) -> str:
-    """The report's budget-curve section: the table per budget, whether the largest budget meets the targets,
-    and the labelled extrapolation. '' when ``df`` has no budget cells."""
+def curve_markdown(df: pd.DataFrame, heading: bool = True) -> str:
+    """The report's budget-curve section (``heading``: with its '## ' title): the table per budget, whether the
+    largest budget meets the targets, and the labelled extrapolation. '' when ``df`` has no budget cells."""
     curve = token_curve(df)
     if curve.empty:
         return ""
@@ -114,13 +114,13 @@ def curve_markdown(df: pd.DataFrame) -> str:
         "top-1 vs the budget below (points, verdict)": [v or "–" for v in curve["vs_below"]]})
     last = curve.iloc[-1]
     met_ppl, met_top1 = last["ppl_ratio_mean"] <= PPL_TARGET, last["top1_mean"] >= TOP1_TARGET
-    lines = ["## How far the token budget gets (budget curve, mean ± std over seeds)", "",
-             f"Teacher perplexity on the same held-out blocks: {curve['teacher_ppl'].mean():.1f}.", "",
-             markdown_table(table), "",
-             f"At {last['stage_tokens']:,} tokens per stage ({last['total_tokens']:,} in all) the student's perplexity is "
-             f"{last['ppl_ratio_mean']:.1f}× the teacher's (target ≤ {PPL_TARGET}×: {'met' if met_ppl else 'not met'}) and "
-             f"its top-1 agreement {100 * last['top1_mean']:.1f} % (target ≥ {100 * TOP1_TARGET:.0f} %: "
-             f"{'met' if met_top1 else 'not met'})."]
+    lines = ["## How far the token budget gets (budget curve, mean ± std over seeds)", ""] if heading else []
+    lines += [f"Teacher perplexity on the same held-out blocks: {curve['teacher_ppl'].mean():.1f}.", "",
+              markdown_table(table), "",
+              f"At {last['stage_tokens']:,} tokens per stage ({last['total_tokens']:,} in all) the student's perplexity is "
+              f"{last['ppl_ratio_mean']:.1f}× the teacher's (target ≤ {PPL_TARGET}×: {'met' if met_ppl else 'not met'}) and "
+              f"its top-1 agreement {100 * last['top1_mean']:.1f} % (target ≥ {100 * TOP1_TARGET:.0f} %: "
+              f"{'met' if met_top1 else 'not met'})."]
     ext = extrapolate(curve)
     said = []
     for key, what in (("ppl", f"perplexity {PPL_TARGET}× the teacher's"), ("top1", f"top-1 {100 * TOP1_TARGET:.0f} %")):

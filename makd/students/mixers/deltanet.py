@@ -210,11 +210,6 @@ class MatrixStateWithConv:
             state["conv"] = torch.zeros(batch, self.conv_size - 1, self.conv_channels, dtype=dtype, device=device)
         return state
 
-    @staticmethod
-    def _fused(x: torch.Tensor, *projections: nn.Linear) -> torch.Tensor:
-        """x (B, T, D) through bias-free projections, their outputs side by side (:func:`fused_linear`)."""
-        return fused_linear(x, *projections)
-
     def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
         return {"S": s} if conv is None else {"S": s, "conv": conv}
 
@@ -251,7 +246,7 @@ class DeltaNet(MatrixStateWithConv, Mixer):
     def _features(self, x: torch.Tensor, mask: torch.Tensor, state: State):
         """x (B, T, D), mask (B, T), state -> q (B, H, T, d), k, v (B, H_kv, T, d), β, g (B, H_kv, T) (g None: no
         decay), next convolution state or None."""
-        qkv = self._fused(x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, (H + 2·H_kv)·d)
+        qkv = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, (H + 2·H_kv)·d)
         conv = None
         if self.conv1d is not None:
             qkv, conv = self.conv1d(qkv, state["conv"], mask)

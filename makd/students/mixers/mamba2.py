@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from makd.students.mixers.base import Mixer, State, valid_mask
 from makd.students.mixers.deltanet import (MatrixStateWithConv, ShortConv, check_sizes, decay_matrix,
                                           dt_bias_init)
-from makd.students.mixers.gated_linear import chunked_forward, gate, head_rms_norm, project_out
+from makd.students.mixers.gated_linear import chunked_forward, fused_linear, gate, head_rms_norm, project_out
 
 
 def ssd_chunked(c_: torch.Tensor, b_: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, log_a: torch.Tensor,
@@ -78,7 +78,7 @@ class Mamba2(MatrixStateWithConv, Mixer):
     def _features(self, x: torch.Tensor, mask: torch.Tensor, state: State):
         """x (B, T, D), mask (B, T), state -> C (B, H, T, d), B, x (B, H_kv, T, d), Δ, log a (B, H_kv, T), next
         convolution state."""
-        xbc = self._fused(x, self.v_proj, self.k_proj, self.q_proj)  # (B, T, (2·H_kv + H)·d)
+        xbc = fused_linear(x, self.v_proj, self.k_proj, self.q_proj)  # (B, T, (2·H_kv + H)·d)
         conv = None
         if self.conv1d is not None:
             xbc, conv = self.conv1d(xbc, state["conv"], mask)
