@@ -82,7 +82,7 @@ def test_the_readme_block_of_a_curve_grid_has_its_own_markers():
     df = curve_runs(POINTS)
     block, markers = readme_markdown(df)
     assert markers == CURVE_MARKERS != SUBQUADRATIC_MARKERS
-    assert not block.startswith("##") and "9 runs, 3–3 seeds per budget, 0.2 CPU-hours." in block
+    assert not block.startswith("##") and "9 runs, 3 seeds per budget, 0.2 CPU-hours." in block
     readme = f"{SUBQUADRATIC_MARKERS[0]}\nstudy\n{SUBQUADRATIC_MARKERS[1]}\n{markers[0]}\nold\n{markers[1]}\n"
     new = replace_readme_block(readme, block, markers)
     assert readme_block(new, markers) == block and readme_block(new, SUBQUADRATIC_MARKERS) == "study"

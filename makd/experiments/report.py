@@ -98,10 +98,11 @@ def readme_markdown(df: pd.DataFrame) -> tuple[str, tuple[str, str]]:
         return readme_table(df), README_MARKERS
     cpu = _cpu_seconds(df).sum() / 3600
     seeds = df.groupby("cell")["seed"].nunique()
+    span = str(seeds.min()) if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"  # "3" or "2–3"
     if (df["group"] == "budget").all():
-        return "\n".join([curve_markdown(df, heading=False), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per budget, "
+        return "\n".join([curve_markdown(df, heading=False), "", f"{len(df)} runs, {span} seeds per budget, "
                           f"{cpu:.1f} CPU-hours."]), CURVE_MARKERS
-    return "\n".join([readme_table(df), "", f"{len(df)} runs, {seeds.min()}–{seeds.max()} seeds per cell, "
+    return "\n".join([readme_table(df), "", f"{len(df)} runs, {span} seeds per cell, "
                       f"{cpu:.1f} CPU-hours; the study's findings read from them (top-1 agreement with the teacher "
                       "on held-out text, paired over seeds):", "", markdown_table(findings_table(df))]), \
         SUBQUADRATIC_MARKERS
