@@ -39,6 +39,7 @@ from makd.experiments.decoder_data import (DecoderData, EvalSet, ce_batch, gener
                                            resolve_eval_set, wiki_heldout)
 from makd.experiments.decoder_methods import (CONTROLS, calibration_batches, check_pair, make_student,
                                               seqkd_decoding, train_student)
+from makd.experiments.decoder_prepared import cached_prepare
 from makd.experiments.options import config_from_kwargs
 from makd.experiments.runrecord import make_record, path_roots, portable, write_metrics
 from makd.experiments.students import check_size
@@ -85,7 +86,8 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
     "student_init": how the student was prepared}}`` for every name of :func:`run_names` (``train`` and
     ``student_init`` for methods only; the controls are not trained: ``untrained`` is the prepared student,
     ``init`` the student before the layer-local stage), plus ``UNTRAINED`` ({"response_ce", "params", "init",
-    "local"}) for the prepared student (:func:`prepare_student`; left out when every name is in ``done``). With
+    "local"}) for the prepared student (:func:`prepare_student`, through the cache of
+    :mod:`makd.experiments.decoder_prepared`; left out when every name is in ``done``). With
     ``cfg.extra_eval`` each entry holds ``eval_sets`` = {set: evaluate_rouge(...)}; with ``cfg.wiki_windows``
     ``wiki_heldout`` = {"ce", "ppl", "tokens"} on the held-out Wikipedia windows (``wiki``: those of
     :func:`wiki_heldout`, built here when None). ``done``: results already scored (a resumed run), kept as they
@@ -115,7 +117,10 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
             results[name] = evaluate(teacher)
         else:
             if UNTRAINED not in results:
-                base, prepared, before_local = prepare_student(cfg, teacher, tokenizer, data.rows, device)
+                need_before = "init" in cfg.methods and "init" not in done   # the control still to score
+                base, prepared, before_local = cached_prepare(
+                    cfg, data.rows, teacher, device,
+                    lambda: prepare_student(cfg, teacher, tokenizer, data.rows, device), need_before)
                 results[UNTRAINED] = {**scores(cfg, base, batch, wiki), "params": fz.count_parameters(base),
                                       **prepared}
             method, _, seed = name.partition("/seed-")
