@@ -102,6 +102,7 @@ experiments — runs that write metrics.json with a run record
     experiments.teachers   which teacher checkpoints a grid's runs used: mixed, or one re-trained on another CPU
     experiments.figures    a grid's figures: ablation deltas with their CIs, score vs budget
     experiments.report     ``python -m makd stats``: a grid's markdown report and the README's table block
+    experiments.readme_blocks  the README blocks commands rewrite: the text between two marker lines
     experiments.tables     the package's one markdown table writer (DataFrame.to_markdown, unpadded)
     experiments.published  the paper's and published baselines' numbers, each with its source
     experiments.results    ``python -m makd results``: the README's tables from metrics.json files

@@ -18,6 +18,7 @@ import pandas as pd
 
 from makd.core.errors import ArgumentParser
 from makd.experiments.published import as_points
+from makd.experiments.readme_blocks import read_block, write_block
 from makd.experiments.stats import (ablation_deltas, across_tasks, budget_comparisons, collect, mean_pm_std,
                                     summarize, versus_best_baseline)
 from makd.experiments.subquadratic_curve import curve_markdown
@@ -108,26 +109,16 @@ def readme_markdown(df: pd.DataFrame) -> tuple[str, tuple[str, str]]:
         SUBQUADRATIC_MARKERS
 
 
-def _block_span(text: str, markers: tuple[str, str], missing: str) -> tuple[int, int]:
-    start, end = markers
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i:
-        raise ValueError(missing)
-    return i + len(start), j
-
-
 def replace_readme_block(text: str, table: str, markers: tuple[str, str] = README_MARKERS) -> str:
     """``text`` with everything between the two marker lines replaced by ``table``. Raises ValueError (saying
     which marker lines to add) when the markers are missing or out of order."""
-    i, j = _block_span(text, markers, f"the README has no table block: put the lines {markers[0]!r} and "
-                                      f"{markers[1]!r} around the table it should hold")
-    return text[:i] + "\n\n" + table + "\n\n" + text[j:]
+    return write_block(text, table, markers, f"the README has no table block: put the lines {markers[0]!r} and "
+                                             f"{markers[1]!r} around the table it should hold")
 
 
 def readme_block(text: str, markers: tuple[str, str] = README_MARKERS) -> str:
     """The table between the two marker lines of ``text`` (see :func:`replace_readme_block`)."""
-    i, j = _block_span(text, markers, f"no block between {markers[0]!r} and {markers[1]!r}")
-    return text[i:j].strip()
+    return read_block(text, markers, f"no block between {markers[0]!r} and {markers[1]!r}")
 
 
 def _paired_columns(res: pd.DataFrame, diff_name: str, *, verdict: bool = True) -> dict[str, list[str]]:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from makd.assets.files import write_json
+from makd.experiments.readme_blocks import read_block, write_block
 from makd.experiments.runrecord import git_commit
 
 NOISE_ATOL, NOISE_RTOL, SPREAD_K = 1e-6, 1e-4, 3.0
@@ -278,23 +279,18 @@ def readme_text(expected_file: Path) -> str:
             + markdown(["notebook", "quantity", "expected", "tolerance", "why"], rows))
 
 
-def _span(text: str) -> tuple[int, int]:
+def _missing() -> str:
     start, end = README_MARKERS
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i:
-        raise ValueError(f"the README has no demo block: put the lines {start!r} and {end!r} where it belongs")
-    return i + len(start), j
+    return f"the README has no demo block: put the lines {start!r} and {end!r} where it belongs"
 
 
 def readme_block(text: str) -> str:
     """The text between the README's two demo marker lines."""
-    i, j = _span(text)
-    return text[i:j].strip()
+    return read_block(text, README_MARKERS, _missing())
 
 
 def replace_readme_block(text: str, block: str) -> str:
-    i, j = _span(text)
-    return text[:i] + "\n\n" + block + "\n\n" + text[j:]
+    return write_block(text, block, README_MARKERS, _missing())
 
 
 def update_readme(readme: Path, expected_file: Path) -> str:
