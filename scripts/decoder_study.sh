@@ -4,7 +4,7 @@
 # KD / SeqKD / MaKD seed by seed (3 training seeds), Rouge-L on all 252 SelfInst prompts and on Vicuna-80 (the
 # teacher's answers as references), response CE, held-out Wikipedia perplexity. Resumable: run it again and the
 # finished models are kept (--resume). Needs the data folder for SelfInst / Vicuna (MAKD_DATA_DIR or $1).
-# Then: python -m makd decoder-stats results/decoder-whiten/ratio-0.8 --write
+# Then: python -m makd decoder-stats results/decoder-whiten/ratio-0.8 --write --readme README.md (the README block)
 set -euo pipefail
 DATA="${1:-${MAKD_DATA_DIR:?give the data folder as \$1 or MAKD_DATA_DIR}}"
 cd "$(dirname "$0")/.."

@@ -71,3 +71,37 @@ def test_a_comparison_without_makd_runs_yet_is_reported(tmp_path):
     _write(tmp_path, "init", "init", 5.0)
     text, numbers = ds.report(tmp_path)
     assert "No MaKD runs yet" in text and numbers["comparisons"] == []
+
+
+def test_readme_block_is_rewritten_between_its_markers(comparison, tmp_path, capsys):
+    folder = comparison / "ratio"          # a sub-folder name the markers carry
+    folder.mkdir()
+    for run in ("teacher", "untrained", "sft", "makd"):
+        (comparison / run).rename(folder / run)
+    start, end = ds.readme_markers(folder)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{start}\nold numbers\n{end}\noutro\n")
+    assert cli(["decoder-stats", str(folder), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old numbers" not in text
+    block = ds.readme_block(text, folder)
+    assert block == ds.readme_markdown(folder) and "MaKD vs SFT (no teacher): **higher**" in block
+    assert block.startswith(f"`{folder.as_posix()}` (0.0 M parameters), as recorded")   # no layer ratio recorded
+    capsys.readouterr()
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        cli(["decoder-stats", str(folder), "--readme", str(readme)])
+    assert "put the lines" in capsys.readouterr().err and readme.read_text() == "no markers\n"   # untouched
+
+
+def test_committed_readme_decoder_block_matches_its_results():
+    # the README's decoder-comparison block is `python -m makd decoder-stats results/decoder-whiten/ratio-0.8
+    # --readme README.md` (run from the repository root, so the markers name the folder as committed)
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    folder = "results/decoder-whiten/ratio-0.8"
+    text = (root / "README.md").read_text()
+    df = ds.collect(root / folder)
+    assert ds.readme_block(text, folder) == ds.readme_markdown(folder, df), (
+        f"README.md's block of {folder} is stale: regenerate it with python -m makd decoder-stats {folder} --write "
+        "--readme README.md")

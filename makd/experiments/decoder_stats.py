@@ -1,7 +1,9 @@
 """``python -m makd decoder-stats OUT``: a decoder comparison trained with several seeds (``python -m makd decoder
 --train-seeds ...``), summarised like the GLUE grid: mean ± std over training seeds per method, paired comparisons
 over seeds (paired t-test + bootstrap CI, the grid's verdict rule: :func:`makd.experiments.verdicts.direction`),
-a prompt-level paired test beside it, the targets of the decoder issue checked from the numbers, and a figure.
+a prompt-level paired test beside it, the targets of the decoder issue checked from the numbers, and a figure;
+``--readme README.md`` rewrites the comparison's block of the README (between the marker lines of
+:func:`readme_markers`), so no recorded number there is typed by hand.
 
 Rouge-L is on 0–100; the paired machinery of :mod:`makd.experiments.stats` works on fractions, so differences are
 computed on Rouge-L / 100 and reported in points again. The controls (``untrained``, ``init``) are not trained:
@@ -19,6 +21,7 @@ import pandas as pd
 
 from makd.assets.files import write_json
 from makd.core.errors import ArgumentParser, MissingInputError
+from makd.experiments.readme_blocks import read_block, write_block
 from makd.experiments.stats import mean_pm_std, paired
 from makd.experiments.tables import markdown_table
 from makd.experiments.verdicts import describe_diff, direction
@@ -45,7 +48,8 @@ def collect(root: str | Path) -> pd.DataFrame:
                      "response_ce": d.get("response_ce"), "wiki_ppl": wiki.get("ppl"), "wiki_ce": wiki.get("ce"),
                      "params": d["params"], "steps": d.get("train", {}).get("steps"),
                      "train_s": d.get("train", {}).get("runtime_s"), "eval_set": d.get("eval_set"),
-                     "n_prompts": d["eval"].get("n"), "train_set": d.get("train_set"), **extra})
+                     "n_prompts": d["eval"].get("n"), "train_set": d.get("train_set"),
+                     "layer_ratio": d["record"].get("config", {}).get("layer_ratio"), **extra})
     df = pd.DataFrame(rows)
     if df.empty:
         raise MissingInputError(f"no decoder results under {root}: give the --out folder of `python -m makd "
@@ -152,6 +156,41 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
     return "\n".join(lines) + "\n", numbers
 
 
+def readme_markers(folder: str | Path) -> tuple[str, str]:
+    """The marker lines around a comparison's README block, named by its folder as given (``results/...``)."""
+    name = Path(folder).as_posix()
+    return f"<!-- makd decoder-stats --readme: {name} -->", f"<!-- /makd decoder-stats --readme: {name} -->"
+
+
+def readme_markdown(folder: str | Path, df: pd.DataFrame | None = None) -> str:
+    """What ``--readme`` writes: a line naming the comparison (layer ratio, student size, the command), then the
+    report's table, comparisons and targets (:func:`report` without its heading)."""
+    df = collect(folder) if df is None else df
+    text, _ = report(folder, df)
+    students = df[~df["method"].isin(["teacher"])]
+    ratios = students["layer_ratio"].dropna().unique()
+    what = f"Layer ratio {ratios[0]:g}" if len(ratios) == 1 else f"`{Path(folder).as_posix()}`"
+    size = f" ({students['params'].iloc[0] / 1e6:.1f} M parameters)" if len(students) else ""
+    head = (f"{what}{size}, as recorded so far (`python -m makd decoder-stats {Path(folder).as_posix()} "
+            "--readme README.md` writes this block):")
+    return head + "\n\n" + text.split("\n", 2)[2].strip()
+
+
+def replace_readme_block(text: str, folder: str | Path, block: str) -> str:
+    """``text`` with the block of ``folder`` replaced (ValueError saying which lines to add when it has none)."""
+    return write_block(text, block, readme_markers(folder), _missing(folder))
+
+
+def readme_block(text: str, folder: str | Path) -> str:
+    """The block of ``folder`` in ``text``, stripped."""
+    return read_block(text, readme_markers(folder), _missing(folder))
+
+
+def _missing(folder: str | Path) -> str:
+    start, end = readme_markers(folder)
+    return f"no block for {Path(folder).as_posix()}: put the lines {start!r} and {end!r} where it goes"
+
+
 def plot(df: pd.DataFrame):
     """Rouge-L per method: one dot per training seed, the mean as a bar, the teacher as a dashed line."""
     import matplotlib.pyplot as plt
@@ -172,16 +211,30 @@ def plot(df: pd.DataFrame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m makd decoder-stats", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m makd decoder-stats", description=__doc__.split("\n\n")[0],
+                       epilog="example: python -m makd decoder-stats results/decoder-whiten/ratio-0.8 --write "
+                              "--readme README.md")
     p.add_argument("folder", help="the --out folder of a `python -m makd decoder` run")
     p.add_argument("--write", action="store_true", help="also write FOLDER/REPORT.md, FOLDER/summary.json and "
                    "FOLDER/rouge.png")
+    p.add_argument("--readme", metavar="FILE", help="rewrite this comparison's block of FILE (between the lines "
+                   "<!-- makd decoder-stats --readme: FOLDER --> and <!-- /makd decoder-stats --readme: FOLDER -->)")
     args = p.parse_args(argv)
     if not Path(args.folder).is_dir():
         raise MissingInputError(f"no folder {args.folder}: give the --out folder of `python -m makd decoder`")
+    if args.readme and not Path(args.readme).is_file():
+        p.error(f"--readme: no file {args.readme!r}")
     df = collect(args.folder)
     text, numbers = report(args.folder, df)
+    readme = None
+    if args.readme:
+        try:
+            readme = replace_readme_block(Path(args.readme).read_text(), args.folder, readme_markdown(args.folder, df))
+        except ValueError as e:
+            p.error(f"--readme {args.readme}: {e}")
     print(text)
+    if readme is not None:
+        Path(args.readme).write_text(readme)
     if args.write:
         (Path(args.folder) / "REPORT.md").write_text(text)
         write_json(Path(args.folder) / "summary.json", numbers)
