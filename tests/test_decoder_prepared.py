@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from makd.assets.models import load_model
+from makd.core.errors import CacheError
 from makd.experiments import decoder
 from makd.experiments import decoder_prepared as dp
 from makd.experiments.decoder_config import DecoderConfig
@@ -81,6 +82,18 @@ def test_a_damaged_entry_is_removed_and_the_student_prepared_again(tmp_path, mon
     assert calls == [1, 1] and res[decoder.UNTRAINED]["cache"]["reused"] is False
     assert "do not hash to the sha256" in caplog.text
     assert dp.load_prepared(entry, model, "cpu") is not None                 # written again, whole
+
+
+def test_a_damaged_entry_that_cannot_be_removed_says_to_delete_it(tmp_path, monkeypatch):
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / dp.INFO).write_text("{not json")
+    def refuse(src, dst):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr("makd.tasks.teacher_cache.os.replace", refuse)
+    with pytest.raises(CacheError, match=r"cached prepared student .*entry is unusable .* delete it and run again"):
+        dp.load_prepared(entry, None, "cpu")
+    assert (entry / dp.INFO).is_file()                                         # nothing half-removed
 
 
 def test_the_key_follows_what_the_preparation_reads():

@@ -18,7 +18,6 @@ import copy
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ from makd.assets.models import resolve
 from makd.assets.paths import cache_dir
 from makd.core.checkpoint import load_student, save_student
 from makd.core.fused import fuse, is_fused
-from makd.tasks.teacher_cache import base_fingerprint
+from makd.tasks.teacher_cache import base_fingerprint, remove
 
 log = logging.getLogger("makd.decoder")
 INFO = "prepared.json"
@@ -58,7 +57,7 @@ def load_prepared(path: Path, teacher, device) -> tuple[Any, dict[str, Any]] | N
     except (OSError, ValueError, KeyError) as why:
         log.warning("cached prepared student %s is unusable (%s): removing it and preparing the student again",
                     path, why)
-        shutil.rmtree(path, ignore_errors=True)
+        remove(path, why, what="cached prepared student")
         return None
     if info.get("fused"):
         fuse(student)

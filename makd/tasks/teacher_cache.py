@@ -78,8 +78,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def remove(path: Path, why: Exception) -> None:
-    """Move a broken teacher folder aside (one atomic rename), then delete it; only process zero does."""
+def remove(path: Path, why: Exception, what: str = "cached teacher") -> None:
+    """Move a broken cache folder (a teacher, or ``what`` else) aside (one atomic rename), then delete it; only
+    process zero does. A folder that cannot be moved: one CacheError saying to delete it."""
     if not is_main_process():
         return
     aside = path.with_name(path.name + ".broken")
@@ -87,6 +88,6 @@ def remove(path: Path, why: Exception) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(path, aside)
     except OSError as err:
-        raise CacheError(f"cached teacher {path} is unusable ({why}) and could not be removed ({err}): delete "
+        raise CacheError(f"{what} {path} is unusable ({why}) and could not be removed ({err}): delete "
                          "it and run again") from err
     shutil.rmtree(aside, ignore_errors=True)
