@@ -334,3 +334,33 @@ def test_relative_mse_is_the_error_energy_over_the_teacher_energy_and_scale_free
     t2 = t.clone().requires_grad_(True)
     L.masked_mse(s2, t2, mask, relative=True).backward()
     assert s2.grad.abs().sum() > 0
+
+
+def test_attention_losses_take_the_keys_apart_from_the_queries():
+    # queries = a decoder's response tokens, keys = every real token: the probability and the score forms agree,
+    # each is the full-row KL averaged over the chosen queries, and key_mask=None keeps the old meaning (= mask)
+    g = torch.Generator().manual_seed(0)
+    B, H, T = 2, 3, 6
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    real = torch.ones(B, T, dtype=torch.bool)
+    real[1, -1] = False                                                      # one padded token
+    allowed = causal & real[:, None, None, :]                                # (B, 1, T, T)
+    ss, st = (torch.randn(B, H, T, T, generator=g, dtype=torch.float64).masked_fill(~allowed, torch.finfo(
+        torch.float64).min) for _ in range(2))
+    ps, pt = ss.softmax(-1), st.softmax(-1)
+    queries = real.clone()
+    queries[:, :3] = False                                                   # the prompt's queries leave the mean
+    full = (pt * (pt.clamp_min(1e-300).log() - ps.clamp_min(1e-300).log())).sum(-1)   # (B, H, T)
+    want = full[queries[:, None, :].expand_as(full)].mean()
+    torch.testing.assert_close(L.attention_kl(ps, pt, queries, key_mask=real), want)
+    torch.testing.assert_close(L.attention_kl_scores(ss, st, queries, key_mask=real), want)
+    torch.testing.assert_close(L.attention_kl_scores(ss, st, queries, key_mask=real),
+                               L.attention_kl_scores(ss.requires_grad_(), st.requires_grad_(), queries,
+                                                          key_mask=real))    # the autograd branch agrees
+    assert L.attention_kl(ps, pt, queries) != want                      # keys = queries: another sum
+    torch.testing.assert_close(L.attention_kl(ps, pt, real), L.attention_kl(ps, pt, real, key_mask=real))
+    v_s, v_t = torch.randn(B, T, 6, generator=g), torch.randn(B, T, 6, generator=g)
+    assert L.minilm_value_relation_kl(v_s, v_t, 3, mask=queries, key_mask=real) != \
+        L.minilm_value_relation_kl(v_s, v_t, 3, mask=queries)
+    assert L.tinybert_attention_mse(ss.detach(), st.detach(), queries, key_mask=real) != \
+        L.tinybert_attention_mse(ss.detach(), st.detach(), queries)

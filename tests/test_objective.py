@@ -289,3 +289,24 @@ def test_relative_mse_divides_matrix_and_hidden_terms_by_the_teacher_energy():
         torch.testing.assert_close(r[aspect], p[aspect])
     with pytest.raises(ValueError, match="mse must be"):
         MaKDObjective(N, "all", mse="cosine")
+
+
+def test_response_only_attention_runs_over_every_real_key():
+    # a decoder's response tokens attend to the prompt too: the attention KL of a response query is over all the
+    # real keys it sees (a sum over the response keys alone is no divergence: it can go negative and rewards moving
+    # attention off the prompt)
+    teacher, student, batch = setup("llama")
+    perturb(student, scale=0.2)
+    obj = MaKDObjective(N, "layer-only", causal_lm=True, response_only_layers=True, verbose_terms=True)
+    _, terms = run(obj, student, teacher, batch)
+    spec = obj.spec()
+    s = capture(student, batch, spec, grad=False)
+    t = capture(teacher, batch, spec, grad=False)
+    queries = (batch["labels"] != -100) & (batch["attention_mask"] != 0)            # (B, T) response tokens
+    for layer in obj.assignment["attn"]:
+        log_ps = torch.log_softmax(s.attention_scores(layer).double(), -1)          # (B, H, T, T) masked scores
+        log_pt = torch.log_softmax(t.attention_scores(layer).double(), -1)
+        kl = torch.where(log_pt.exp() > 0, log_pt.exp() * (log_pt - log_ps), 0.0).sum(-1)   # (B, H, T) all keys
+        want = kl[queries[:, None, :].expand_as(kl)].mean()
+        assert float(terms[f"attn/L{layer}"]) >= 0
+        torch.testing.assert_close(terms[f"attn/L{layer}"].double(), want, rtol=1e-5, atol=1e-7)

@@ -12,7 +12,9 @@ Tolerance: rtol 1e-5 on every value (atol 1e-8 for values that are ~0 anyway).
 The fixture ``tests/fixtures/golden_step.json`` was generated ONCE, before the step was optimised
 (issue 24, item 2), with the code of commit b7c853c plus its then uncommitted tiny-tokenizer change. Do not
 regenerate it to make a failing test pass; regenerate only when the tiny presets themselves change
-(``RECIPE`` in makd.assets.builders), with the code of a commit that passed it:
+(``RECIPE`` in makd.assets.builders), with the code of a commit that passed it. One exception, a deliberate change
+of the loss: the case ``llama/all-forced-relative-response`` alone was regenerated when the attention terms of a
+response-only decoder objective stopped summing over the response keys only (its ``_about`` says so):
 
     MAKD_CACHE_DIR=$(mktemp -d) .venv/bin/python tests/test_step_golden.py --regenerate
 """

@@ -24,10 +24,13 @@ MHA, FFN = ("q", "k", "v", "o"), ("ffn_gate", "ffn_in", "ffn_out")   # the matri
 class AspectLoss:
     """One registered loss. Per layer: ``term(objective, layer, student, teacher, mask) -> ()``; model level
     (``model=True``): ``term(objective, student, teacher, batch) -> ((), {part: ()})``. ``needs(layers)``: the
-    :class:`CaptureSpec` fields this loss reads on those layers."""
+    :class:`CaptureSpec` fields this loss reads on those layers. ``keys``: an attention-type loss, whose term also
+    takes ``key_mask`` (B, T), the keys its distributions run over (the real tokens), while ``mask`` selects the
+    queries (for a decoder, the response tokens only)."""
     term: Callable
     needs: Callable[[list[int]], dict]
     model: bool = False
+    keys: bool = False
 
 
 def _matrix_term(roles: tuple[str, ...], loss: str) -> Callable:
@@ -50,8 +53,8 @@ def _take(cap: Captured, store: dict, key):
 
 def _attention_term(loss: str) -> Callable:
     """An attention loss on one layer's scores, recomputed now from the captured q and k (one layer at a time)."""
-    def term(obj: Any, layer: int, s: Captured, t: Captured, mask) -> Tensor:
-        value = getattr(losses, loss)(s.attention_scores(layer), t.attention_scores(layer), mask)
+    def term(obj: Any, layer: int, s: Captured, t: Captured, mask, key_mask=None) -> Tensor:
+        value = getattr(losses, loss)(s.attention_scores(layer), t.attention_scores(layer), mask, key_mask=key_mask)
         if t.transient:
             t.qk.pop(layer, None)
             t.scores.pop(layer, None)
@@ -91,14 +94,15 @@ def _pred(obj: Any, s: Captured, t: Captured | None, batch: dict) -> tuple[Tenso
 LOSSES: dict[str, AspectLoss] = {
     "mha": AspectLoss(_matrix_term(MHA, "matrix_mha_loss"), lambda ls: {"matrix_layers": ls, "roles": MHA}),
     "ffn": AspectLoss(_matrix_term(FFN, "matrix_ffn_loss"), lambda ls: {"matrix_layers": ls, "roles": FFN}),
-    "attn": AspectLoss(_attention_term("attention_kl_scores"), lambda ls: {"attention_layers": ls, "probs": True}),
+    "attn": AspectLoss(_attention_term("attention_kl_scores"), lambda ls: {"attention_layers": ls, "probs": True},
+                       keys=True),
     "attn_scores": AspectLoss(_attention_term("tinybert_attention_mse"),
-                              lambda ls: {"attention_layers": ls, "scores": True}),
+                              lambda ls: {"attention_layers": ls, "scores": True}, keys=True),
     "hidn": AspectLoss(lambda o, i, s, t, m: losses.hidden_mse(s.hidden[i + 1], _take(t, t.hidden, i + 1), m,
                                                                o.hidden_proj, relative=o.mse == "relative"),
                        lambda ls: {"hidden_layers": [i + 1 for i in ls]}),
-    "vr": AspectLoss(lambda o, i, s, t, m: losses.minilm_value_relation_kl(s.values[i], _take(t, t.values, i),
-                                                                           s.geometry[1], t.geometry[1], m),
-                     lambda ls: {"value_layers": ls}),
+    "vr": AspectLoss(lambda o, i, s, t, m, key_mask=None: losses.minilm_value_relation_kl(
+                         s.values[i], _take(t, t.values, i), s.geometry[1], t.geometry[1], m, key_mask=key_mask),
+                     lambda ls: {"value_layers": ls}, keys=True),
     "pred": AspectLoss(_pred, lambda ls: {}, model=True),
 }

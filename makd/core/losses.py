@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from makd.core.baseline_losses import minilm_value_relation_kl, tinybert_attention_mse
 from makd.core.score_losses import attention_kl_scores  # noqa: F401  (re-exported)
 from makd.core.errors import MakdError
-from makd.core.masking import kl_rows, masked_mean, same_shape, upcast, valid_mask, with_grad
+from makd.core.masking import key_rows, kl_rows, masked_mean, same_shape, upcast, valid_mask, with_grad
 
 __all__ = [
     "NonFiniteLossError", "check_finite", "masked_mse", "matrix_mha_loss", "matrix_ffn_loss", "attention_kl",
@@ -147,24 +147,27 @@ def _check_prob_rows(p: Tensor, valid_q: Tensor, name: str) -> None:
             "for pre-softmax scores use tinybert_attention_mse")
 
 
-def attention_kl(p_student: Tensor, p_teacher: Tensor, mask=None, eps: float = 1e-12) -> Tensor:
+def attention_kl(p_student: Tensor, p_teacher: Tensor, mask=None, eps: float = 1e-12, key_mask=None) -> Tensor:
     """KL(teacher ‖ student) of attention distributions, mean over heads and valid queries.
 
     L_attn = 1/(H·N_q) Σ_{h, q valid} Σ_{k valid} p_t log(p_t / p_s), with 0·log 0 = 0.
     Layer distillation (MaKD; reconstructed default: MiniLM's form on probabilities). Inputs are
     probabilities, no softmax is applied. Padded keys are excluded (a masked model gives them p = 0,
-    so this only guards against garbage there). p_*: (B, H, T, T), the student's first; mask: (B, T).
+    so this only guards against garbage there). p_*: (B, H, T, T), the student's first; mask: (B, T) the queries
+    in the mean; key_mask: (B, T) the keys (default: ``mask``). They differ when only some queries count (a
+    decoder's response tokens): those queries attend to every real token, the prompt's too, and a sum over a subset
+    of a distribution's keys is no divergence (it can be negative, and it rewards moving mass out of the subset).
     Walk-through: notebook ``02_attention_distillation``.
     """
     same_shape(p_student, p_teacher, "attention_kl")
     if p_teacher.dim() != 4 or p_teacher.shape[-1] != p_teacher.shape[-2]:
         raise ValueError(f"attention_kl needs (B, H, T, T) probabilities, got {tuple(p_teacher.shape)}")
     B, H, T, _ = p_teacher.shape
-    valid = valid_mask(mask, (B, T), p_teacher.device)                       # (B, T)
+    valid = valid_mask(mask, (B, T), p_teacher.device)                       # (B, T) queries
     _check_prob_rows(p_student, valid, "p_student")
     _check_prob_rows(p_teacher, valid, "p_teacher")
     ps, pt = upcast(p_student), upcast(p_teacher)
-    keys = valid[:, None, None, :]                                           # (B, 1, 1, T)
+    keys = key_rows(mask, key_mask, (B, T), p_teacher.device)[:, None, None, :]   # (B, 1, 1, T)
     log_ratio = pt.clamp_min(eps).log() - ps.clamp_min(eps).log()            # (B, H, T, T)
     term = torch.where((pt > 0) & keys, pt * log_ratio, torch.zeros_like(pt))
     kl = term.sum(-1)                                                        # (B, H, T)

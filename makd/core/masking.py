@@ -25,6 +25,13 @@ def valid_mask(mask, shape: tuple[int, ...], device) -> Tensor:
     return mask != 0
 
 
+def key_rows(mask, key_mask, shape: tuple[int, int], device) -> Tensor:
+    """The keys an attention-type loss sums over, (B, T) bool: ``key_mask`` when given, else ``mask`` (the queries'
+    mask; the two differ when only some queries count, e.g. a decoder's response tokens, which attend to the
+    prompt's tokens too)."""
+    return valid_mask(mask if key_mask is None else key_mask, shape, device)
+
+
 def same_shape(student: Tensor, teacher: Tensor, what: str) -> None:
     """ValueError naming the loss when the student's and the teacher's tensors differ in shape."""
     if student.shape != teacher.shape:

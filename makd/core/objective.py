@@ -190,12 +190,21 @@ class MaKDObjective(nn.Module):
         return total, terms, s
 
     # ---------------------------------------------------------------------------------------- forward
-    def _masks(self, batch: dict) -> Tensor | None:
-        mask, labels = batch.get("attention_mask"), batch.get("labels")
+    def _masks(self, batch: dict) -> tuple[Tensor | None, Tensor | None]:
+        """(mask, key_mask), (B, T) or None when all True: the tokens the layer terms average over (with
+        ``response_only_layers``, a decoder's response tokens) and the keys of the attention terms (every real
+        token: a response token attends to the prompt as well, so its attention distribution runs over both)."""
+        def unless_all(m):
+            return None if m is None or bool((torch.as_tensor(m) != 0).all()) else m   # None: nothing masked
+        keys, labels = batch.get("attention_mask"), batch.get("labels")
+        mask = keys
         if self.causal_lm and self.response_only_layers and labels is not None:
             resp = labels != -100                                                # (B, T)
-            mask = resp if mask is None else (mask != 0) & resp
-        return None if mask is None or bool((torch.as_tensor(mask) != 0).all()) else mask   # None: nothing padded
+            mask = resp if keys is None else (keys != 0) & resp
+        mask, keys = unless_all(mask), unless_all(keys)
+        if mask is not None and keys is None:    # some queries left out, every key real: say so (None = "as mask")
+            keys = torch.ones_like(torch.as_tensor(mask), dtype=torch.bool)
+        return mask, keys
 
     def forward(self, student: Captured, teacher: Captured | None, batch: dict, step: int | None = None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -207,7 +216,7 @@ class MaKDObjective(nn.Module):
         if teacher is None and self.needs_teacher:
             raise ValueError(f"preset {self.preset!r} needs the teacher's capture; only 'finetune' runs without")
         teacher = teacher if self.needs_teacher else None
-        mask = self._masks(batch)
+        mask, key_mask = self._masks(batch)
         total = student.logits.new_zeros(()) if student.logits is not None else torch.zeros(())
         terms: dict[str, Tensor] = {}
         checks: list[tuple[str, Tensor]] = []                                   # (name, value) in diagnosis order
@@ -221,7 +230,8 @@ class MaKDObjective(nn.Module):
             else:
                 value = 0
                 for layer in self.assignment[aspect]:
-                    v = loss.term(self, layer, student, teacher, mask)
+                    v = (loss.term(self, layer, student, teacher, mask, key_mask=key_mask) if loss.keys
+                         else loss.term(self, layer, student, teacher, mask))
                     checks.append((f"{aspect}/L{layer}", v))
                     if self.verbose_terms:
                         terms[f"{aspect}/L{layer}"] = v.detach()

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from makd.core.masking import masked_mean, same_shape, upcast, valid_mask, with_grad
+from makd.core.masking import key_rows, masked_mean, same_shape, upcast, valid_mask, with_grad
 
 __all__ = ["attention_kl_scores"]
 
 BLOCK = 1 << 20   # scores (b·H·T·T) per block of examples: the temporaries of a block stay ~4 MiB each (float32)
 
 
-def attention_kl_scores(scores_student: Tensor, scores_teacher: Tensor, mask=None) -> Tensor:
+def attention_kl_scores(scores_student: Tensor, scores_teacher: Tensor, mask=None, key_mask=None) -> Tensor:
     """:func:`attention_kl` from pre-softmax scores: the same loss, with log P = log_softmax(S) instead of log P.
 
     KL(teacher ‖ student) = 1/(H·N_q) Σ_{h, q valid} Σ_{k valid} p_t (log p_t − log p_s), p = softmax(S) (keys);
@@ -28,7 +28,8 @@ def attention_kl_scores(scores_student: Tensor, scores_teacher: Tensor, mask=Non
     probability, and the row constant LSE_t − LSE_s is formed in float64 from the row maxima and sums, as
     accurate as the probability form where p_t ≈ p_s (plain log-softmax differences lose ~log T ulps there).
     S: (B, H, T, T) FINITE scores with the additive mask in them (dtype-min, as
-    :meth:`makd.core.capture.Captured.attention_scores` builds them), the student's first; mask: (B, T). When
+    :meth:`makd.core.capture.Captured.attention_scores` builds them), the student's first; mask: (B, T) the queries,
+    key_mask: (B, T) the keys (default ``mask``; see :func:`makd.core.losses.attention_kl`). When
     only the student needs a gradient, it is computed in the same pass (w_q (p_s Σ_k p_t − p_t), w_q the query's
     weight in the mean) and is the only (B, H, T, T) tensor kept for backward.
     """
@@ -36,12 +37,13 @@ def attention_kl_scores(scores_student: Tensor, scores_teacher: Tensor, mask=Non
     if scores_teacher.dim() != 4 or scores_teacher.shape[-1] != scores_teacher.shape[-2]:
         raise ValueError(f"attention_kl_scores needs (B, H, T, T) scores, got {tuple(scores_teacher.shape)}")
     B, H, T, _ = scores_teacher.shape
-    valid = None if mask is None else valid_mask(mask, (B, T), scores_teacher.device)   # (B, T)
+    valid = None if mask is None else valid_mask(mask, (B, T), scores_teacher.device)   # (B, T) queries
+    keys = None if mask is None and key_mask is None else key_rows(mask, key_mask, (B, T), scores_teacher.device)
     if scores_teacher.requires_grad:                                         # both sides learn: plain autograd
         log_pt = F.log_softmax(upcast(scores_teacher), -1)
         log_ps = F.log_softmax(upcast(scores_student), -1)                   # (B, H, T, T)
         term = torch.where(log_pt.exp() > 0, log_pt.exp() * (log_pt - log_ps), 0.0)
-        kl = (term if valid is None else torch.where(valid[:, None, None, :], term, 0.0)).sum(-1)   # (B, H, T)
+        kl = (term if keys is None else torch.where(keys[:, None, None, :], term, 0.0)).sum(-1)   # (B, H, T)
         return kl.mean() if valid is None else masked_mean(kl, valid[:, None, :].expand_as(kl))
     with torch.no_grad():
         st, ss = upcast(scores_teacher), upcast(scores_student.detach())    # (B, H, T, T)
@@ -56,22 +58,23 @@ def attention_kl_scores(scores_student: Tensor, scores_teacher: Tensor, mask=Non
         step = max(1, BLOCK // (H * T * T))
         for b in range(0, B, step):                                          # blocks of examples: small temporaries
             r = slice(b, b + step)
-            kl[r] = _kl_block(st[r], ss[r], None if valid is None else valid[r],
+            kl[r] = _kl_block(st[r], ss[r], None if keys is None else keys[r],
                               grad[r] if need_grad else None, weight[r])
         value = (kl * weight).sum().to(st.dtype)                             # ()
     return with_grad(scores_student, value, grad)
 
 
-def _kl_block(st: Tensor, ss: Tensor, valid: Tensor | None, grad: Tensor | None, weight: Tensor) -> Tensor:
-    """KL rows (b, H, T), float64, of one block of examples; fills ``grad`` (b, H, T, T): w_q (p_s Σ p_t − p_t)."""
+def _kl_block(st: Tensor, ss: Tensor, keys: Tensor | None, grad: Tensor | None, weight: Tensor) -> Tensor:
+    """KL rows (b, H, T), float64, of one block of examples (``keys`` (b, T): the keys summed over); fills ``grad``
+    (b, H, T, T): w_q (p_s Σ p_t − p_t)."""
     m_t, m_s = st.amax(-1, keepdim=True), ss.amax(-1, keepdim=True)         # (b, H, T, 1) row maxima
     p_t = torch.sub(st, m_t).exp_()                                          # (b, H, T, T) exp(S_t − m_t)
     sum_t = p_t.sum(-1, keepdim=True)                                        # (b, H, T, 1)
     p_t.div_(sum_t)                                                          # (b, H, T, T) p_t
     e_s = torch.sub(ss, m_s, out=grad) if grad is not None else torch.sub(ss, m_s)
     sum_s = e_s.exp_().sum(-1, keepdim=True)                                 # (b, H, T, 1) Σ exp(S_s − m_s)
-    if valid is not None:
-        p_t.masked_fill_(~valid[:, None, None, :], 0.0)                     # padded keys leave the sum
+    if keys is not None:
+        p_t.masked_fill_(~keys[:, None, None, :], 0.0)                      # padded keys leave the sum
     mass = p_t.sum(-1).double()                                              # (b, H, T) Σ_k p_t (1 unless padded)
     cross = torch.linalg.vecdot(p_t, torch.sub(st, ss)).double()            # (b, H, T) Σ_k p_t (S_t − S_s)
     lse = (m_t.double() - m_s.double() + (sum_t.double() / sum_s.double()).log()).squeeze(-1)  # LSE_t − LSE_s
