@@ -55,6 +55,16 @@ def test_local_stage_lowers_every_blocks_error_and_touches_only_blocks(family, m
     assert all(torch.equal(p, teacher_before[n]) for n, p in teacher.named_parameters())
 
 
+def test_one_epoch_without_the_cache_is_the_first_epoch_of_a_cached_run():
+    # one epoch computes each batch's teacher tensors at its step instead of caching them: the same steps exactly
+    teacher = tiny_model("llama", head="base", n_layers=2)
+    calibration = [tiny_batch(4, 10, seed=s) for s in (1, 2, 3)]
+    one, two = (fz.factorize(teacher, rank=0.5, weighting="whiten", calibration=calibration) for _ in range(2))
+    h1 = local_stage(one, teacher, calibration, epochs=1, lr=1e-3, progress=False)
+    h2 = local_stage(two, teacher, calibration, epochs=2, lr=1e-3, progress=False)
+    assert h1 == h2[:len(calibration)]
+
+
 def test_local_stage_refuses_bad_settings():
     teacher = tiny_model("bert", head="base")
     student = fz.factorize(teacher, rank=0.5)

@@ -8,8 +8,10 @@ is trained to reproduce the teacher's output h^t_l. Per step, with valid tokens 
 
 where x^t_m is the teacher's input to matrix m. Each block's input is a detached teacher tensor, so no gradient
 crosses blocks: the stage costs one forward and one backward of the blocks only (no embedding, LM head or
-vocabulary softmax). The teacher's block inputs and outputs are computed once per batch and cached for every
-epoch; the matrix inputs (hundreds of MB per batch on a 135M model) are recomputed by a no-grad teacher pass
+vocabulary softmax). With several epochs the teacher's block inputs and outputs are computed once per batch and
+cached for every epoch (one (B, T, d) tensor per block and batch: gigabytes for hundreds of calibration pairs on a
+135M model); with one epoch nothing is cached, each batch's are computed at its step (the same values, the
+same work, one batch's worth of memory); the matrix inputs (hundreds of MB per batch on a 135M model) are recomputed by a no-grad teacher pass
 per step when the matrix term is on.
 Relative errors keep blocks with massive activations from drowning the others. The matrix term starts at its
 optimum after a whitened factorisation (:mod:`makd.core.calibration`), so it can only pull the matrices back
@@ -116,7 +118,7 @@ def local_stage(student: nn.Module, teacher: nn.Module, batches: list[Mapping], 
     weights = {n: dense_weight(teacher.get_submodule(n)).detach() for n in lowrank}   # (d_out, d_in)
     was_training = teacher.training
     teacher.eval()
-    cache = [block_io(teacher, b)[:2] for b in batches]                               # computed once
+    cache = [block_io(teacher, b)[:2] for b in batches] if epochs > 1 else None       # reused by every epoch
     params = [p for layer in s_layers for p in layer.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     student.train()
@@ -128,7 +130,7 @@ def local_stage(student: nn.Module, teacher: nn.Module, batches: list[Mapping], 
         bar = tqdm(total=len(steps), desc="layer-local stage", leave=False)
     try:
         for epoch, i in steps:
-            t_in, t_out = cache[i]
+            t_in, t_out = cache[i] if cache is not None else block_io(teacher, batches[i])[:2]
             t_mats = block_io(teacher, batches[i], matrices=lowrank)[2] if lowrank else {}
             mask = batches[i].get("attention_mask")
             mask = mask.bool().to(t_out[0].device) if mask is not None else None
