@@ -143,7 +143,8 @@ show(pd.DataFrame([{"model": k, "response CE (16 train ex.)": v, "held-out Wikip
 # start within a few nats of the teacher (benchmarks/results/decoder_svd_whiten.json measures both for several
 # ratios) — the row `untrained` is that start. A dozen CPU steps move a student little from there, and with 16
 # prompts and one training seed the ranking of methods here is not a result: the recorded comparison (3 training
-# seeds, all 252 SelfInst prompts, paired tests) is `python -m makd decoder-stats results/decoder-whiten/...`.
+# seeds, all 252 SelfInst prompts, paired tests) is `python -m makd decoder-stats results/decoder-whiten512/...`
+# (512 calibration pairs; the first, 128-pair run is in `results/decoder-whiten`).
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
