@@ -163,5 +163,9 @@ def test_a_run_of_some_notebooks_replaces_only_their_expected_values(tmp_path):
     assert all("reference" in e for e in doc["notebooks"].values())
     xp.write_expected([fake_run(tmp_path / "other", "smoke", {"03_c": {"w": 1.0}})], "smoke", path)
     assert list(json.loads(path.read_text())["notebooks"]) == ["01_a", "02_b", "03_c"]   # a new notebook added
+    assert "1 reference run(s)" in xp.readme_text(path)
+    twice = [fake_run(tmp_path / f"twice-{i}", "smoke", {"02_b": {"y": 3.0, "z": 4.0}}) for i in range(2)]
+    xp.write_expected(twice, "smoke", path)                                      # 02_b re-referenced alone
+    assert "1–2 reference runs per notebook" in xp.readme_text(path)
     xp.write_expected([fake_run(tmp_path / "demo", "demo", {"03_c": {"w": 1.0}})], "demo", path)
     assert list(json.loads(path.read_text())["notebooks"]) == ["03_c"]                   # another profile: anew

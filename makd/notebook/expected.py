@@ -269,12 +269,14 @@ def readme_text(expected_file: Path) -> str:
     rows = [[stem, name, q["value"], f"± {q['tolerance']:.2g}", q["why"]]
             for stem, nb in doc["notebooks"].items() for name, q in nb["quantities"].items()
             if any(fnmatch.fnmatchcase(f"{stem}:{name}", p) for p in README_PICKS)]
-    ref = doc["reference"]
-    machines = {f"{m['cpu']}, {m['cores']} cores" for m in ref["machine"] if m} or {"an unrecorded machine"}
-    starts = sorted(s[:10] for s in ref["started"] if s) or ["an unrecorded date"]
+    refs = [nb.get("reference", doc["reference"]) for nb in doc["notebooks"].values()] or [doc["reference"]]
+    machines = {f"{m['cpu']}, {m['cores']} cores" for r in refs for m in r["machine"] if m} or {"an unrecorded machine"}
+    starts = sorted(s[:10] for r in refs for s in r["started"] if s) or ["an unrecorded date"]
+    counts = sorted({r["runs"] for r in refs})                    # notebooks re-referenced alone (--only) differ
+    runs = f"{counts[0]} reference run(s)" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} reference runs per notebook"
     n = sum(len(nb["quantities"]) for nb in doc["notebooks"].values())
     return (f"Expected values of the {doc['profile']} profile (`notebooks/expected/{doc['profile']}.json`, "
-            f"{ref['runs']} reference run(s)), measured on {starts[-1]} on {'; '.join(sorted(machines))}; "
+            f"{runs}), measured on {starts[-1]} on {'; '.join(sorted(machines))}; "
             f"every run checks all {n} quantities of that file and ends with the verdict.\n\n"
             + markdown(["notebook", "quantity", "expected", "tolerance", "why"], rows))
 
