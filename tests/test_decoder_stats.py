@@ -94,12 +94,12 @@ def test_readme_block_is_rewritten_between_its_markers(comparison, tmp_path, cap
     assert "put the lines" in capsys.readouterr().err and readme.read_text() == "no markers\n"   # untouched
 
 
-def test_committed_readme_decoder_block_matches_its_results():
-    # the README's decoder-comparison block is `python -m makd decoder-stats results/decoder-whiten/ratio-0.8
-    # --readme README.md` (run from the repository root, so the markers name the folder as committed)
+@pytest.mark.parametrize("folder", ["results/decoder-whiten/ratio-0.8", "results/decoder-whiten512/ratio-0.8"])
+def test_committed_readme_decoder_block_matches_its_results(folder):
+    # the README's decoder-comparison blocks are `python -m makd decoder-stats FOLDER --readme README.md` (run from
+    # the repository root, so the markers name the folder as committed)
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    folder = "results/decoder-whiten/ratio-0.8"
     text = (root / "README.md").read_text()
     df = ds.collect(root / folder)
     assert ds.readme_block(text, folder) == ds.readme_markdown(folder, df), (
