@@ -11,8 +11,8 @@ crosses blocks: the stage costs one forward and one backward of the blocks only 
 vocabulary softmax). With several epochs the teacher's block inputs and outputs are computed once per batch and
 cached for every epoch (one (B, T, d) tensor per block and batch: gigabytes for hundreds of calibration pairs on a
 135M model); with one epoch nothing is cached, each batch's are computed at its step (the same values, the
-same work, one batch's worth of memory); the matrix inputs (hundreds of MB per batch on a 135M model) are recomputed by a no-grad teacher pass
-per step when the matrix term is on.
+same work, one batch's worth of memory); the matrix inputs (hundreds of MB per batch on a 135M model) are
+recomputed by a no-grad teacher pass per step when the matrix term is on.
 Relative errors keep blocks with massive activations from drowning the others. The matrix term starts at its
 optimum after a whitened factorisation (:mod:`makd.core.calibration`), so it can only pull the matrices back
 towards it while the blocks adapt: a small weight (w_m = 0.1 by default; the mean over a layer's matrices makes

@@ -162,11 +162,12 @@ def readme_markers(folder: str | Path) -> tuple[str, str]:
     return f"<!-- makd decoder-stats --readme: {name} -->", f"<!-- /makd decoder-stats --readme: {name} -->"
 
 
-def readme_markdown(folder: str | Path, df: pd.DataFrame | None = None) -> str:
+def readme_markdown(folder: str | Path, df: pd.DataFrame | None = None, text: str | None = None) -> str:
     """What ``--readme`` writes: a line naming the comparison (layer ratio, student size, the command), then the
-    report's table, comparisons and targets (:func:`report` without its heading)."""
+    report's table, comparisons and targets (:func:`report` without its heading; ``text``: that report, when the
+    caller already has it — its paired bootstraps are not redone)."""
     df = collect(folder) if df is None else df
-    text, _ = report(folder, df)
+    text = report(folder, df)[0] if text is None else text
     students = df[~df["method"].isin(["teacher"])]
     ratios = students["layer_ratio"].dropna().unique()
     what = f"Layer ratio {ratios[0]:g}" if len(ratios) == 1 else f"`{Path(folder).as_posix()}`"
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     readme = None
     if args.readme:
         try:
-            readme = replace_readme_block(Path(args.readme).read_text(), args.folder, readme_markdown(args.folder, df))
+            readme = replace_readme_block(Path(args.readme).read_text(), args.folder,
+                                          readme_markdown(args.folder, df, text))
         except ValueError as e:
             p.error(f"--readme {args.readme}: {e}")
     print(text)

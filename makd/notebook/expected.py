@@ -273,7 +273,8 @@ def readme_text(expected_file: Path) -> str:
     machines = {f"{m['cpu']}, {m['cores']} cores" for r in refs for m in r["machine"] if m} or {"an unrecorded machine"}
     starts = sorted(s[:10] for r in refs for s in r["started"] if s) or ["an unrecorded date"]
     counts = sorted({r["runs"] for r in refs})                    # notebooks re-referenced alone (--only) differ
-    runs = f"{counts[0]} reference run(s)" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} reference runs per notebook"
+    runs = (f"{counts[0]} reference run(s)" if len(counts) == 1
+            else f"{counts[0]}–{counts[-1]} reference runs per notebook")
     n = sum(len(nb["quantities"]) for nb in doc["notebooks"].values())
     return (f"Expected values of the {doc['profile']} profile (`notebooks/expected/{doc['profile']}.json`, "
             f"{runs}), measured on {starts[-1]} on {'; '.join(sorted(machines))}; "
@@ -281,18 +282,16 @@ def readme_text(expected_file: Path) -> str:
             + markdown(["notebook", "quantity", "expected", "tolerance", "why"], rows))
 
 
-def _missing() -> str:
-    start, end = README_MARKERS
-    return f"the README has no demo block: put the lines {start!r} and {end!r} where it belongs"
+MISSING = "the README has no demo block: put the lines {!r} and {!r} where it belongs".format(*README_MARKERS)
 
 
 def readme_block(text: str) -> str:
     """The text between the README's two demo marker lines."""
-    return read_block(text, README_MARKERS, _missing())
+    return read_block(text, README_MARKERS, MISSING)
 
 
 def replace_readme_block(text: str, block: str) -> str:
-    return write_block(text, block, README_MARKERS, _missing())
+    return write_block(text, block, README_MARKERS, MISSING)
 
 
 def update_readme(readme: Path, expected_file: Path) -> str:
