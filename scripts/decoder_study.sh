@@ -7,6 +7,8 @@
 # 512 calibration pairs (whitening and the layer-local stage): response CE of the untrained student +0.63 nats above
 # the teacher at ratio 0.8 against +0.96 with 128 (benchmarks/results/decoder_svd_cal512.json). The first, partial
 # run from 128 pairs is kept in results/decoder-whiten.
+# A checkpoint every 32 of the 128 steps (--save-steps; the default 200 never saved one): a stopped training resumes
+# from its last checkpoint instead of starting over (save_steps is not part of a model's configuration).
 # Then: python -m makd decoder-stats results/decoder-whiten512/ratio-0.8 --write --readme README.md (the README block)
 set -euo pipefail
 DATA="${1:-${MAKD_DATA_DIR:?give the data folder as \$1 or MAKD_DATA_DIR}}"
@@ -16,6 +18,6 @@ for ratio in 0.8 0.5; do
     --layer-ratio "$ratio" --weighting whiten --calibration-examples 512 --local-epochs 1 \
     --methods init untrained sft kd seqkd makd --train-seeds 1 2 3 \
     --train-set chatterbot --eval-set selfinst --extra-eval vicuna --max-train 1024 --max-eval 252 \
-    --max-new-tokens 64 --gen-batch-size 32 --wiki-windows 16 --quiet --resume \
+    --max-new-tokens 64 --gen-batch-size 32 --wiki-windows 16 --save-steps 32 --quiet --resume \
     --out "results/decoder-whiten512/ratio-$ratio"
 done

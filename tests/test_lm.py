@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from makd.assets.models import load_model
+from makd.core.trainer import StopAtStep
 from makd.experiments import decoder
 from makd.experiments import decoder_config, decoder_data
 from makd.experiments import decoder_methods as lm
@@ -77,6 +79,27 @@ def test_each_method_trains_and_its_loss_decreases(teacher, method, tmp_path):
     if method == "makd":
         terms = set().union(*map(set, info["history"]))
         assert {"loss_mha", "loss_ffn", "loss_attn", "loss_hidn", "loss_kd", "loss_ce"} <= terms
+
+
+@pytest.mark.parametrize("method", ["kd", "makd"])
+def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(method, tmp_path):
+    """The decoder study checkpoints every --save-steps: a training stopped after a checkpoint and resumed ends with
+    the weights of one that ran through (data order, optimizer, schedule and RNG restored)."""
+    model, tok = load_model("tiny-llama", head="lm")
+    kw = dict(max_steps=4, save_steps=2, lr=3e-3, batch_size=4, max_length=48, quiet=True, epochs=2, seed=3)
+    full = lm.make_student(model, "svd", layer_ratio=0.5)
+    lm.train_student(method, model, full, tok, ROWS, out=tmp_path / "full", **kw)
+    cut = lm.make_student(model, "svd", layer_ratio=0.5)
+    first = lm.train_student(method, model, cut, tok, ROWS, out=tmp_path / "cut", callbacks=[StopAtStep(2)], **kw)
+    assert first["steps"] == 2 and (tmp_path / "cut" / "checkpoints" / "checkpoint-2").is_dir()
+    again = lm.make_student(model, "svd", layer_ratio=0.5)       # a fresh process: the prepared student again
+    info = lm.train_student(method, model, again, tok, ROWS, out=tmp_path / "cut", resume=True, **kw)
+    assert info["resumed"] and info["steps"] == 4
+    a, b = full.state_dict(), again.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert not all(torch.equal(a[k], cut.state_dict()[k]) for k in a)      # the cut run really stopped early
 
 
 def test_seqkd_reuses_cached_generations(teacher, monkeypatch):

@@ -138,9 +138,12 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   max_length: int = 512, max_prompt_tokens: int = 256, template: str = "auto",
                   seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
-                  quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1) -> dict[str, Any]:
+                  quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1,
+                  callbacks: list | None = None) -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}. ``seqkd_settings``: how
-    SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`)."""
+    SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`).
+    A checkpoint every ``save_steps`` steps in ``out/checkpoints`` (the last one kept); ``resume``: continue from it
+    (the same weights as an uninterrupted run). ``callbacks``: extra transformers ``TrainerCallback`` objects."""
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
             max_new_tokens=64), template=template)
@@ -155,7 +158,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                          gradient_accumulation_steps=grad_accum)
     trainer = DistillTrainer(model=student, args=args, teacher=teacher if objective.needs_teacher else None,
                              objective=objective, train_dataset=data,
-                             data_collator=CausalCollator(tokenizer.pad_token_id))
+                             data_collator=CausalCollator(tokenizer.pad_token_id), callbacks=callbacks)
     resume_from = resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume_from else None)
     student.eval()
