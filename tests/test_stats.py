@@ -115,6 +115,19 @@ def test_a_winner_needs_both_the_bootstrap_interval_and_the_t_test():
     assert answers["aspects"][0].endswith("one seed: needs more seeds to tell.")
 
 
+def test_every_initialisation_cell_gets_a_verdict_against_plain_svd():
+    df = _frame({"makd": ("method", [0.30, 0.35, 0.33]), "activation": ("ablation", [0.31, 0.33, 0.36]),
+                 "whiten": ("ablation", [0.78, 0.79, 0.77]), "whiten-sequential": ("ablation", [0.80, 0.83, 0.79]),
+                 "no-layer": ("ablation", [0.20, 0.21, 0.22])})
+    lines = verdicts.verdicts(df)["initialisation"]
+    assert [line.split(" vs ")[0] for line in lines] == ["t: activation-aware", "t: whitened (teacher-forced)",
+                                                          "t: sequentially whitened"]
+    assert lines[0].endswith("→ no clear difference.")
+    assert lines[1].endswith("→ whitened (teacher-forced) is better.") and "+45.3 points" in lines[1]
+    assert lines[2].endswith("→ sequentially whitened is better.")
+    assert verdicts.verdicts(df[df.cell.isin(["makd", "no-layer"])])["initialisation"][0].startswith("not answered")
+
+
 def test_richest_per_task_takes_one_grid_per_task_by_seeds_then_training_length():
     def grid(where, task, seeds, steps, cells=("makd", "no-layer")):
         f = _frame({c: ("method" if c == "makd" else "ablation", [0.8] * seeds) for c in cells})

@@ -50,8 +50,10 @@ ONE_SEED = "one seed: needs more seeds to tell"
 ASPECT_CELLS = {"no-matrix": "the matrix aspect", "no-layer": "the layer aspect", "no-model": "the model aspect"}
 HIERARCHY_CELLS = {"makd": "hierarchical (matrix shallow, layer deep)", "inverted": "inverted hierarchy",
                    "all-aspects": "all aspects on all layers"}
+INIT_CELLS = {"activation": "activation-aware", "whiten": "whitened (teacher-forced)",
+              "whiten-sequential": "sequentially whitened"}      # initialisation cells, each against plain SVD
 NOT_ANSWERED = {"baseline": "no method/baseline pair", "aspects": "no aspect ablation (no-matrix/no-layer/no-model)",
-                "hierarchy": "fewer than two of makd/inverted/all-aspects", "initialisation": "no 'activation' cell",
+                "hierarchy": "fewer than two of makd/inverted/all-aspects", "initialisation": "no initialisation cell (activation / whiten / whiten-sequential)",
                 "budget": "no budget sweep cells"}
 
 
@@ -60,7 +62,8 @@ def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> d
 
     Keys: ``baseline`` (method vs best baseline), ``aspects`` (each "no-X" ablation: removing X changes the
     score by d; X helps when the CI of d is below 0), ``hierarchy`` (best of makd / inverted / all-aspects),
-    ``initialisation`` (activation-aware vs plain SVD), ``budget`` (lowest layer ratio whose mean score keeps
+    ``initialisation`` (each of :data:`INIT_CELLS` — activation-aware, whitened, sequentially whitened — vs plain
+    SVD, i.e. vs the method cell), ``budget`` (lowest layer ratio whose mean score keeps
     ≥ ``keep`` × the teacher's score, per method of the budget sweep). A question without runs says so.
     """
     out: dict[str, list[str]] = {k: [] for k in NOT_ANSWERED}
@@ -73,10 +76,11 @@ def verdicts(df: pd.DataFrame, method: str = "makd", *, keep: float = 0.95) -> d
                        "no clear difference": "no evidence that the aspect matters",
                        "untestable": ONE_SEED}[direction(r)]
             out["aspects"].append(f"{r['task']}: without {ASPECT_CELLS[r['cell']]}: {describe_diff(r)} → {meaning}.")
-        if r["cell"] == "activation":
-            meaning = {"higher": "activation-aware is better", "lower": "plain is better",
+        if r["cell"] in INIT_CELLS:
+            init = INIT_CELLS[r["cell"]]
+            meaning = {"higher": f"{init} is better", "lower": "plain is better",
                        "no clear difference": "no clear difference", "untestable": ONE_SEED}[direction(r)]
-            out["initialisation"].append(f"{r['task']}: activation-aware vs plain SVD initialisation: "
+            out["initialisation"].append(f"{r['task']}: {init} vs plain SVD initialisation: "
                                          f"{describe_diff(r)} → {meaning}.")
     summ = summarize(df)
     for task in sorted(df["task"].unique()):
