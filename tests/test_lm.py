@@ -102,6 +102,45 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(method, tm
     assert not all(torch.equal(a[k], cut.state_dict()[k]) for k in a)      # the cut run really stopped early
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_bf16_training_autocasts_teacher_and_student_and_keeps_float32_weights(bf16, tmp_path):
+    model, tok = load_model("tiny-llama", head="lm")
+    student = lm.make_student(model, "svd", layer_ratio=0.5)
+    seen = {"student": set(), "teacher": set()}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, who=who: seen[who].add(out.dtype))
+             for who, m in (("student", student.model.layers[0].mlp.down_proj),
+                            ("teacher", model.model.layers[0].mlp.down_proj))]
+    info = lm.train_student("makd", model, student, tok, ROWS[:8], out=tmp_path / "run", max_steps=2, lr=1e-3,
+                            batch_size=4, max_length=48, logging_steps=1, quiet=True, bf16=bf16)
+    for h in hooks:
+        h.remove()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    assert seen == {"student": {dtype}, "teacher": {dtype}}          # the matrix products of both models
+    assert {p.dtype for p in student.parameters()} == {torch.float32}  # master weights stay float32
+    assert info["steps"] == 2 and all(math.isfinite(v) for e in info["history"] for k, v in e.items()
+                                      if k.startswith("loss"))
+
+
+def test_resume_keeps_the_teacher_and_controls_when_only_training_options_differ(tmp_path):
+    cfg = _tiny_config(tmp_path, methods=["untrained", "kd"], train_seeds=[1], resume=True)
+    out = tmp_path / "run"
+    recorded = {k: v for k, v in cfg.to_dict().items() if k != "bf16"}      # written before --bf16 existed
+    for name in decoder.run_names(cfg):
+        (out / name).mkdir(parents=True)
+        (out / name / "metrics.json").write_text(json.dumps({"record": {"config": recorded}, "eval_set": "x"}))
+    options = {**cfg.to_dict(), "command": "now"}
+    assert set(decoder.earlier_results(cfg, out, options)) == {"teacher", "untrained", "kd/seed-1"}  # default
+    faster = dataclasses.replace(cfg, bf16=True, lr=1e-3)
+    with pytest.raises(ValueError, match=r"kd/seed-1/metrics.json was scored with other options \(bf16, lr differ"):
+        decoder.earlier_results(faster, out, {**faster.to_dict(), "command": "now"})
+    (out / "kd").rename(tmp_path / "moved")                                  # the trained model moved aside
+    assert set(decoder.earlier_results(faster, out, {**faster.to_dict(), "command": "now"})) == {
+        "teacher", "untrained"}
+    other = dataclasses.replace(cfg, max_new_tokens=5)                       # scoring option: nothing is kept
+    with pytest.raises(ValueError, match=r"teacher/metrics.json was scored with other options \(max_new_tokens"):
+        decoder.earlier_results(other, out, {**other.to_dict(), "command": "now"})
+
+
 def test_seqkd_reuses_cached_generations(teacher, monkeypatch):
     model, tok = teacher
     settings = GenerationSettings.greedy(max_new_tokens=4)

@@ -17,6 +17,7 @@ are the fields of :class:`makd.experiments.decoder_config.DecoderConfig`: ``pyth
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shlex
@@ -133,7 +134,7 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
                 grad_accum=cfg.grad_accum, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens,
                 template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
                 save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet,
-                mse=cfg.mse)
+                mse=cfg.mse, bf16=cfg.bf16)
             results[name] = {**evaluate(student), "train": {**info, "seed": seed}, "student_init": prepared}
             log.info("%s: Rouge-L %.2f (teacher %.2f)", name, results[name]["eval"]["rougeL"],
                      results["teacher"]["eval"]["rougeL"])
@@ -240,13 +241,18 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
 # options that do not change a model's numbers: a resumed run may differ in them
 RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "command", "report_to",
              "logging_steps", "save_steps")
+# options that change the trained models only: the teacher and the controls (never trained) are kept when only
+# these differ
+TRAINING_ONLY = ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "mse", "bf16")
 
 
 def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The models of :func:`run_names` already scored in ``out`` by a run of the same configuration (``--resume``):
     {name: result}. A model scored under another configuration is refused (one line naming the options that
-    differ), one without an ``extra_eval`` set asked for now is scored again."""
+    differ; the teacher and the controls only when an option other than :data:`TRAINING_ONLY` differs; an option
+    a record predates counts as its default), one without an ``extra_eval`` set asked for now is scored again."""
     now = portable(options, path_roots(cfg.data_dir))
+    defaults = {f.name: f.default for f in dataclasses.fields(DecoderConfig)}
     found: dict[str, dict[str, Any]] = {}
     for name in run_names(cfg):
         path = out / name / "metrics.json"
@@ -254,7 +260,9 @@ def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> d
             continue
         res = json.loads(path.read_text())
         then = res.get("record", {}).get("config", {})
-        differ = sorted(k for k in set(now) | set(then) if k not in RESUMABLE and now.get(k) != then.get(k))
+        ignore = RESUMABLE + (TRAINING_ONLY if name == "teacher" or name in CONTROLS else ())
+        differ = sorted(k for k in set(now) | set(then)
+                        if k not in ignore and now.get(k, defaults.get(k)) != then.get(k, defaults.get(k)))
         if differ:
             raise UsageError(f"{path} was scored with other options ({', '.join(differ)} differ): resume with the "
                              "same options, or give another --out")

@@ -139,11 +139,14 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
                   quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1,
-                  callbacks: list | None = None) -> dict[str, Any]:
+                  callbacks: list | None = None, bf16: bool = False) -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}. ``seqkd_settings``: how
     SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`).
     A checkpoint every ``save_steps`` steps in ``out/checkpoints`` (the last one kept); ``resume``: continue from it
-    (the same weights as an uninterrupted run). ``callbacks``: extra transformers ``TrainerCallback`` objects."""
+    (the same weights as an uninterrupted run). ``callbacks``: extra transformers ``TrainerCallback`` objects.
+    ``bf16``: mixed precision (``TrainingArguments(bf16=True)``: the Trainer's accelerator runs the student's and
+    the prepared teacher's forward under bfloat16 autocast; parameters, optimizer and the loss terms, which upcast
+    half-precision inputs, stay float32)."""
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
             max_new_tokens=64), template=template)
@@ -155,7 +158,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                          max_steps=max_steps, report_to=report_to, logging_steps=logging_steps,
                          save_strategy="steps", save_steps=save_steps, save_total_limit=1,
                          remove_unused_columns=False, disable_tqdm=quiet or None, warmup_steps=0.05,
-                         gradient_accumulation_steps=grad_accum)
+                         gradient_accumulation_steps=grad_accum, bf16=bf16)
     trainer = DistillTrainer(model=student, args=args, teacher=teacher if objective.needs_teacher else None,
                              objective=objective, train_dataset=data,
                              data_collator=CausalCollator(tokenizer.pad_token_id), callbacks=callbacks)
