@@ -136,9 +136,10 @@ def test_resume_keeps_the_teacher_and_controls_when_only_training_options_differ
     (out / "kd").rename(tmp_path / "moved")                                  # the trained model moved aside
     assert set(decoder.earlier_results(faster, out, {**faster.to_dict(), "command": "now"})) == {
         "teacher", "untrained"}
-    other = dataclasses.replace(cfg, max_new_tokens=5)                       # scoring option: nothing is kept
-    with pytest.raises(ValueError, match=r"teacher/metrics.json was scored with other options \(max_new_tokens"):
-        decoder.earlier_results(other, out, {**other.to_dict(), "command": "now"})
+    for change in (dict(max_new_tokens=5), dict(batch_size=2)):      # scoring / calibration options: nothing kept
+        other = dataclasses.replace(cfg, **change)
+        with pytest.raises(ValueError, match=rf"teacher/metrics.json was scored with other options \({[*change][0]}"):
+            decoder.earlier_results(other, out, {**other.to_dict(), "command": "now"})
 
 
 def test_seqkd_reuses_cached_generations(teacher, monkeypatch):

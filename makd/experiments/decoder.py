@@ -242,8 +242,8 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
 RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "command", "report_to",
              "logging_steps", "save_steps")
 # options that change the trained models only: the teacher and the controls (never trained) are kept when only
-# these differ
-TRAINING_ONLY = ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "mse", "bf16")
+# these differ (not batch_size: it also batches the calibration and the Wikipedia scoring)
+TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16")
 
 
 def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
