@@ -1,6 +1,7 @@
 """Saving and loading low-rank students: identical outputs, same ranks, no teacher needed."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,9 +12,14 @@ from conftest import tiny_batch, tiny_model
 from makd.assets import files
 from makd.core import factorize as fz
 from makd.core import checkpoint as mio
+from makd.core.fused import unfuse
 
 
 def _main_output(model, batch):
+    """Logits (or last hidden state) and hidden states of ``model`` run unfused (a copy): a loaded student runs the
+    plain two-GEMM forward, a factorised one the fused forward, which agrees only to float rounding — bit for bit
+    on some CPUs, not on others (AVX-512 AMD EPYC) — and what a round trip must keep is the weights."""
+    model = unfuse(copy.deepcopy(model))
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state, out.hidden_states
@@ -109,7 +115,8 @@ def test_a_save_that_fails_half_way_keeps_the_previous_student(tmp_path, monkeyp
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]          # no partial folder left behind
     batch = tiny_batch()
-    assert torch.equal(_main_output(mio.load_student(tmp_path / "s"), batch)[0], _main_output(old, batch)[0])
+    kept = mio.load_student(tmp_path / "s", attn_implementation="eager")         # eager, as the tiny models
+    assert torch.equal(_main_output(kept, batch)[0], _main_output(old, batch)[0])
     mio.save_student(new, tmp_path / "s")                               # a complete save replaces it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
     assert torch.equal(_main_output(mio.load_student(tmp_path / "s"), batch)[0], _main_output(new, batch)[0])

@@ -8,7 +8,8 @@ weights scaled by 6 so that attention is not uniform, see :func:`sharpen`), the 
 the masked-MSE fast path) and, per case, the total, every logged term (``verbose_terms``: per layer too)
 and the L2 norm of the student's gradient per parameter group (embeddings, each layer, the rest).
 
-Tolerance: rtol 1e-5 on every value (atol 1e-8 for values that are ~0 anyway).
+Tolerance: rtol 1e-5 on every value (atol 1e-8 for values that are ~0 anyway; the logit-KD term, a KL of nearly
+equal distributions, atol 2e-7: see ``KD_ATOL``).
 The fixture ``tests/fixtures/golden_step.json`` was generated ONCE, before the step was optimised
 (issue 24, item 2), with the code of commit b7c853c plus its then uncommitted tiny-tokenizer change. Do not
 regenerate it to make a failing test pass; regenerate only when the tiny presets themselves change
@@ -41,6 +42,11 @@ from makd.core.objective import MaKDObjective  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_step.json"
 RTOL, ATOL = 1e-5, 1e-8
+# The logit-KD term is the KL of two nearly equal distributions (student = perturbed SVD of the teacher): ~1e-4, a
+# sum over the vocabulary of p_t·(log p_t − log p_s) whose float32 rounding (each log-probability carries ~1e-7 of
+# ~log V) depends on the CPU's kernels — 1e-8 to 6e-8 off the fixture on an AVX-512 AMD EPYC, bit-exact on the
+# machine that made it. It gets an absolute tolerance of that rounding's size; every other value keeps RTOL.
+KD_ATOL = 2e-7
 B, T = 4, 12
 SHARPEN = 6.0           # query and key weights of the teacher scaled by this (see sharpen)
 PRESETS_ENC = ("finetune", "model-only", "hierarchical", "hierarchical-inverted", "all", "layer-only", "tinybert",
@@ -171,7 +177,8 @@ def test_step_matches_the_golden_values(tiny_cache, case, path):
     got, want = step_values(case, path), GOLDEN[case]
     assert sorted(got) == sorted(want), (case, sorted(set(got) ^ set(want)))
     assert [k for k in got if k.startswith("term:")] == [k for k in want if k.startswith("term:")]  # log order
-    bad = {k: (got[k], v) for k, v in want.items() if not math.isclose(got[k], v, rel_tol=RTOL, abs_tol=ATOL)}
+    bad = {k: (got[k], v) for k, v in want.items()
+           if not math.isclose(got[k], v, rel_tol=RTOL, abs_tol=KD_ATOL if k == "term:kd" else ATOL)}
     assert not bad, (case, bad)
 
 
