@@ -28,6 +28,20 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+def test_decoder_step_benchmark_times_both_precisions_of_every_method(tmp_path):
+    res = _run("bench_decoder_step.py", tmp_path / "s.json")
+    assert list(res["methods"]) == ["sft", "kd", "makd"] and res["student_params"] > 0
+    for row in res["methods"].values():
+        assert _positive(row["float32_s"]) and _positive(row["bfloat16_s"])
+        assert row["bf16_speedup"] == pytest.approx(row["float32_s"] / row["bfloat16_s"])
+        assert row["float32_s"] == statistics.median(row["times_float32_s"])
+        # the same step in both precisions: bfloat16 products move the loss by rounding only
+        assert row["first_loss_bfloat16"] == pytest.approx(row["first_loss_float32"], rel=0.02)
+    assert any(r["first_loss_bfloat16"] != r["first_loss_float32"] for r in res["methods"].values())  # autocast ran
+    assert res["tokens"] <= res["padded_shape"][0] * res["padded_shape"][1] and set(res["cpu"]) <= {
+        "model", "avx512_bf16", "amx_bf16"}
+
+
 def test_decoder_svd_benchmark_writes_a_row_per_ratio_and_weighting(tmp_path):
     res = _run("bench_decoder_svd.py", tmp_path / "d.json")
     kinds = [(r["layer_ratio"], r["weighting"], r.get("ranks")) for r in res["rows"]]
