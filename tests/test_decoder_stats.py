@@ -50,6 +50,24 @@ def test_paired_over_seeds_with_the_grid_verdict_rule(comparison):
     assert ds.compare(df, "sft", "makd")["verdict"] == "lower"
 
 
+def test_a_trained_method_with_one_seed_is_paired_on_its_seed_only(tmp_path, capsys):
+    _write(tmp_path, "teacher", "teacher", 20.0)
+    _write(tmp_path, "untrained", "untrained", 5.0)
+    for seed, kd in ((1, 8.0), (2, 9.0)):
+        _write(tmp_path, f"kd/seed-{seed}", "kd", kd, seed)
+    _write(tmp_path, "seqkd/seed-1", "seqkd", 11.0, 1)
+    _write(tmp_path, "makd/seed-2", "makd", 12.0, 2)
+    df = ds.collect(tmp_path)
+    kd = ds.compare(df, "makd", "kd")                          # MaKD's one seed is not replicated like a control
+    assert kd["n"] == 1 and kd["mean_diff"] == pytest.approx(0.03)
+    none = ds.compare(df, "makd", "seqkd")
+    assert none["n"] == 0 and none["verdict"] == "no shared training seed yet"
+    assert ds.compare(df, "makd", "untrained")["n"] == 1       # a control pairs with every seed there is
+    assert cli(["decoder-stats", str(tmp_path), "--write"]) == 0
+    assert "- MaKD vs SeqKD: no shared training seed yet (MaKD seeds [2], seqkd seeds [1])." in (
+        tmp_path / "REPORT.md").read_text()
+
+
 def test_targets_are_checked_from_the_numbers(comparison):
     lines = ds.targets(ds.summary(ds.collect(comparison)))
     assert lines[0].startswith("MaKD reaches 80 %") and lines[0].endswith("): met.")

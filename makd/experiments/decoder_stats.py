@@ -30,6 +30,7 @@ ORDER = ("teacher", "init", "untrained", "sft", "kd", "seqkd", "makd")
 LABELS = {"teacher": "teacher", "init": "student as factorised (no training)",
           "untrained": "student after the layer-local stage (no end-to-end training)", "sft": "SFT (no teacher)",
           "kd": "KD (token KL)", "seqkd": "SeqKD", "makd": "MaKD (hierarchical)"}
+CONTROLS = ("teacher", "init", "untrained")         # scored once: paired with every training seed
 TARGETS = {"makd": 0.75, "every method": 0.50}          # share of the teacher's Rouge-L (the issue's targets)
 
 
@@ -80,11 +81,14 @@ def compare(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
     """Paired comparison of methods ``a`` and ``b`` on Rouge-L/100 over the training seeds they share (a control,
     scored once, is paired with every seed), plus a prompt-level paired t-test over (prompt, seed) pairs."""
     ra, rb = _by_seed(df, a), _by_seed(df, b)
-    if len(ra) == 1 and len(rb) > 1:
+    if a in CONTROLS and len(ra) == 1:               # a trained method with one seed so far is no control
         ra = pd.concat([ra] * len(rb)).assign(seed=rb["seed"].to_numpy())
-    if len(rb) == 1 and len(ra) > 1:
+    if b in CONTROLS and len(rb) == 1:
         rb = pd.concat([rb] * len(ra)).assign(seed=ra["seed"].to_numpy())
     both = ra.merge(rb, on="seed", suffixes=("_a", "_b"))
+    if both.empty:
+        return {"a": a, "b": b, "n": 0, "seeds_a": ra["seed"].tolist(), "seeds_b": rb["seed"].tolist(),
+                "verdict": "no shared training seed yet"}
     res = paired(both["rougeL_a"] / 100, both["rougeL_b"] / 100)
     prompts_a = [x for p in both["per_prompt_a"] if isinstance(p, list) for x in p]
     prompts_b = [x for p in both["per_prompt_b"] if isinstance(p, list) for x in p]
@@ -144,6 +148,10 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
              "CI and the paired t-test to agree (the GLUE grid's rule); the prompt-level test pools (prompt, seed) "
              "pairs and is shown for information.", ""]
     for c in comps:
+        if not c["n"]:
+            lines.append(f"- MaKD vs {LABELS.get(c['b'], c['b'])}: {c['verdict']} (MaKD seeds {c['seeds_a']}, "
+                         f"{c['b']} seeds {c['seeds_b']}).")
+            continue
         pl = c.get("prompt_level")
         extra_pl = (f"; prompt level {100 * pl['mean_diff']:+.2f} points over {pl['n']} pairs, p = {pl['p']:.3g}"
                     if pl else "")
