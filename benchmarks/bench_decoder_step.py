@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     result = {
         "what": "one decoder distillation step (objective.compute + backward + AdamW), float32 vs bfloat16 autocast",
         "teacher": args.teacher, "student_layer_ratio": args.ratio, "student_params": fz.count_parameters(base),
-        "batch": args.batch, "tokens": int(batch["attention_mask"].sum()), "padded_shape": list(batch["input_ids"].shape),
+        "batch": args.batch, "tokens": int(batch["attention_mask"].sum()),
+        "padded_shape": list(batch["input_ids"].shape),
         "runs": args.runs, "warmup": args.warmup, "quick": args.quick, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "cpu": cpu_info(), "load_avg_before": load_before,
         "load_avg_after": os.getloadavg(), "torch": torch.__version__, "platform": platform.platform(),

@@ -53,7 +53,8 @@ HIERARCHY_CELLS = {"makd": "hierarchical (matrix shallow, layer deep)", "inverte
 INIT_CELLS = {"activation": "activation-aware", "whiten": "whitened (teacher-forced)",
               "whiten-sequential": "sequentially whitened"}      # initialisation cells, each against plain SVD
 NOT_ANSWERED = {"baseline": "no method/baseline pair", "aspects": "no aspect ablation (no-matrix/no-layer/no-model)",
-                "hierarchy": "fewer than two of makd/inverted/all-aspects", "initialisation": "no initialisation cell (activation / whiten / whiten-sequential)",
+                "hierarchy": "fewer than two of makd/inverted/all-aspects",
+                "initialisation": "no initialisation cell (activation / whiten / whiten-sequential)",
                 "budget": "no budget sweep cells"}
 
 
