@@ -39,6 +39,7 @@ from makd.assets.models import load_model  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.families import num_layers  # noqa: E402
 from makd.experiments.decoder_methods import objective_for  # noqa: E402
+from makd.notebook.expected import machine  # noqa: E402
 from makd.tasks.instructions import load_instructions  # noqa: E402
 from makd.tasks.prompts import CausalCollator, sft_features  # noqa: E402
 
@@ -46,14 +47,14 @@ METHODS = ("sft", "kd", "makd")
 
 
 def cpu_info() -> dict:
-    """CPU model name and the flags that decide bfloat16 speed (Linux /proc/cpuinfo; empty elsewhere)."""
+    """CPU model name (:func:`makd.notebook.expected.machine`) and the flags that decide bfloat16 speed (Linux
+    /proc/cpuinfo; False elsewhere)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-    return {"model": model, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+        flags = set(next(ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                         if ln.startswith("flags")))
+    except (OSError, StopIteration):
+        flags = set()
+    return {"model": machine()["cpu"], "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
 
 
 def autocast_forward(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models of each supported family (HF-style tiny configs)."""
 from __future__ import annotations
 
+import copy
 import os
 
 # before transformers / huggingface_hub read them at import (afterwards the hub retries ~23 s per call)
@@ -45,6 +46,14 @@ def tiny_model(family: str, head: str = "auto", seed: int = 0, **kw):
            "qa": tf.AutoModelForQuestionAnswering}[head]
     model = cls.from_config(cfg, attn_implementation="eager")
     return model.eval()
+
+
+def unfused(model):
+    """A copy of ``model`` with the plain two-GEMM low-rank forward — what a loaded student (load_student, the Hub
+    loading code) runs. A factorised student runs fused (one GEMM for Q/K/V, gate/up), which agrees only to float
+    rounding: bit for bit on the earlier machines, ~1e-8 apart on an AVX-512 AMD EPYC."""
+    from makd.core.fused import unfuse
+    return unfuse(copy.deepcopy(model))
 
 
 def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1, pad: bool = True):

@@ -4,7 +4,6 @@ MiniLM-L6 and SmolLM2-135M students (slow)."""
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import os
 import re
@@ -16,13 +15,12 @@ import pytest
 import torch
 import transformers as tf
 
-from conftest import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model, unfused
 from makd import cli
 from makd.assets.models import load_model
 from makd.assets.paths import set_hub_offline
 from makd.core import checkpoint
 from makd.core import factorize as fz
-from makd.core.fused import unfuse
 from makd.experiments import distill, export_config
 from makd.experiments import export as export_cmd
 from makd.students import card, hf_export, hf_folder, hf_remote
@@ -50,13 +48,6 @@ def perturbed_student(teacher, **size):
 
 def outputs(model, batch) -> dict[str, torch.Tensor]:
     return hf_export.main_outputs(model, batch)
-
-
-def unfused(student):
-    """The student with its plain two-GEMM forward, the computation the loading code runs: the fused student shares
-    one GEMM among Q/K/V (gate/up), which agrees only to float rounding, bit for bit on some CPUs (seen on AVX2
-    machines) and not on others (AVX-512 AMD EPYC: 1e-8)."""
-    return unfuse(copy.deepcopy(student))
 
 
 def assert_same(loaded: dict[str, torch.Tensor], student_model, batch) -> None:

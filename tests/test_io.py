@@ -1,25 +1,22 @@
 """Saving and loading low-rank students: identical outputs, same ranks, no teacher needed."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model, unfused
 from makd.assets import files
 from makd.core import factorize as fz
 from makd.core import checkpoint as mio
-from makd.core.fused import unfuse
 
 
 def _main_output(model, batch):
-    """Logits (or last hidden state) and hidden states of ``model`` run unfused (a copy): a loaded student runs the
-    plain two-GEMM forward, a factorised one the fused forward, which agrees only to float rounding — bit for bit
-    on some CPUs, not on others (AVX-512 AMD EPYC) — and what a round trip must keep is the weights."""
-    model = unfuse(copy.deepcopy(model))
+    """Logits (or last hidden state) and hidden states of ``model`` run unfused (:func:`conftest.unfused`): what a
+    round trip must keep is the weights, not the fused execution's rounding."""
+    model = unfused(model)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state, out.hidden_states

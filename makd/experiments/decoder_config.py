@@ -92,7 +92,8 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
     bf16: bool = option(False, "mixed-precision training: the teacher's and the student's matrix products in "
                         "bfloat16 (autocast), weights, optimizer state and losses in float32; the layer-local "
                         "stage and all scoring stay float32. Faster on CPUs with AVX512-BF16 or AMX (about 2x "
-                        "per SmolLM2 step on one; benchmarks/bench_decoder_step.py measures yours), may be slower without")
+                        "per SmolLM2 step on one; benchmarks/bench_decoder_step.py measures yours), may be slower "
+                        "without")
     ce_examples: int = option(16, "training examples of the response cross-entropy table", low=1)
     calibration_examples: int = option(128, "training examples calibrating a weighted factorisation (--weighting) "
                                        "and feeding the layer-local stage", low=1, group=InitConfig.GROUP)

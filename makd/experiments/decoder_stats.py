@@ -21,6 +21,7 @@ import pandas as pd
 
 from makd.assets.files import write_json
 from makd.core.errors import ArgumentParser, MissingInputError
+from makd.experiments.decoder_config import CONTROLS
 from makd.experiments.readme_blocks import read_block, write_block
 from makd.experiments.stats import mean_pm_std, paired
 from makd.experiments.tables import markdown_table
@@ -30,7 +31,7 @@ ORDER = ("teacher", "init", "untrained", "sft", "kd", "seqkd", "makd")
 LABELS = {"teacher": "teacher", "init": "student as factorised (no training)",
           "untrained": "student after the layer-local stage (no end-to-end training)", "sft": "SFT (no teacher)",
           "kd": "KD (token KL)", "seqkd": "SeqKD", "makd": "MaKD (hierarchical)"}
-CONTROLS = ("teacher", "init", "untrained")         # scored once: paired with every training seed
+SCORED_ONCE = ("teacher", *CONTROLS)                 # not trained: one run, paired with every training seed
 TARGETS = {"makd": 0.75, "every method": 0.50}          # share of the teacher's Rouge-L (the issue's targets)
 
 
@@ -81,9 +82,9 @@ def compare(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
     """Paired comparison of methods ``a`` and ``b`` on Rouge-L/100 over the training seeds they share (a control,
     scored once, is paired with every seed), plus a prompt-level paired t-test over (prompt, seed) pairs."""
     ra, rb = _by_seed(df, a), _by_seed(df, b)
-    if a in CONTROLS and len(ra) == 1:               # a trained method with one seed so far is no control
+    if a in SCORED_ONCE and len(ra) == 1:            # a trained method with one seed so far is no control
         ra = pd.concat([ra] * len(rb)).assign(seed=rb["seed"].to_numpy())
-    if b in CONTROLS and len(rb) == 1:
+    if b in SCORED_ONCE and len(rb) == 1:
         rb = pd.concat([rb] * len(ra)).assign(seed=ra["seed"].to_numpy())
     both = ra.merge(rb, on="seed", suffixes=("_a", "_b"))
     if both.empty:
