@@ -9,13 +9,14 @@ from makd.cli import main as cli
 from makd.experiments import decoder_stats as ds
 
 
-def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0):
+def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=None):
     d = root / run
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
         "method": method, "run": run, "eval_set": "selfinst", "train_set": "chatterbot", "params": 100,
         "generation": {}, "response_ce": ce, "wiki_heldout": {"ppl": 50.0, "ce": 3.9},
-        "eval": {"rougeL": rouge, "n": 2, "rougeL_per_prompt": per_prompt or [rouge - 1, rouge + 1]},
+        "eval": {"rougeL": rouge, "n": 2, "rougeL_per_prompt": per_prompt or [rouge - 1, rouge + 1],
+                 **({"outputs": outputs} if outputs is not None else {})},
         "eval_sets": {"vicuna": {"rougeL": rouge / 2}},
         "train": {"seed": seed, "steps": 0 if method in ("teacher", "untrained") else 5, "runtime_s": 60},
         "record": {"seed": seed}}))
@@ -38,6 +39,24 @@ def test_summary_means_over_seeds_and_share_of_the_teacher(comparison):
     assert table.loc["sft", "rougeL_std"] == pytest.approx(0.5)
     assert table.loc["makd", "share_of_teacher"] == pytest.approx(0.8)
     assert table.loc["makd", "rougeL_vicuna_mean"] == pytest.approx(8.0)
+
+
+def test_answer_length_is_the_median_in_words_averaged_over_seeds(tmp_path):
+    _write(tmp_path, "teacher", "teacher", 20.0, outputs=["one two three", "a b c d e", "x"])
+    _write(tmp_path, "sft/seed-1", "sft", 8.0, 1, outputs=["I'm not sure.", "no"])
+    _write(tmp_path, "sft/seed-2", "sft", 9.0, 2, outputs=["yes it is", "a b c d e f g"])
+    _write(tmp_path, "makd/seed-1", "makd", 9.0, 1)                         # a record without outputs
+    df = ds.collect(tmp_path)
+    table = ds.summary(df)
+    assert table.loc["teacher", "answer_words_mean"] == 3.0
+    assert table.loc["sft", "answer_words_mean"] == pytest.approx((2.0 + 5.0) / 2)
+    assert table.loc["sft", "answer_words_std"] == pytest.approx(2.1213203)
+    assert ds.answer_words([]) is None and ds.answer_words(None) is None
+    text, _ = ds.report(tmp_path, df)
+    row = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("|")}
+    header = row["model"]
+    col = header.index("answer words (median)")
+    assert row["teacher"][col] == "3" and row["SFT (no teacher)"][col] == "4" and row["MaKD (hierarchical)"][col] == "–"
 
 
 def test_paired_over_seeds_with_the_grid_verdict_rule(comparison):

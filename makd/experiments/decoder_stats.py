@@ -7,7 +7,8 @@ a prompt-level paired test beside it, the targets of the decoder issue checked f
 
 Rouge-L is on 0–100; the paired machinery of :mod:`makd.experiments.stats` works on fractions, so differences are
 computed on Rouge-L / 100 and reported in points again. The controls (``untrained``, ``init``) are not trained:
-one run each, compared with every seed of a method (their value repeated).
+one run each, compared with every seed of a method (their value repeated). Beside the scores, the median length
+of the generated answers (words): Rouge-L against long references drops when training teaches short replies.
 """
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ SCORED_ONCE = ("teacher", *CONTROLS)                 # not trained: one run, pai
 TARGETS = {"makd": 0.75, "every method": 0.50}          # share of the teacher's Rouge-L (the issue's targets)
 
 
+def answer_words(outputs: list[str] | None) -> float | None:
+    """Median length in whitespace-separated words of the generated answers (None without outputs)."""
+    return float(np.median([len(o.split()) for o in outputs])) if outputs else None
+
+
 def collect(root: str | Path) -> pd.DataFrame:
     """One row per scored model under ``root`` (``<name>/metrics.json`` or ``<method>/seed-S/metrics.json``)."""
     rows = []
@@ -47,6 +53,7 @@ def collect(root: str | Path) -> pd.DataFrame:
         rows.append({"run": d.get("run", d["method"]), "method": d["method"],
                      "seed": d.get("train", {}).get("seed", d["record"].get("seed")),
                      "rougeL": d["eval"]["rougeL"], "per_prompt": d["eval"].get("rougeL_per_prompt"),
+                     "answer_words": answer_words(d["eval"].get("outputs")),
                      "response_ce": d.get("response_ce"), "wiki_ppl": wiki.get("ppl"), "wiki_ce": wiki.get("ce"),
                      "params": d["params"], "steps": d.get("train", {}).get("steps"),
                      "train_s": d.get("train", {}).get("runtime_s"), "eval_set": d.get("eval_set"),
@@ -56,13 +63,14 @@ def collect(root: str | Path) -> pd.DataFrame:
     if df.empty:
         raise MissingInputError(f"no decoder results under {root}: give the --out folder of `python -m makd "
                                 "decoder` (it holds <method>/metrics.json or <method>/seed-S/metrics.json)")
-    return df
+    return df.astype({"answer_words": float})                 # None (a record without outputs) -> NaN
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per method: runs, mean and std over seeds of every score, and the share of the teacher's Rouge-L."""
     scores = [c for c in df.columns if c.startswith("rougeL") and c != "rougeL"] + ["rougeL", "response_ce",
-                                                                                     "wiki_ppl", "wiki_ce"]
+                                                                                     "wiki_ppl", "wiki_ce",
+                                                                                     "answer_words"]
     g = df.groupby("method", sort=False)
     out = g[scores].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
@@ -136,16 +144,18 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
         row += [mean_pm_std(r[f"{c}_mean"], r[f"{c}_std"], scale=1, digits=2) for c in extra]
         row += [mean_pm_std(r["response_ce_mean"], r["response_ce_std"], scale=1, digits=3),
                 "–" if pd.isna(r["wiki_ppl_mean"]) else mean_pm_std(r["wiki_ppl_mean"], r["wiki_ppl_std"], scale=1),
+                "–" if pd.isna(r["answer_words_mean"]) else f"{r['answer_words_mean']:.0f}",
                 f"{r['params'] / 1e6:.1f} M", "–" if pd.isna(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"]
         rows.append(row)
     first = df.iloc[0]
     cols = ["model", "runs", f"Rouge-L {first['eval_set']} ({first['n_prompts']})", "of teacher"]
     cols += [f"Rouge-L {c.removeprefix('rougeL_')}" + (" (vs the teacher's answers)" if c == "rougeL_vicuna" else "")
              for c in extra]
-    cols += ["response CE", "wiki ppl", "params", "train time"]
+    cols += ["response CE", "wiki ppl", "answer words (median)", "params", "train time"]
     comps = comparisons(df)
     lines = [f"# Decoder comparison: {root}", "", markdown_table(pd.DataFrame(rows, columns=cols)), "",
-             "Mean ± std over training seeds (controls: one run). Paired over seeds; the verdict needs the bootstrap "
+             "Mean ± std over training seeds (controls: one run); answer words: the median length of the generated "
+             f"{first['eval_set']} answers, mean over seeds. Paired over seeds; the verdict needs the bootstrap "
              "CI and the paired t-test to agree (the GLUE grid's rule); the prompt-level test pools (prompt, seed) "
              "pairs and is shown for information.", ""]
     for c in comps:
