@@ -63,6 +63,7 @@ students — students that are not SVD factors of the teacher: subquadratic toke
     students.mixers.retnet  RetNet retention: a fixed decay per head, group norm, swish output gate
     students.mixers.gla     GLA: data-dependent per-channel forget gates (low rank, logsigmoid / 16), group norm, gate
     students.mixers.mlstm   xLSTM's mLSTM: exponential input gate, max-stabiliser, normaliser, output gate
+    students.mixers.metala  MetaLA: GLA with key = 1 − forget gate, short convolution, self-augmentation
     students.mixers.registry  the mixers by name (mixer_class, NAMES); an unknown name lists the known ones
     students.mixers.softmax  softmax attention with RoPE as a mixer: the teacher itself, the stages' identity check
     students.hf_remote  the self-contained loading code copied into a student folder (torch + transformers only)

@@ -67,6 +67,41 @@ def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1, pad: bool = True):
     return {"input_ids": ids, "attention_mask": mask}
 
 
+# -- token mixers (tests/test_mixers_*.py) ----------------------------------------------------------------------------
+def run_steps(mixer, x, state=None):
+    """A mixer's recurrent form over x (B, T, D) a token at a time from ``state`` (default: its initial state):
+    (outputs (B, T, D), state after the last token)."""
+    state = mixer.init_state(x.shape[0], dtype=x.dtype) if state is None else state
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = mixer.step(x[:, t:t + 1], state)
+        outs.append(y)
+    return torch.cat(outs, dim=1), state
+
+
+def mixed_values(mixer, x, mask=None):
+    """What a gated-linear mixer's forward hands to its per-token ``output`` (norm, gate, o_proj): (B, H, T, d)."""
+    seen = {}
+
+    def capture(o, _x):
+        seen["o"] = o
+        return _x
+    mixer.output = capture   # shadows the method on this instance only
+    try:
+        mixer(x, mask)
+    finally:
+        del mixer.output
+    return seen["o"]
+
+
+def assert_states_close(a, b, tol=1e-10):
+    """Two mixer states hold the same tensors (names, shapes) within ``tol``."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert (a[key] - b[key]).abs().max() < tol, f"state {key} differs by {(a[key] - b[key]).abs().max():.3g}"
+
+
 @pytest.fixture(params=["bert", "gpt2", "llama"])
 def family(request):
     return request.param

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_states_close, mixed_values, run_steps
 
 from makd.students.mixers.gated_linear import causal_scores
 from makd.students.mixers.mlstm import mlstm_chunked, mlstm_step
@@ -39,37 +40,6 @@ def inputs(seed=1, batch=B, length=T):
 def values(mixer, x):
     """V per query head (each KV head repeated for its group): (B, H, T, d)."""
     return mixer.expand_kv(mixer.split_heads(mixer.v_proj(x), mixer.num_kv_heads))
-
-
-def run_steps(mixer, x, state=None):
-    state = mixer.init_state(x.shape[0], dtype=x.dtype) if state is None else state
-    outs = []
-    for t in range(x.shape[1]):
-        y, state = mixer.step(x[:, t:t + 1], state)
-        outs.append(y)
-    return torch.cat(outs, dim=1), state
-
-
-def mixed_values(mixer, x, mask=None):
-    """The mixed values before the per-token output (norm, gate, o_proj): (B, H, T, d)."""
-    seen = {}
-
-    def capture(o, _x):
-        seen["o"] = o
-        return _x
-    mixer.output = capture   # shadows the method on this instance only
-    try:
-        mixer(x, mask)
-    finally:
-        del mixer.output
-    return seen["o"]
-
-
-def assert_states_close(a, b, tol=TOL):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].shape == b[key].shape, key
-        assert (a[key] - b[key]).abs().max() < tol, f"state {key} differs by {(a[key] - b[key]).abs().max():.3g}"
 
 
 @pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)

@@ -13,6 +13,7 @@ import transformers as tf
 from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
 from transformers.models.qwen3_next.modeling_qwen3_next import (torch_chunk_gated_delta_rule,
                                                                 torch_recurrent_gated_delta_rule)
+from conftest import run_steps
 
 from makd.students.mixers import registry
 from makd.students.mixers.deltanet import delta_rule_chunked, l2norm
@@ -44,15 +45,6 @@ def make(name: str, seed: int = 0, chunk_size: int = 4, **kw):
 
 def inputs(seed: int = 1, t: int = T, b: int = B) -> torch.Tensor:
     return torch.randn(b, t, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def run_steps(m, x, state=None):
-    state = m.init_state(x.shape[0], dtype=x.dtype) if state is None else state
-    outs = []
-    for t in range(x.shape[1]):
-        o, state = m.step(x[:, t:t + 1], state)
-        outs.append(o)
-    return torch.cat(outs, 1), state
 
 
 def err(a, b) -> float:

@@ -14,6 +14,7 @@ from makd.students.mixers.base import Mixer
 from makd.students.mixers.registry import NAMES
 
 SEVEN = ("deltanet", "gated_deltanet", "gla", "linear", "mamba2", "mlstm", "retnet")
+STUDENTS = (*SEVEN, "metala")                  # the seven the issue names, and MetaLA
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,11 @@ def _batch(vocab):
     return ids, mask
 
 
-def test_the_seven_mixers_are_registered():
-    assert set(SEVEN) <= set(NAMES)
+def test_the_seven_mixers_and_metala_are_registered():
+    assert set(STUDENTS) <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", SEVEN)
+@pytest.mark.parametrize("name", STUDENTS)
 def test_student_generates_through_its_recurrent_form_like_full_recomputation(teacher, name, monkeypatch):
     model, _ = teacher
     student = qkv.make_student(model, name)
@@ -55,7 +56,7 @@ def test_student_generates_through_its_recurrent_form_like_full_recomputation(te
     assert torch.equal(alone[0, 6:], cached[0, 9:])
 
 
-@pytest.mark.parametrize("name", SEVEN)
+@pytest.mark.parametrize("name", STUDENTS)
 def test_qkv_copy_keeps_the_teachers_key_value_heads_and_the_rest(teacher, name):
     model, _ = teacher
     student = qkv.make_student(model, name)
@@ -73,7 +74,7 @@ def test_qkv_copy_keeps_the_teachers_key_value_heads_and_the_rest(teacher, name)
     assert info["state_bytes_per_sequence"] > 0 and info["kv_heads"] == model.config.num_key_value_heads
 
 
-@pytest.mark.parametrize("name", SEVEN)
+@pytest.mark.parametrize("name", STUDENTS)
 def test_repeat_kv_gives_the_earlier_layout_one_key_value_head_per_query_head(teacher, name):
     model, _ = teacher
     student = qkv.make_student(model, name, repeat_kv=True)
@@ -95,7 +96,7 @@ def test_repeat_kv_gives_the_earlier_layout_one_key_value_head_per_query_head(te
         qkv.make_student(model, name, num_kv_heads=h)
 
 
-@pytest.mark.parametrize("name", ["linear", "retnet", "mlstm", "gla"])
+@pytest.mark.parametrize("name", ["linear", "retnet", "mlstm", "gla", "metala"])
 def test_grouped_heads_compute_what_tied_repeated_heads_compute(teacher, name):
     """The GQA layout is the repeated layout with each group's K/V (and per-KV-head gates) tied: copy the grouped
     student's weights into a repeated one (K/V rows and GLA's gate rows repeated) and the logits agree."""
@@ -129,7 +130,7 @@ def test_a_student_saved_before_mixer_kv_heads_loads_with_repeated_heads(teacher
         assert torch.equal(loaded(ids, attention_mask=mask).logits, student(ids, attention_mask=mask).logits)
 
 
-@pytest.mark.parametrize("name", SEVEN)
+@pytest.mark.parametrize("name", STUDENTS)
 def test_a_saved_student_reloads_identically_also_through_the_auto_class(teacher, name, tmp_path):
     model, tok = teacher
     student = qkv.make_student(model, name)
@@ -156,7 +157,7 @@ def test_clear_errors(teacher):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SEVEN)
+@pytest.mark.parametrize("name", STUDENTS)
 def test_smollm2_students_build_generate_save_and_reload(name, tmp_path):
     model, tok = load_model("smollm2-135m-instruct", head="lm")
     student = qkv.make_student(model, name)

@@ -222,16 +222,17 @@ def test_config_names_match_the_heavy_modules(teacher):
     assert sc.TEACHER_POSITIONS["tiny-llama"] == teacher[0].config.max_position_embeddings
 
 
-def test_the_command_end_to_end_on_a_tiny_teacher(text_dir, tmp_path, capsys):
+@pytest.mark.parametrize("mixer", ["gla", "metala"])
+def test_the_command_end_to_end_on_a_tiny_teacher(text_dir, tmp_path, capsys, mixer):
     out = tmp_path / "run"
-    code = cli.main(["subquadratic", "--teacher", "tiny-llama", "--mixer", "gla", "--text", str(text_dir),
+    code = cli.main(["subquadratic", "--teacher", "tiny-llama", "--mixer", mixer, "--text", str(text_dir),
                      "--block-length", "32", "--batch-size", "2", "--mixing-tokens", "128", "--hidden-tokens", "128",
                      "--kd-tokens", "192", "--eval-blocks", "4", "--passkey-contexts", "160", "--passkey-depths", "0.5",
                      "--passkey-per-cell", "1", "--zero-shot", "rt-polarity", "--zero-shot-examples", "4",
                      "--quiet", "--out", str(out)])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["mixer"] == "gla" and m["token_budgets"] == {"mixing": 128, "hidden": 128, "kd": 192}
+    assert m["mixer"] == mixer and m["token_budgets"] == {"mixing": 128, "hidden": 128, "kd": 192}
     assert [len(m["stages"][s]["history"]) for s in ("mixing", "hidden", "kd")] == [2, 2, 3]
     assert set(m["cpu_s"]) == {"mixing", "hidden", "kd", "evaluation"}
     assert {"ce", "ppl", "kl", "top1"} <= set(m["student"]["metrics"]) and m["metric"] == "top1"
@@ -239,7 +240,7 @@ def test_the_command_end_to_end_on_a_tiny_teacher(text_dir, tmp_path, capsys):
     assert m["evaluation"]["student"]["passkey"]["cells"][0]["context"] == 160     # the student: no position limit
     assert m["evaluation"]["teacher"]["passkey_skipped_contexts"] == [160]          # the teacher's 128 positions
     assert m["evaluation"]["student"]["zero_shot"]["rt-polarity"]["n"] == 4
-    assert m["record"]["config"]["mixer"] == "gla" and not (out / "checkpoints").exists()
+    assert m["record"]["config"]["mixer"] == mixer and not (out / "checkpoints").exists()
     assert (out / "student" / "config.json").is_file()
     assert "stage mixing: loss" in capsys.readouterr().out
 

@@ -7,6 +7,7 @@ from makd.students.mixers.gated_deltanet import GatedDeltaNet
 from makd.students.mixers.gla import GLA
 from makd.students.mixers.linear import LinearAttention
 from makd.students.mixers.mamba2 import Mamba2
+from makd.students.mixers.metala import MetaLA
 from makd.students.mixers.mlstm import MLSTM
 from makd.students.mixers.retnet import RetNet
 from makd.students.mixers.softmax import SoftmaxAttention
@@ -19,6 +20,7 @@ MIXERS: dict[str, type[Mixer]] = {
     "deltanet": DeltaNet,
     "gated_deltanet": GatedDeltaNet,
     "mamba2": Mamba2,
+    "metala": MetaLA,
     "softmax": SoftmaxAttention,   # not subquadratic: the teacher's attention, the stages' identity check
 }
 NAMES: tuple[str, ...] = tuple(sorted(MIXERS))
