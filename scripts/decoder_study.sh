@@ -14,13 +14,22 @@
 # CPU. The teacher and the controls are kept (they are never trained); the one float32-trained model recorded before,
 # SFT seed 1 (Rouge-L 4.32), moved to results/decoder-whiten512-fp32.
 # Then: python -m makd decoder-stats results/decoder-whiten512/ratio-0.8 --write --readme README.md (the README block)
+# Two runners share the work (each ~9 GB; start the second once the first has cached the prepared student), e.g.
+#   METHODS="init untrained sft seqkd" bash scripts/decoder_study.sh      # in one checkout
+#   METHODS="init untrained kd makd" bash scripts/decoder_study.sh        # in another, its own results folder
+# (RATIOS, SEEDS and METHODS default to everything; a finished model is kept by --resume, so copy each runner's
+# finished <method>/seed-S folders into the other's results before it reaches them.)
 set -euo pipefail
 DATA="${1:-${MAKD_DATA_DIR:?give the data folder as \$1 or MAKD_DATA_DIR}}"
+RATIOS="${RATIOS:-0.8 0.5}"
+SEEDS="${SEEDS:-1 2 3}"
+METHODS="${METHODS:-init untrained sft kd seqkd makd}"
 cd "$(dirname "$0")/.."
-for ratio in 0.8 0.5; do
+for ratio in $RATIOS; do
+  # shellcheck disable=SC2086  # word splitting of the lists is intended
   python -m makd decoder --data-dir "$DATA" --teacher smollm2-135m-instruct \
     --layer-ratio "$ratio" --weighting whiten --calibration-examples 512 --local-epochs 1 \
-    --methods init untrained sft kd seqkd makd --train-seeds 1 2 3 \
+    --methods $METHODS --train-seeds $SEEDS \
     --train-set chatterbot --eval-set selfinst --extra-eval vicuna --max-train 1024 --max-eval 252 \
     --max-new-tokens 64 --gen-batch-size 32 --wiki-windows 16 --save-steps 32 --bf16 --quiet --resume \
     --out "results/decoder-whiten512/ratio-$ratio"
