@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--teacher", default="smollm2-135m-instruct", help="Llama-family teacher (embedded name)")
     p.add_argument("--mixers", nargs="+", default=list(SUBQUADRATIC), choices=SUBQUADRATIC,
-                   help="students to time (default all seven)")
+                   help="students to time (default: every subquadratic mixer)")
     p.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096, 8192], help="prefill lengths")
     p.add_argument("--contexts", nargs="*", type=int, default=[1024, 4096, 8192], help="generation contexts")
     p.add_argument("--steps", type=int, default=8, help="generated tokens timed per context and round (median)")

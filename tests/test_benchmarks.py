@@ -185,3 +185,15 @@ def test_generate_benchmark_reports_speedup_per_student_and_batch(tmp_path):
     for model, per_batch in res["speedup"].items():
         assert per_batch == {str(b): pytest.approx(rows[model, b]["speedup"]) for b in (1, 2)}
     assert set(res["targets"]) == {"student@0.5_speedup>=1.6_batch_1", "student@0.5_speedup>=1.6_batch_2"}
+
+
+def test_chunk_size_benchmark_times_every_chunk_size_and_names_the_fastest(tmp_path):
+    res = _run("bench_chunk_size.py", tmp_path / "c.json", "--mixers", "gla", "mamba2")
+    assert res["chunks"] == [4, 8, 16] and res["defaults"] == {"gla": 64, "mamba2": 64}
+    for T in ("32", "64"):
+        for name in ("gla", "mamba2"):
+            med = res["seconds"][T][name]
+            assert set(med) == {"4", "8", "16", "64"} and all(_positive(s) for s in med.values())   # + the default
+            assert med[str(res["best"][T][name])] == min(med.values())
+            ratio = res["default_over_best"][T][name]
+            assert ratio == pytest.approx(med["64"] / min(med.values())) and ratio >= 1
