@@ -9,7 +9,7 @@ from makd.cli import main as cli
 from makd.experiments import decoder_stats as ds
 
 
-def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=None):
+def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=None, runtime=60, resumed=None):
     d = root / run
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
@@ -18,7 +18,8 @@ def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=No
         "eval": {"rougeL": rouge, "n": 2, "rougeL_per_prompt": per_prompt or [rouge - 1, rouge + 1],
                  **({"outputs": outputs} if outputs is not None else {})},
         "eval_sets": {"vicuna": {"rougeL": rouge / 2}},
-        "train": {"seed": seed, "steps": 0 if method in ("teacher", "untrained") else 5, "runtime_s": 60},
+        "train": {"seed": seed, "steps": 0 if method in ("teacher", "untrained") else 5, "runtime_s": runtime,
+                  **({"resumed": resumed} if resumed is not None else {})},
         "record": {"seed": seed}}))
 
 
@@ -57,6 +58,16 @@ def test_answer_length_is_the_median_in_words_averaged_over_seeds(tmp_path):
     header = row["model"]
     col = header.index("answer words (median)")
     assert row["teacher"][col] == "3" and row["SFT (no teacher)"][col] == "4" and row["MaKD (hierarchical)"][col] == "–"
+
+
+def test_train_time_leaves_out_resumed_runs_when_whole_ones_exist(tmp_path):
+    _write(tmp_path, "teacher", "teacher", 20.0)
+    _write(tmp_path, "sft/seed-1", "sft", 8.0, 1, runtime=1200)
+    _write(tmp_path, "sft/seed-2", "sft", 9.0, 2, runtime=300, resumed=True)       # only its last part
+    _write(tmp_path, "sft/seed-3", "sft", 9.0, 3, runtime=1000, resumed=False)
+    _write(tmp_path, "kd/seed-1", "kd", 9.0, 1, runtime=400, resumed=True)         # nothing else: its own
+    table = ds.summary(ds.collect(tmp_path))
+    assert table.loc["sft", "train_s"] == pytest.approx(1100) and table.loc["kd", "train_s"] == pytest.approx(400)
 
 
 def test_paired_over_seeds_with_the_grid_verdict_rule(comparison):

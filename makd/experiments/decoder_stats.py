@@ -56,7 +56,8 @@ def collect(root: str | Path) -> pd.DataFrame:
                      "answer_words": answer_words(d["eval"].get("outputs")),
                      "response_ce": d.get("response_ce"), "wiki_ppl": wiki.get("ppl"), "wiki_ce": wiki.get("ce"),
                      "params": d["params"], "steps": d.get("train", {}).get("steps"),
-                     "train_s": d.get("train", {}).get("runtime_s"), "eval_set": d.get("eval_set"),
+                     "train_s": d.get("train", {}).get("runtime_s"),
+                     "resumed": bool(d.get("train", {}).get("resumed")), "eval_set": d.get("eval_set"),
                      "n_prompts": d["eval"].get("n"), "train_set": d.get("train_set"),
                      "layer_ratio": d["record"].get("config", {}).get("layer_ratio"), **extra})
     df = pd.DataFrame(rows)
@@ -76,7 +77,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out["runs"] = g.size()
     out["params"] = g["params"].first()
-    out["train_s"] = g["train_s"].mean()
+    # a resumed training's runtime counts its last part only: the mean over the runs trained in one go, when any
+    whole = df[~df["resumed"]].groupby("method", sort=False)["train_s"].mean()
+    out["train_s"] = whole.reindex(out.index).fillna(g["train_s"].mean())
     teacher = out.loc["teacher", "rougeL_mean"] if "teacher" in out.index else np.nan
     out["share_of_teacher"] = out["rougeL_mean"] / teacher
     return out.reindex([m for m in ORDER if m in out.index] + [m for m in out.index if m not in ORDER])
@@ -155,9 +158,10 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
     comps = comparisons(df)
     lines = [f"# Decoder comparison: {root}", "", markdown_table(pd.DataFrame(rows, columns=cols)), "",
              "Mean ± std over training seeds (controls: one run); answer words: the median length of the generated "
-             f"{first['eval_set']} answers, mean over seeds. Paired over seeds; the verdict needs the bootstrap "
-             "CI and the paired t-test to agree (the GLUE grid's rule); the prompt-level test pools (prompt, seed) "
-             "pairs and is shown for information.", ""]
+             f"{first['eval_set']} answers, mean over seeds; train time: mean over the runs trained in one go (a "
+             "run resumed from a checkpoint records only its last part). Paired over seeds; the verdict needs the "
+             "bootstrap CI and the paired t-test to agree (the GLUE grid's rule); the prompt-level test pools "
+             "(prompt, seed) pairs and is shown for information.", ""]
     for c in comps:
         if not c["n"]:
             lines.append(f"- MaKD vs {LABELS.get(c['b'], c['b'])}: {c['verdict']} (MaKD seeds {c['seeds_a']}, "
