@@ -38,6 +38,8 @@ def _tiny_wiki(monkeypatch):
     """The held-out Wikipedia windows come from the fixture export (the private cache holds no `wiki` asset)."""
     monkeypatch.setattr(decoder_data, "heldout_windows",
                         lambda tok, n, length: wiki.heldout_windows(tok, n, length, path=WIKI_PAGES))
+    monkeypatch.setattr(decoder_data, "train_windows",
+                        lambda tok, n, length: wiki.train_windows(tok, n, length, path=WIKI_PAGES))
 
 
 @pytest.fixture(params=["tiny-gpt2", "tiny-llama"])
@@ -317,6 +319,54 @@ def test_the_wiki_windows_option():
     assert decoder_config.parse(["--wiki-windows", "0"]).wiki_windows == 0
     with pytest.raises(ValueError, match="wiki_windows must be >= 0"):
         DecoderConfig(wiki_windows=-1)
+
+
+def test_lm_windows_join_the_training_data_with_a_loss_on_every_token(teacher):
+    _, tok = teacher
+    data, _ = sft_features(ROWS[:3], tok, max_length=48)
+    windows = torch.arange(3, 3 + 2 * 5).reshape(2, 5)
+    mixed = lm.with_lm_windows(data, windows)
+    assert len(mixed) == 5 and mixed[:3]["labels"] == data["labels"]          # the pairs first, unchanged
+    for row, want in zip(mixed.select(range(3, 5)), windows.tolist()):
+        assert row["input_ids"] == want and row["labels"] == want               # no prompt: every token labelled
+    assert lm.with_lm_windows(data, None) is data and lm.with_lm_windows(data, windows[:0]) is data
+    with pytest.raises(ValueError, match=r"lm_windows must be \(N, L\) token ids"):
+        lm.with_lm_windows(data, windows[0])
+
+
+@pytest.mark.parametrize("method", ["kd", "makd"])
+def test_a_method_trains_on_the_pairs_and_the_text_windows(method, tmp_path):
+    model, tok = load_model("tiny-llama", head="lm")
+    student = lm.make_student(model, "svd", layer_ratio=0.5)
+    windows, _ = wiki.train_windows(tok, 6, 32, path=WIKI_PAGES)
+    info = lm.train_student(method, model, student, tok, ROWS[:6], out=tmp_path / method, max_steps=3, lr=1e-3,
+                            batch_size=4, max_length=48, logging_steps=1, quiet=True,
+                            lm_windows=windows["input_ids"])
+    assert (info["pairs"], info["lm_windows"], info["examples"]) == (6, 6, 12) and info["steps"] == 3
+    assert all(math.isfinite(e["loss"]) for e in info["history"])
+
+
+def test_the_wiki_train_windows_option_reaches_every_method_and_the_record(tmp_path, monkeypatch):
+    assert decoder_config.parse([]).wiki_train_windows == 0
+    assert decoder_config.parse(["--wiki-train-windows", "64"]).wiki_train_windows == 64
+    with pytest.raises(ValueError, match="wiki_train_windows must be >= 0"):
+        DecoderConfig(wiki_train_windows=-1)
+    assert "wiki_train_windows" in decoder.TRAINING_ONLY                    # a training option: controls kept
+    model, tok = load_model("tiny-llama", head="lm")
+    cfg = _tiny_config(tmp_path, methods=["untrained", "sft"], wiki_windows=0, wiki_train_windows=4)
+    seen = []
+    monkeypatch.setattr(decoder, "train_student", lambda *a, **k: seen.append(k["lm_windows"]) or {"steps": 1})
+    fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
+    monkeypatch.setattr(decoder_data, "load_instructions", lambda *a, **k: fake)
+    decoder.run(cfg, command="test")
+    want, _ = wiki.train_windows(tok, 4, cfg.max_length, path=WIKI_PAGES)
+    assert len(seen) == 1 and torch.equal(seen[0], want["input_ids"])          # sft trained on them
+    saved = json.loads((tmp_path / "run" / "sft" / "metrics.json").read_text())
+    assert saved["wiki_train_set"]["part"] == "train" and saved["wiki_train_set"]["windows"] == 4
+    seen.clear()
+    decoder.run(dataclasses.replace(cfg, wiki_train_windows=0, resume=False, out=str(tmp_path / "off")), command="t")
+    assert seen == [None]
+    assert "wiki_train_set" not in json.loads((tmp_path / "off" / "sft" / "metrics.json").read_text())
 
 
 def test_training_seeds_controls_extra_sets_and_resume(tmp_path, monkeypatch):

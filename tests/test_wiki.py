@@ -160,6 +160,22 @@ def test_heldout_windows_describe_what_they_score(llama, tmp_path):
     windows, info = wiki.heldout_windows(tok, 3, 32, path=_bz2_copy(tmp_path))
     assert windows["input_ids"].shape == (3, 32) and info["windows"] == 3 and info["window_tokens"] == 32
     assert info["articles_scored"] == 1 and len(info["held_out_titles"]) == 1 and info["windows_available"] >= 3
+    assert info["part"] == "held_out"
+
+
+def test_train_windows_come_from_the_train_articles_only(llama, tmp_path):
+    _, tok = llama
+    path = _bz2_copy(tmp_path)
+    split = wiki.load_wiki(path)
+    windows, info = wiki.train_windows(tok, 40, 32, path=path)
+    assert info["part"] == "train" and info["windows"] == len(windows["input_ids"]) <= 40
+    assert info["articles_scored"] > 1                                          # spread over the train articles
+    train_ids = wiki.lm_windows([a.text for a in split.train], tok, 32)["input_ids"].tolist()
+    held_ids = wiki.lm_windows([a.text for a in split.held_out], tok, 32)["input_ids"].tolist()
+    assert all(w in train_ids for w in windows["input_ids"].tolist())
+    assert not any(w in held_ids for w in windows["input_ids"].tolist())
+    with pytest.raises(ValueError, match="part must be 'train' or 'held_out'"):
+        wiki.split_windows("test", tok, 3, 32, path=path)
 
 
 # ---------------------------------------------------------------- the real asset

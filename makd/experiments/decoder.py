@@ -37,7 +37,7 @@ from makd.core.errors import UsageError
 from makd.core.local import local_stage
 from makd.experiments.decoder_config import DecoderConfig, parse
 from makd.experiments.decoder_data import (DecoderData, EvalSet, ce_batch, generation_settings, load_data,
-                                           resolve_eval_set, wiki_heldout)
+                                           resolve_eval_set, wiki_heldout, wiki_train)
 from makd.experiments.decoder_methods import (CONTROLS, calibration_batches, check_pair, make_student,
                                               seqkd_decoding, train_student)
 from makd.experiments.decoder_prepared import cached_prepare
@@ -80,7 +80,8 @@ def run_names(cfg: DecoderConfig) -> list[str]:
 def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *,
                     on_result: Callable[[str, dict[str, Any]], None] | None = None,
                     wiki: dict[str, torch.Tensor] | None = None,
-                    done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+                    done: dict[str, dict[str, Any]] | None = None,
+                    lm_text: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
     """The teacher, then each of ``cfg.methods`` (once per training seed) on a fresh copy of the same student.
 
     Returns ``{name: {"eval": evaluate_rouge(...), "params": int, "response_ce": float, "train": info,
@@ -91,13 +92,15 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
     :mod:`makd.experiments.decoder_prepared`; left out when every name is in ``done``). With
     ``cfg.extra_eval`` each entry holds ``eval_sets`` = {set: evaluate_rouge(...)}; with ``cfg.wiki_windows``
     ``wiki_heldout`` = {"ce", "ppl", "tokens"} on the held-out Wikipedia windows (``wiki``: those of
-    :func:`wiki_heldout`, built here when None). ``done``: results already scored (a resumed run), kept as they
-    are. Students live on the teacher's device; checkpoints go to ``cfg.out/<name>/``. ``on_result(name,
+    :func:`wiki_heldout`, built here when None). ``lm_text``: Wikipedia train windows (:func:`wiki_train`) added
+    to every method's training data, built here from ``cfg.wiki_train_windows`` when None. ``done``: results
+    already scored (a resumed run), kept as they are. Students live on the teacher's device; checkpoints go to ``cfg.out/<name>/``. ``on_result(name,
     result)`` is called as soon as a model is scored."""
     settings = generation_settings(cfg)
     device = next(teacher.parameters()).device
     batch = ce_batch(cfg, tokenizer, data.rows, device)
     wiki = wiki if wiki is not None else wiki_heldout(cfg, tokenizer)[0]
+    lm_text = lm_text if lm_text is not None else wiki_train(cfg, tokenizer)[0]
     done = dict(done or {})
 
     def evaluate(model) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
                 grad_accum=cfg.grad_accum, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens,
                 template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
                 save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet,
-                mse=cfg.mse, bf16=cfg.bf16)
+                mse=cfg.mse, bf16=cfg.bf16, lm_windows=None if lm_text is None else lm_text["input_ids"])
             results[name] = {**evaluate(student), "train": {**info, "seed": seed}, "student_init": prepared}
             log.info("%s: Rouge-L %.2f (teacher %.2f)", name, results[name]["eval"]["rougeL"],
                      results["teacher"]["eval"]["rougeL"])
@@ -205,14 +208,18 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
     data = load_data(cfg, teacher, tok)
     settings = generation_settings(cfg)
     wiki, wiki_set = wiki_heldout(cfg, tok)
+    lm_text, lm_set = wiki_train(cfg, tok)
     options = {**cfg.to_dict(), "command": command}
     common = {"eval_set": data.eval_set, "eval_source": data.eval_source, "reference": data.reference_kind,
               "train_set": data.train_set, "train_is_proxy": data.train_set == "chatterbot",
               "template": template_name(tok, cfg.template), "generation": settings.as_dict(), "notes": data.notes,
               "seqkd_generation": seqkd_decoding(settings).as_dict()}
-    files = {**data.files, **(wiki_set["files"] if wiki_set else {})}   # the run record hashes the wiki file too
+    files = {**data.files, **(wiki_set["files"] if wiki_set else {}),   # the run record hashes the wiki file too
+             **(lm_set["files"] if lm_set else {})}
     if wiki_set is not None:
         common["wiki_heldout_set"] = wiki_set
+    if lm_set is not None:
+        common["wiki_train_set"] = lm_set
 
     t_params = fz.count_parameters(teacher)
 
@@ -228,7 +235,7 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
             **extra, "record": make_record(options, seed=seed, data_files=files, started=started)}, cfg.data_dir)
 
     done = earlier_results(cfg, out, options) if cfg.resume else {}
-    results = compare_methods(cfg, teacher, tok, data, on_result=write, wiki=wiki, done=done)
+    results = compare_methods(cfg, teacher, tok, data, on_result=write, wiki=wiki, done=done, lm_text=lm_text)
     scored = {k: v for k, v in results.items() if k != UNTRAINED}
     write_json(out / "speed.json", {"what": f"generation tokens/s, batch {settings.batch_size}, prompts ≤ "
                                     f"{settings.max_prompt_tokens} tokens, ≤ {settings.max_new_tokens} new tokens, "
@@ -243,7 +250,7 @@ RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "
              "logging_steps", "save_steps")
 # options that change the trained models only: the teacher and the controls (never trained) are kept when only
 # these differ (not batch_size: it also batches the calibration and the Wikipedia scoring)
-TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16")
+TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16", "wiki_train_windows")
 
 
 def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -43,6 +43,11 @@ class DecoderDataConfig(Config):
     wiki_windows: int = option(16, "held-out Wikipedia windows of max_length tokens (embedded `wiki` asset, split by "
                                "article, makd.tasks.wiki) on which every model's LM cross-entropy and perplexity are "
                                "reported beside response_ce; 0: off", low=0)
+    wiki_train_windows: int = option(0, "Wikipedia windows of max_length tokens from the TRAIN articles (disjoint "
+                                     "from the held-out ones) added to every method's training data, loss on every "
+                                     "token (SFT / SeqKD: the LM loss; KD / MaKD: their distillation terms) — "
+                                     "real text beside the instruction pairs, as MiniLLM mixes pre-training text "
+                                     "in; 0: none", low=0)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
   python -m makd decoder ... --weighting whiten --ranks auto --local-epochs 2 --methods untrained sft kd seqkd makd
   # mixed-precision training (bfloat16 autocast; scores stay float32): faster on GPUs and AVX512-BF16 / AMX CPUs
   python -m makd decoder ... --bf16
+  # real text beside the instruction pairs: 256 windows of the Wikipedia train articles in every method's data
+  python -m makd decoder ... --wiki-train-windows 256
   # the paper's setting on a GPU box with the hub: GPT-2 family
   python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
 """

@@ -14,7 +14,7 @@ from makd.experiments.decoder_config import DecoderConfig
 from makd.tasks.generate import GenerationSettings, generate
 from makd.tasks.instructions import load_instructions
 from makd.tasks.prompts import CausalCollator, prompt_text, sft_features
-from makd.tasks.wiki import heldout_windows
+from makd.tasks.wiki import heldout_windows, train_windows
 
 
 @dataclass
@@ -103,3 +103,11 @@ def wiki_heldout(cfg: DecoderConfig, tokenizer) -> tuple[dict[str, torch.Tensor]
     if not cfg.wiki_windows:
         return None, None
     return heldout_windows(tokenizer, cfg.wiki_windows, cfg.max_length)
+
+
+def wiki_train(cfg: DecoderConfig, tokenizer) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """``cfg.wiki_train_windows`` evenly spaced windows of ``cfg.max_length`` tokens of the TRAIN Wikipedia articles
+    (training text beside the instruction pairs) and the description of the set; ``(None, None)`` when 0."""
+    if not cfg.wiki_train_windows:
+        return None, None
+    return train_windows(tokenizer, cfg.wiki_train_windows, cfg.max_length)

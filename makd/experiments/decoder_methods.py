@@ -23,6 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import datasets
+import torch
+
 from makd.assets.files import write_json
 from makd.assets.models import vocab_check
 from makd.assets.paths import cache_dir
@@ -139,19 +142,24 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   seqkd_settings: GenerationSettings | None = None, logging_steps: int = 10,
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
                   quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1,
-                  callbacks: list | None = None, bf16: bool = False) -> dict[str, Any]:
+                  callbacks: list | None = None, bf16: bool = False,
+                  lm_windows: torch.Tensor | None = None) -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}. ``seqkd_settings``: how
     SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`).
     A checkpoint every ``save_steps`` steps in ``out/checkpoints`` (the last one kept); ``resume``: continue from it
     (the same weights as an uninterrupted run). ``callbacks``: extra transformers ``TrainerCallback`` objects.
     ``bf16``: mixed precision (``TrainingArguments(bf16=True)``: the Trainer's accelerator runs the student's and
     the prepared teacher's forward under bfloat16 autocast; parameters, optimizer and the loss terms, which upcast
-    half-precision inputs, stay float32)."""
+    half-precision inputs, stay float32). ``lm_windows`` (N, L) token ids: plain text added to the training
+    examples with a loss on every token (:func:`with_lm_windows`; SeqKD's teacher answers replace the pairs'
+    responses only)."""
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
             max_new_tokens=64), template=template)
     data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
                               template=template)
+    pairs = len(data)
+    data = with_lm_windows(data, lm_windows)
     objective = objective_for(method, num_layers(student.config), mse=mse)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     args = training_args(out / "checkpoints", seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -166,5 +174,19 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     result = trainer.train(resume_from_checkpoint=True if resume_from else None)
     student.eval()
     return {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
-            "history": loss_history(trainer), "examples": len(data), "cuts": cuts, "resumed": bool(resume_from)}
+            "history": loss_history(trainer), "examples": len(data), "pairs": pairs, "lm_windows": len(data) - pairs,
+            "cuts": cuts, "resumed": bool(resume_from)}
+
+
+def with_lm_windows(data: datasets.Dataset, windows: torch.Tensor | None) -> datasets.Dataset:
+    """The SFT ``data`` (input_ids, labels with −100 on the prompt) followed by one example per row of
+    ``windows`` (N, L) token ids, labelled on every token (no prompt): language-model text. The Trainer shuffles
+    the whole set with the training seed."""
+    if windows is None or len(windows) == 0:
+        return data
+    if windows.dim() != 2:
+        raise ValueError(f"lm_windows must be (N, L) token ids, got shape {tuple(windows.shape)}")
+    rows = windows.tolist()
+    text = datasets.Dataset.from_list([{"input_ids": r, "labels": r} for r in rows])
+    return datasets.concatenate_datasets([data, text.cast(data.features)])
 

@@ -256,10 +256,23 @@ def take_windows(windows: dict, n: int) -> dict:
 def heldout_windows(tokenizer, n: int, max_length: int, path=None) -> tuple[dict, dict]:
     """``n`` evenly spaced windows of the held-out articles (:func:`load_wiki`, :func:`lm_windows`,
     :func:`take_windows`) and the description of the set for a result file."""
+    return split_windows("held_out", tokenizer, n, max_length, path)
+
+
+def train_windows(tokenizer, n: int, max_length: int, path=None) -> tuple[dict, dict]:
+    """``n`` evenly spaced windows of the TRAIN articles (disjoint from :func:`heldout_windows`' articles) and the
+    description of the set: language-model distillation text."""
+    return split_windows("train", tokenizer, n, max_length, path)
+
+
+def split_windows(part: str, tokenizer, n: int, max_length: int, path=None) -> tuple[dict, dict]:
+    """``n`` evenly spaced windows of one part of the split (``train`` or ``held_out``) and its description."""
+    if part not in ("train", "held_out"):
+        raise ValueError(f"part must be 'train' or 'held_out', got {part!r}")
     split = load_wiki(path)
-    windows = lm_windows([a.text for a in split.held_out], tokenizer, max_length)
+    windows = lm_windows([a.text for a in getattr(split, part)], tokenizer, max_length)
     taken = take_windows(windows, n)
-    info = {**split.describe(), "files": dict(split.files), "window_tokens": max_length,
+    info = {**split.describe(), "files": dict(split.files), "part": part, "window_tokens": max_length,
             "windows": len(taken["input_ids"]), "windows_available": len(windows["input_ids"]),
             "articles_scored": len(set(taken["text"].tolist()))}
     return taken, info
