@@ -77,6 +77,7 @@ def test_each_method_trains_and_its_loss_decreases(teacher, method, tmp_path):
                             seqkd_settings=GenerationSettings(max_new_tokens=6, min_new_tokens=4, seeds=(0,)))
     losses = [e["loss"] for e in info["history"]]
     assert info["steps"] == 8 and len(losses) == 8
+    assert info["lm_windows"] == 0 and not info["group_by_length"]             # pairs only: plain random batches
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     if method == "makd":
         terms = set().union(*map(set, info["history"]))
@@ -343,6 +344,7 @@ def test_a_method_trains_on_the_pairs_and_the_text_windows(method, tmp_path):
                             batch_size=4, max_length=48, logging_steps=1, quiet=True,
                             lm_windows=windows["input_ids"])
     assert (info["pairs"], info["lm_windows"], info["examples"]) == (6, 6, 12) and info["steps"] == 3
+    assert info["group_by_length"]                                              # windows batched with windows
     assert all(math.isfinite(e["loss"]) for e in info["history"])
 
 

@@ -152,7 +152,8 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     the prepared teacher's forward under bfloat16 autocast; parameters, optimizer and the loss terms, which upcast
     half-precision inputs, stay float32). ``lm_windows`` (N, L) token ids: plain text added to the training
     examples with a loss on every token (:func:`with_lm_windows`; SeqKD's teacher answers replace the pairs'
-    responses only)."""
+    responses only); with them the batches group similar lengths (transformers' LengthGroupedSampler, seeded):
+    a batch of pairs is not padded to the windows' length."""
     if method == "seqkd":
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
             max_new_tokens=64), template=template)
@@ -160,13 +161,14 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                               template=template)
     pairs = len(data)
     data = with_lm_windows(data, lm_windows)
+    grouped = len(data) > pairs     # text windows are long: batch similar lengths (not every pair padded to them)
     objective = objective_for(method, num_layers(student.config), mse=mse)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     args = training_args(out / "checkpoints", seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
                          max_steps=max_steps, report_to=report_to, logging_steps=logging_steps,
                          save_strategy="steps", save_steps=save_steps, save_total_limit=1,
                          remove_unused_columns=False, disable_tqdm=quiet or None, warmup_steps=0.05,
-                         gradient_accumulation_steps=grad_accum, bf16=bf16)
+                         gradient_accumulation_steps=grad_accum, bf16=bf16, group_by_length=grouped)
     trainer = DistillTrainer(model=student, args=args, teacher=teacher if objective.needs_teacher else None,
                              objective=objective, train_dataset=data,
                              data_collator=CausalCollator(tokenizer.pad_token_id), callbacks=callbacks)
@@ -175,7 +177,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     student.eval()
     return {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
             "history": loss_history(trainer), "examples": len(data), "pairs": pairs, "lm_windows": len(data) - pairs,
-            "cuts": cuts, "resumed": bool(resume_from)}
+            "group_by_length": grouped, "cuts": cuts, "resumed": bool(resume_from)}
 
 
 def with_lm_windows(data: datasets.Dataset, windows: torch.Tensor | None) -> datasets.Dataset:
