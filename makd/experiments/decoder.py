@@ -94,8 +94,8 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
     ``wiki_heldout`` = {"ce", "ppl", "tokens"} on the held-out Wikipedia windows (``wiki``: those of
     :func:`wiki_heldout`, built here when None). ``lm_text``: Wikipedia train windows (:func:`wiki_train`) added
     to every method's training data, built here from ``cfg.wiki_train_windows`` when None. ``done``: results
-    already scored (a resumed run), kept as they are. Students live on the teacher's device; checkpoints go to ``cfg.out/<name>/``. ``on_result(name,
-    result)`` is called as soon as a model is scored."""
+    already scored (a resumed run), kept as they are. Students live on the teacher's device; checkpoints go to
+    ``cfg.out/<name>/``. ``on_result(name, result)`` is called as soon as a model is scored."""
     settings = generation_settings(cfg)
     device = next(teacher.parameters()).device
     batch = ce_batch(cfg, tokenizer, data.rows, device)

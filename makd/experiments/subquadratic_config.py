@@ -16,7 +16,8 @@ from pathlib import Path
 from makd.assets.paths import data_dir as find_data_dir
 from makd.experiments.options import Config, option, parse_config
 
-MIXERS = ("deltanet", "gated_deltanet", "gla", "linear", "mamba2", "metala", "mlstm", "retnet", "softmax")  # registry.NAMES
+# registry.NAMES
+MIXERS = ("deltanet", "gated_deltanet", "gla", "linear", "mamba2", "metala", "mlstm", "retnet", "softmax")
 INITS = ("qkv", "random")                                     # makd.students.qkv.INITS
 STAGES = ("mixing", "hidden", "kd")                           # makd.students.stages.STAGES
 SCHEDULES = ("cosine", "constant")                            # makd.students.stage_loop.SCHEDULES

@@ -64,7 +64,8 @@ class MetaLA(GatedLinearMixer):
             state["conv"] = state["S"].new_zeros(batch, self.conv_size - 1, self.hidden_size)
         return state
 
-    def _mixed_input(self, x: torch.Tensor, mask: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _mixed_input(self, x: torch.Tensor, mask: torch.Tensor,
+                     state: State) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) -> u = silu(conv(x)) (B, T, D) and the next convolution state (x itself without one)."""
         if self.conv1d is None:
             return x, None
