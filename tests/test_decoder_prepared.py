@@ -109,9 +109,17 @@ def test_the_key_follows_what_the_preparation_reads():
         assert dp.prepared_key(dataclasses.replace(cfg, **same), ROWS) == key, same          # training / scoring only
 
 
-def test_the_init_control_and_dense_students_bypass_the_cache(tmp_path):
+def test_the_init_control_prepares_again_but_fills_the_cache_and_dense_students_bypass_it(tmp_path, monkeypatch):
     marker = object()
-    prepare = lambda: (marker, {"init": {}}, None)                                      # noqa: E731
-    for cfg, need_before in ((_config(tmp_path), True), (_config(tmp_path, student="layers:1"), False)):
-        assert dp.cached_prepare(cfg, ROWS, None, "cpu", prepare, need_before)[0] is marker
-    assert not (tmp_path / "cache" / "decoder-students").exists()
+    prepare = lambda: (marker, {"init": {}}, "before")                                  # noqa: E731
+    saved = []
+    monkeypatch.setattr(dp, "save_prepared", lambda path, student, info: saved.append((path.name, student)))
+    monkeypatch.setattr(dp, "load_prepared", lambda *a: pytest.fail("the init control must not read the cache"))
+    cfg = _config(tmp_path)
+    student, info, before = dp.cached_prepare(cfg, ROWS, None, "cpu", prepare, True)
+    key = dp.prepared_key(cfg, ROWS)
+    assert student is marker and before == "before" and info["cache"] == {"key": key, "reused": False}
+    assert saved == [(key, marker)]                          # written for the next run or a second runner
+    saved.clear()
+    dense = _config(tmp_path, student="layers:1")
+    assert dp.cached_prepare(dense, ROWS, None, "cpu", prepare, False)[0] is marker and not saved

@@ -75,12 +75,14 @@ def save_prepared(path: Path, student, prepared: dict[str, Any]) -> None:
 def cached_prepare(cfg, rows: list[dict], teacher, device, prepare: Callable[[], tuple[Any, dict, Any]],
                    need_before: bool) -> tuple[Any, dict[str, Any], Any]:
     """``prepare()`` -> (student, info, student before the layer-local stage or None), through the cache when the
-    student is factorised and ``need_before`` is False; ``info["cache"]`` names the entry and whether it was reused."""
-    if cfg.student != "svd" or need_before:
+    student is factorised; ``info["cache"]`` names the entry and whether it was reused. ``need_before`` (the
+    control ``init`` is still to be scored, which needs the student from before the layer-local stage): the cache
+    is not read, but the prepared student is still written, so the next run (or a second runner) reuses it."""
+    if cfg.student != "svd":
         return prepare()
     key = prepared_key(cfg, rows)
     path = cache_dir() / "decoder-students" / key
-    hit = load_prepared(path, teacher, device)
+    hit = None if need_before else load_prepared(path, teacher, device)
     if hit is not None:
         log.info("reusing the prepared student %s", path)
         return hit[0], {**hit[1], "cache": {"key": key, "reused": True}}, None
