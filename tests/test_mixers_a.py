@@ -1,4 +1,5 @@
-"""Token mixers, part A (linear, retnet, gla, mlstm): the three forms agree, causality, padding, gradients.
+"""Token mixers, part A (linear, retnet, gla, mlstm, metala): the three forms agree, causality, padding,
+gradients.
 
 Float64, tiny random inputs. Parameters are perturbed away from their initialisation so that gates, decays and
 normalisers all vary per token (mLSTM with input-gate bias 0, so that both branches of its max-normaliser occur).
@@ -17,10 +18,12 @@ from makd.students.mixers.retnet import retention_decays
 TOL = 1e-10
 B, T, D, H = 2, 13, 32, 4
 CASES = [("linear", {}), ("linear", {"feature_map": "hedgehog"}), ("retnet", {}), ("gla", {}),
-         ("mlstm", {"igate_bias": 0.0})]
-IDS = ["linear-elu", "linear-hedgehog", "retnet", "gla", "mlstm"]
+         ("mlstm", {"igate_bias": 0.0}), ("metala", {}), ("metala", {"conv_size": 0}), ("metala", {"conv_size": 2})]
+IDS = ["linear-elu", "linear-hedgehog", "retnet", "gla", "mlstm", "metala", "metala-noconv", "metala-conv2"]
 CASES += [(name, {**kwargs, "num_kv_heads": 2}) for name, kwargs in CASES]   # grouped K/V heads (GQA): 2 per 4
 IDS += [f"{i}-gqa" for i in IDS]
+# output = M·V exactly (MetaLA adds its self-augmentation, a per-token term: tests/test_mixers_metala.py)
+MV_CASES = [(c, i) for c, i in zip(CASES, IDS) if c[0] != "metala"]
 OURS = ("linear", "retnet", "gla", "mlstm")   # part B (deltanet, gated_deltanet, mamba2) has its own tests
 
 
@@ -42,7 +45,7 @@ def values(mixer, x):
     return mixer.expand_kv(mixer.split_heads(mixer.v_proj(x), mixer.num_kv_heads))
 
 
-@pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
+@pytest.mark.parametrize("name,kwargs", [c for c, _ in MV_CASES], ids=[i for _, i in MV_CASES])
 def test_parallel_equals_recurrent_equals_matrix_times_values(name, kwargs):
     mixer, x = make(name, kwargs), inputs()
     y, state = mixer(x)

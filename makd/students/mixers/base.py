@@ -78,6 +78,17 @@ class Mixer(nn.Module):
         """Bytes of the recurrent state for ``batch`` sequences: constant in the sequence length."""
         return sum(t.numel() * t.element_size() for t in self.init_state(batch, dtype=dtype).values())
 
+    @staticmethod
+    def _one_token(x: torch.Tensor) -> None:
+        """The check at the top of every ``step``: one token (B, 1, D), else one clear error."""
+        if x.shape[1] != 1:
+            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
+
+    @staticmethod
+    def _state(s: torch.Tensor, conv: torch.Tensor | None) -> State:
+        """A matrix state S and, for a mixer with a short convolution, its last inputs (``conv``)."""
+        return {"S": s} if conv is None else {"S": s, "conv": conv}
+
     def split_heads(self, t: torch.Tensor, heads: int | None = None) -> torch.Tensor:
         """(B, T, H·d) -> (B, H, T, d)."""
         b, n, _ = t.shape

@@ -193,8 +193,7 @@ def delta_rule_matrix(q: torch.Tensor, k: torch.Tensor, beta: torch.Tensor, g: t
 # -- the mixer ---------------------------------------------------------------------------------------------------------
 class MatrixStateWithConv:
     """The state of the delta-rule mixers and Mamba2: S (B, H_kv, d, d), one per key/value head, and, with a short
-    convolution, its last K − 1 inputs (B, K − 1, (H + 2·H_kv)·d); the fused input projection; the one-token check
-    of ``step``."""
+    convolution, its last K − 1 inputs (B, K − 1, (H + 2·H_kv)·d) (:meth:`Mixer._state` assembles it)."""
 
     @property
     def conv_channels(self) -> int:
@@ -210,13 +209,6 @@ class MatrixStateWithConv:
             state["conv"] = torch.zeros(batch, self.conv_size - 1, self.conv_channels, dtype=dtype, device=device)
         return state
 
-    def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
-        return {"S": s} if conv is None else {"S": s, "conv": conv}
-
-    @staticmethod
-    def _one_token(x: torch.Tensor) -> None:
-        if x.shape[1] != 1:
-            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
 
 
 class DeltaNet(MatrixStateWithConv, Mixer):

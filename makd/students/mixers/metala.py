@@ -95,9 +95,6 @@ class MetaLA(GatedLinearMixer):
                          eps=self.norm_eps).flatten(2)                               # (B, T, H·d)
         return self.o_proj(gate(self.g_proj(x), o))
 
-    def _state(self, s: torch.Tensor, conv: torch.Tensor | None) -> State:
-        return {"S": s} if conv is None else {"S": s, "conv": conv}
-
     # -- the three forms ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -109,26 +106,29 @@ class MetaLA(GatedLinearMixer):
         return self.output(o + self.augmentation(q, k, v), u), self._state(s["S"], conv)
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        if x.shape[1] != 1:
-            raise ValueError(f"step takes one token (B, 1, D), got {tuple(x.shape)}: use forward for a sequence")
-        u, conv = self._mixed_input(x, x.new_ones(x.shape[:2]), state)
-        q, k, v, g = self._gated_features(u, x.new_ones(x.shape[:2]))
+        self._one_token(x)
+        real = x.new_ones(x.shape[:2])                                               # (B, 1): no padding
+        u, conv = self._mixed_input(x, real, state)
+        q, k, v, g = self._gated_features(u, real)
         o, s = recurrent_step(q[..., 0, :], k[..., 0, :], v[..., 0, :], g[..., 0, :], {"S": state["S"].to(x.dtype)},
                               False)                                                 # (B, H, d)
         return self.output(o[..., None, :] + self.augmentation(q, k, v), u), self._state(s["S"], conv)
 
-    def mixing_matrix(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def initial_features(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """q, k = 1 − α, v, log α of x (B, T, D) from the initial state (the convolution's inputs before x are
+        zeros), as :meth:`forward` computes them: (B, H, T, d), then (B, H_kv, T, d) each."""
         mask = valid_mask(x, attention_mask)
         u, _ = self._mixed_input(x, mask, self.init_state(x.shape[0], dtype=x.dtype, device=x.device))
-        q, k, _, g = self._gated_features(u, mask)
+        return self._gated_features(u, mask)
+
+    def mixing_matrix(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, _, g = self.initial_features(x, attention_mask)
         q = q.unflatten(1, (self.num_kv_heads, -1))                                  # (B, H_kv, G, T, d)
         return causal_scores(q, k, g.cumsum(-2)).flatten(1, 2)                       # (B, H, T, T)
 
     def values(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """V per query head (after the convolution), (B, H, T, d): what M multiplies."""
-        mask = valid_mask(x, attention_mask)
-        u, _ = self._mixed_input(x, mask, self.init_state(x.shape[0], dtype=x.dtype, device=x.device))
-        return self.expand_kv(self._gated_features(u, mask)[2])
+        return self.expand_kv(self.initial_features(x, attention_mask)[2])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, conv_size={self.conv_size}, gate_temperature={self.gate_temperature}"
