@@ -30,11 +30,6 @@ def inputs(seed=1, batch=B, length=T):
     return torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def pre_output(mixer, x, mask=None):
-    """What the mixer hands to its per-token output (norm, gate, o_proj): M·V plus the augmentation, (B, H, T, d)."""
-    return mixed_values(mixer, x, mask)
-
-
 def test_registered_as_a_subquadratic_student():
     assert "metala" in NAMES and "metala" in SUBQUADRATIC and mixer_class("metala").name == "metala"
 
@@ -49,7 +44,7 @@ def test_parallel_equals_recurrent_equals_matrix_times_values_plus_augmentation(
     q, k, v, _ = mixer.initial_features(x)
     mixer.chunk_size = 4                      # M (one (T, T) matrix) against the chunked form
     want = mixer.mixing_matrix(x) @ mixer.values(x) + mixer.augmentation(q, k, v)
-    assert (want - pre_output(mixer, x)).abs().max() < TOL
+    assert (want - mixed_values(mixer, x)).abs().max() < TOL   # what forward hands to its output
     assert y.abs().max() > 1e-3
 
 
