@@ -348,6 +348,46 @@ def test_a_method_trains_on_the_pairs_and_the_text_windows(method, tmp_path):
     assert all(math.isfinite(e["loss"]) for e in info["history"])
 
 
+@pytest.mark.parametrize("method,responses,want", [("kd", "teacher", "teacher"), ("makd", "teacher", "teacher"),
+                                                     ("kd", "gold", "gold"), ("sft", "teacher", "gold"),
+                                                     ("seqkd", "gold", "teacher")])
+def test_kd_and_makd_train_on_the_teachers_answers_when_asked(method, responses, want, tmp_path, monkeypatch):
+    """--kd-responses teacher: KD and MaKD learn from the teacher's generated answers (SeqKD's cached data);
+    SFT keeps the gold answers and SeqKD the teacher's whatever the option says."""
+    model, tok = load_model("tiny-llama", head="lm")
+    student = lm.make_student(model, "svd", layer_ratio=0.5)
+    answers = [f"teacher answer {i} " * 3 for i in range(4)]
+    monkeypatch.setattr(lm, "teacher_responses", lambda t, k, rows, *a, **kw: [
+        {**r, "output": o} for r, o in zip(rows, answers)])
+    fed = []
+    real = lm.sft_features
+    monkeypatch.setattr(lm, "sft_features", lambda rows, *a, **k: fed.append([r["output"] for r in rows])
+                        or real(rows, *a, **k))
+    info = lm.train_student(method, model, student, tok, ROWS[:4], out=tmp_path / method, max_steps=1, lr=1e-3,
+                            batch_size=4, max_length=48, quiet=True, responses=responses)
+    assert fed == [answers if want == "teacher" else [r["output"] for r in ROWS[:4]]]
+    assert info["responses"] == want and info["steps"] == 1
+    with pytest.raises(ValueError, match="responses must be one of"):
+        lm.train_student("kd", model, student, tok, ROWS[:4], out=tmp_path / "x", responses="gloden")
+
+
+def test_the_kd_responses_option_reaches_train_student_and_is_a_training_option(tmp_path, monkeypatch):
+    assert decoder_config.parse([]).kd_responses == "gold"
+    assert decoder_config.parse(["--kd-responses", "teacher"]).kd_responses == "teacher"
+    with pytest.raises(ValueError, match="kd_responses"):
+        DecoderConfig(kd_responses="teachers")
+    assert "kd_responses" in decoder.TRAINING_ONLY                       # the teacher and the controls are kept
+    seen = []
+    monkeypatch.setattr(decoder, "train_student", lambda *a, **k: seen.append(k["responses"]) or {"steps": 1})
+    fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
+    monkeypatch.setattr(decoder_data, "load_instructions", lambda *a, **k: fake)
+    decoder.run(_tiny_config(tmp_path, methods=["untrained", "kd"], wiki_windows=0, kd_responses="teacher"),
+                command="test")
+    assert seen == ["teacher"]
+    saved = json.loads((tmp_path / "run" / "kd" / "metrics.json").read_text())
+    assert saved["record"]["config"]["kd_responses"] == "teacher"
+
+
 def test_the_wiki_train_windows_option_reaches_every_method_and_the_record(tmp_path, monkeypatch):
     assert decoder_config.parse([]).wiki_train_windows == 0
     assert decoder_config.parse(["--wiki-train-windows", "64"]).wiki_train_windows == 64

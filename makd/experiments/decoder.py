@@ -137,7 +137,8 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
                 grad_accum=cfg.grad_accum, max_length=cfg.max_length, max_prompt_tokens=cfg.max_prompt_tokens,
                 template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
                 save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet,
-                mse=cfg.mse, bf16=cfg.bf16, lm_windows=None if lm_text is None else lm_text["input_ids"])
+                mse=cfg.mse, bf16=cfg.bf16, lm_windows=None if lm_text is None else lm_text["input_ids"],
+                responses=cfg.kd_responses)
             results[name] = {**evaluate(student), "train": {**info, "seed": seed}, "student_init": prepared}
             log.info("%s: Rouge-L %.2f (teacher %.2f)", name, results[name]["eval"]["rougeL"],
                      results["teacher"]["eval"]["rougeL"])
@@ -250,7 +251,8 @@ RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "
              "logging_steps", "save_steps")
 # options that change the trained models only: the teacher and the controls (never trained) are kept when only
 # these differ (not batch_size: it also batches the calibration and the Wikipedia scoring)
-TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16", "wiki_train_windows")
+TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16", "wiki_train_windows",
+                 "kd_responses")
 
 
 def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:

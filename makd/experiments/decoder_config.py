@@ -76,6 +76,8 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
   python -m makd decoder ... --bf16
   # real text beside the instruction pairs: 256 windows of the Wikipedia train articles in every method's data
   python -m makd decoder ... --wiki-train-windows 256
+  # KD and MaKD on the teacher's own answers (SeqKD's data) instead of the train set's
+  python -m makd decoder ... --kd-responses teacher
   # the paper's setting on a GPU box with the hub: GPT-2 family
   python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
 """
@@ -109,6 +111,10 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
                                group=InitConfig.GROUP)
     local_lr: float = option(1e-4, "learning rate of the layer-local stage", low=0.0, low_open=True,
                              group=InitConfig.GROUP)
+    kd_responses: str = option("gold", "the answers KD and MaKD train on: gold (the train set's own; MiniLLM's KD) or "
+                               "teacher (the teacher's generated answers, SeqKD's cached data: word-level KD on "
+                               "sequence-level KD data, Kim & Rush 2016's Seq-KD + Word-KD); SFT and SeqKD unchanged",
+                               choices=("gold", "teacher"), group="methods and student")
     out: str = option("runs/decoder", "writes OUT/<method>/metrics.json, OUT/teacher/, OUT/speed.json", path=True)
 
     def check(self) -> None:

@@ -39,6 +39,7 @@ from makd.tasks.teacher import training_args
 
 log = logging.getLogger("makd.decoder")
 METHODS = ("sft", "kd", "seqkd", "makd")
+RESPONSES = ("gold", "teacher")   # what KD and MaKD train on (decoder_config.DecoderConfig.kd_responses)
 CONTROLS = ("untrained", "init")   # not trained: the student as prepared (factorised, layer-local stage if any) /
                                    # as factorised, before the layer-local stage
 
@@ -143,7 +144,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
                   quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1,
                   callbacks: list | None = None, bf16: bool = False,
-                  lm_windows: torch.Tensor | None = None) -> dict[str, Any]:
+                  lm_windows: torch.Tensor | None = None, responses: str = "gold") -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}. ``seqkd_settings``: how
     SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`).
     A checkpoint every ``save_steps`` steps in ``out/checkpoints`` (the last one kept); ``resume``: continue from it
@@ -153,8 +154,12 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     half-precision inputs, stay float32). ``lm_windows`` (N, L) token ids: plain text added to the training
     examples with a loss on every token (:func:`with_lm_windows`; SeqKD's teacher answers replace the pairs'
     responses only); with them the batches group similar lengths (transformers' LengthGroupedSampler, seeded):
-    a batch of pairs is not padded to the windows' length."""
-    if method == "seqkd":
+    a batch of pairs is not padded to the windows' length. ``responses``: what KD and MaKD train on — ``gold``
+    (the rows' own answers) or ``teacher`` (the teacher's generated answers, SeqKD's cached data: Kim & Rush
+    2016's Seq-KD + Word-KD); SFT and SeqKD ignore it."""
+    if responses not in RESPONSES:
+        raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
+    if method == "seqkd" or (responses == "teacher" and method in ("kd", "makd")):
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
             max_new_tokens=64), template=template)
     data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
@@ -177,7 +182,8 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     student.eval()
     return {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
             "history": loss_history(trainer), "examples": len(data), "pairs": pairs, "lm_windows": len(data) - pairs,
-            "group_by_length": grouped, "cuts": cuts, "resumed": bool(resume_from)}
+            "group_by_length": grouped, "cuts": cuts, "resumed": bool(resume_from),
+            "responses": "teacher" if method == "seqkd" or (responses == "teacher" and method != "sft") else "gold"}
 
 
 def with_lm_windows(data: datasets.Dataset, windows: torch.Tensor | None) -> datasets.Dataset:
