@@ -29,7 +29,7 @@ def grid(means: dict[str, float], jitter: dict[str, tuple[float, float, float]] 
 
 
 WOBBLE = (0.001, -0.001, 0.0005)       # makes paired differences vary (a t-test needs spread)
-STUDY = {"mlstm": 0.50, "gla": 0.495, "retnet": 0.45, "deltanet": 0.44, "gated_deltanet": 0.46, "mamba2": 0.43,
+STUDY = {"mlstm": 0.50, "gla": 0.495, "metala": 0.49, "retnet": 0.45, "deltanet": 0.44, "gated_deltanet": 0.46, "mamba2": 0.43,
          "linear": 0.30}
 ABLATIONS = {f"{m}{suffix}": base + delta for m, base in (("gla", 0.495), ("mlstm", 0.50), ("linear", 0.30))
              for suffix, delta in (("-no-hidden", -0.10), ("-no-mixing", -0.005), ("-random", -0.15),
@@ -44,10 +44,11 @@ def _verdicts(df) -> dict[str, str]:
 
 def test_a_grid_shaped_like_the_study_agrees_with_every_finding():
     jitter = {c: WOBBLE for c in [*STUDY, *ABLATIONS] if c not in ("mlstm", "gla", "linear")}
-    df = grid({**STUDY, **ABLATIONS}, jitter={**jitter, "gla": (0.01, -0.012, 0.008)})   # GLA within noise of mLSTM
+    df = grid({**STUDY, **ABLATIONS}, jitter={**jitter, "gla": (0.01, -0.012, 0.008),    # GLA and MetaLA within
+                                              "metala": (0.012, -0.01, 0.004)})          # noise of mLSTM
     v = _verdicts(df)
-    assert v["xLSTM (mLSTM) is the best student"] == "inconclusive (mLSTM clearly higher than 5 of 6)"   # GLA ties
-    assert v["GLA is close to the best"] == "agrees"
+    assert v["xLSTM (mLSTM) is the best student"] == "inconclusive (mLSTM clearly higher than 5 of 7)"   # two ties
+    assert v["GLA and MetaLA are close to the best"] == "agrees"
     assert v["plain kernel linear attention struggles"] == "agrees"
     assert v["hidden-state alignment is the most reliable gain"] == "agrees"
     assert v["QKV copying helps"] == "agrees"
@@ -62,7 +63,26 @@ def test_mlstm_clearly_best_agrees_and_a_winning_linear_attention_disagrees():
     v = _verdicts(grid(flipped, {c: WOBBLE for c in flipped if c != "mlstm"}))
     assert v["xLSTM (mLSTM) is the best student"] == "disagrees"
     assert v["plain kernel linear attention struggles"] == "disagrees"
-    assert v["GLA is close to the best"] == "disagrees"
+    assert v["GLA and MetaLA are close to the best"] == "disagrees"
+
+
+def test_gla_and_metala_are_read_one_by_one_and_a_missing_one_is_named():
+    wob = {c: WOBBLE for c in STUDY if c != "mlstm"}
+    low = {**STUDY, "metala": 0.40}                                       # MetaLA clearly below the best
+    table = sf.findings_table(grid(low, wob)).set_index("the study's finding")
+    assert table.loc["GLA and MetaLA are close to the best", "verdict"] == "disagrees"
+    assert "best (mlstm) − gla" in table.loc["GLA and MetaLA are close to the best", "ours"]
+    assert "best (mlstm) − metala: +10.0 points" in table.loc["GLA and MetaLA are close to the best", "ours"]
+    without = {k: v for k, v in STUDY.items() if k != "metala"}
+    v = _verdicts(grid(without, {**wob, "gla": (0.01, -0.012, 0.008)}))
+    assert v["GLA and MetaLA are close to the best"] == "agrees (for gla only; cells missing: metala)"
+    top = {**STUDY, "metala": 0.60}
+    table = sf.findings_table(grid(top, {c: WOBBLE for c in top if c != "metala"})).set_index("the study's finding")
+    assert table.loc["GLA and MetaLA are close to the best", "ours"].startswith("best (metala) − gla: +10.5 points")
+    assert table.loc["GLA and MetaLA are close to the best", "ours"].endswith("; metala is the best by mean")
+    assert table.loc["GLA and MetaLA are close to the best", "verdict"] == "disagrees"   # GLA clearly below MetaLA
+    assert _verdicts(grid({"retnet": 0.4, "mlstm": 0.5}))["GLA and MetaLA are close to the best"] == \
+        "not tested (cells missing: gla, metala)"
 
 
 def test_ablations_that_go_the_other_way_disagree():
@@ -110,6 +130,7 @@ def test_the_readme_block_of_a_subquadratic_grid_holds_its_table_and_findings_un
 def test_a_single_paired_seed_is_never_read_as_closeness_or_limited_gain():
     one = grid({**STUDY, **ABLATIONS}).query("seed == 0")
     v = _verdicts(one)
-    assert v["GLA is close to the best"] == "inconclusive (1 of 1 comparisons on a single paired seed: untestable)"
+    assert v["GLA and MetaLA are close to the best"] == ("inconclusive (2 of 2 comparisons on a single paired seed: "
+                                                         "untestable)")
     assert v["matrix mixing gives limited gains"].startswith("inconclusive (3 of 3 comparisons on a single paired seed")
     assert v["xLSTM (mLSTM) is the best student"].startswith("inconclusive")
