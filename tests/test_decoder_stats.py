@@ -9,7 +9,8 @@ from makd.cli import main as cli
 from makd.experiments import decoder_stats as ds
 
 
-def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=None, runtime=60, resumed=None):
+def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=None, runtime=60, resumed=None,
+           config=None):
     d = root / run
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
@@ -20,7 +21,7 @@ def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=No
         "eval_sets": {"vicuna": {"rougeL": rouge / 2}},
         "train": {"seed": seed, "steps": 0 if method in ("teacher", "untrained") else 5, "runtime_s": runtime,
                   **({"resumed": resumed} if resumed is not None else {})},
-        "record": {"seed": seed}}))
+        "record": {"seed": seed, **({"config": config} if config is not None else {})}}))
 
 
 @pytest.fixture
@@ -59,6 +60,30 @@ def test_answer_length_is_the_median_in_words_averaged_over_seeds(tmp_path):
     col = header.index("answer words (median)")
     assert row["teacher"][col] == "3" and row["SFT (no teacher)"][col] == "4"
     assert row["MaKD (hierarchical)"][col] == "–"
+
+
+def test_kd_and_makd_on_the_teachers_answers_say_so(tmp_path):
+    """--kd-responses teacher: the KD and MaKD rows and verdicts name what they trained on; SFT and SeqKD (whose
+    data the option does not change) and the controls keep their labels."""
+    teacher = {"kd_responses": "teacher"}
+    _write(tmp_path, "teacher", "teacher", 20.0, config=teacher)
+    _write(tmp_path, "untrained", "untrained", 5.0, config=teacher)
+    for seed in (1, 2):
+        _write(tmp_path, f"seqkd/seed-{seed}", "seqkd", 9.0 + seed, seed, config=teacher)
+        _write(tmp_path, f"kd/seed-{seed}", "kd", 8.0 + seed, seed, config=teacher)
+        _write(tmp_path, f"makd/seed-{seed}", "makd", 8.5 + seed, seed, config=teacher)
+    text, _ = ds.report(tmp_path)
+    rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["teacher", "student after the layer-local stage (no end-to-end training)",
+                        "KD (token KL) on the teacher's answers", "SeqKD",
+                        "MaKD (hierarchical) on the teacher's answers"]
+    assert "- MaKD on the teacher's answers vs KD (token KL) on the teacher's answers: **" in text
+    assert "- MaKD on the teacher's answers vs SeqKD: **" in text
+    gold = tmp_path / "gold"
+    _write(gold, "kd/seed-1", "kd", 8.0, 1, config={"kd_responses": "gold"})
+    _write(gold, "makd/seed-1", "makd", 8.0, 1)                               # a record before the option
+    text, _ = ds.report(gold)
+    assert "on the teacher's answers" not in text and "- MaKD vs KD (token KL): " in text
 
 
 def test_train_time_leaves_out_resumed_runs_when_whole_ones_exist(tmp_path):
@@ -145,6 +170,7 @@ def test_readme_block_is_rewritten_between_its_markers(comparison, tmp_path, cap
 
 @pytest.mark.parametrize("folder", ["results/decoder-whiten/ratio-0.8", "results/decoder-whiten512/ratio-0.8",
                                     "results/decoder-whiten512-wiki256/ratio-0.8",
+                                    "results/decoder-whiten512-teacherkd/ratio-0.8",
                                     "results/decoder-whiten512/ratio-0.5"])
 def test_committed_readme_decoder_block_matches_its_results(folder):
     # the README's decoder-comparison blocks are `python -m makd decoder-stats FOLDER --readme README.md` (run from

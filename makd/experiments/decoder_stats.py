@@ -36,6 +36,12 @@ SCORED_ONCE = ("teacher", *CONTROLS)                 # not trained: one run, pai
 TARGETS = {"makd": 0.75, "every method": 0.50}          # share of the teacher's Rouge-L (the issue's targets)
 
 
+def label(method: str, teacher_answers: bool = False) -> str:
+    """A method's row label; KD and MaKD trained on the teacher's generated answers (``--kd-responses teacher``)
+    say so."""
+    return LABELS.get(method, method) + (" on the teacher's answers" if teacher_answers else "")
+
+
 def answer_words(outputs: list[str] | None) -> float | None:
     """Median length in whitespace-separated words of the generated answers (None without outputs)."""
     return float(np.median([len(o.split()) for o in outputs])) if outputs else None
@@ -59,7 +65,9 @@ def collect(root: str | Path) -> pd.DataFrame:
                      "train_s": d.get("train", {}).get("runtime_s"),
                      "resumed": bool(d.get("train", {}).get("resumed")), "eval_set": d.get("eval_set"),
                      "n_prompts": d["eval"].get("n"), "train_set": d.get("train_set"),
-                     "layer_ratio": d["record"].get("config", {}).get("layer_ratio"), **extra})
+                     "layer_ratio": d["record"].get("config", {}).get("layer_ratio"),
+                     "teacher_answers": d["method"] in ("kd", "makd")            # --kd-responses teacher
+                     and d["record"].get("config", {}).get("kd_responses") == "teacher", **extra})
     df = pd.DataFrame(rows)
     if df.empty:
         raise MissingInputError(f"no decoder results under {root}: give the --out folder of `python -m makd "
@@ -77,6 +85,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out["runs"] = g.size()
     out["params"] = g["params"].first()
+    out["teacher_answers"] = g["teacher_answers"].any()
     # a resumed training's runtime counts its last part only: the mean over the runs trained in one go, when any
     whole = df[~df["resumed"]].groupby("method", sort=False)["train_s"].mean()
     out["train_s"] = whole.reindex(out.index).fillna(g["train_s"].mean())
@@ -142,7 +151,7 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
     extra = [c[:-5] for c in table.columns if c.startswith("rougeL_") and c.endswith("_mean") and c != "rougeL_mean"]
     rows = []
     for m, r in table.iterrows():
-        row = [LABELS.get(m, m), int(r["runs"]), mean_pm_std(r["rougeL_mean"], r["rougeL_std"], scale=1, digits=2),
+        row = [label(m, r["teacher_answers"]), int(r["runs"]), mean_pm_std(r["rougeL_mean"], r["rougeL_std"], scale=1, digits=2),
                f"{100 * r['share_of_teacher']:.0f} %"]
         row += [mean_pm_std(r[f"{c}_mean"], r[f"{c}_std"], scale=1, digits=2) for c in extra]
         row += [mean_pm_std(r["response_ce_mean"], r["response_ce_std"], scale=1, digits=3),
@@ -156,6 +165,8 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
              for c in extra]
     cols += ["response CE", "wiki ppl", "answer words (median)", "params", "train time"]
     comps = comparisons(df)
+    ta = lambda m: bool(m in table.index and table.loc[m, "teacher_answers"])  # noqa: E731
+    me = "MaKD" + (" on the teacher's answers" if ta("makd") else "")
     lines = [f"# Decoder comparison: {root}", "", markdown_table(pd.DataFrame(rows, columns=cols)), "",
              "Mean ± std over training seeds (controls: one run); answer words: the median length of the generated "
              f"{first['eval_set']} answers, mean over seeds; train time: mean over the runs trained in one go (a "
@@ -164,13 +175,13 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
              "(prompt, seed) pairs and is shown for information.", ""]
     for c in comps:
         if not c["n"]:
-            lines.append(f"- MaKD vs {LABELS.get(c['b'], c['b'])}: {c['verdict']} (MaKD seeds {c['seeds_a']}, "
+            lines.append(f"- {me} vs {label(c['b'], ta(c['b']))}: {c['verdict']} (MaKD seeds {c['seeds_a']}, "
                          f"{c['b']} seeds {c['seeds_b']}).")
             continue
         pl = c.get("prompt_level")
         extra_pl = (f"; prompt level {100 * pl['mean_diff']:+.2f} points over {pl['n']} pairs, p = {pl['p']:.3g}"
                     if pl else "")
-        lines.append(f"- MaKD vs {LABELS.get(c['b'], c['b'])}: **{c['verdict']}** — {describe_diff(c)}{extra_pl}.")
+        lines.append(f"- {me} vs {label(c['b'], ta(c['b']))}: **{c['verdict']}** — {describe_diff(c)}{extra_pl}.")
     if not comps:
         lines.append("- No MaKD runs yet: no comparison.")
     lines += [""] + [f"- {t}" for t in targets(table)]
