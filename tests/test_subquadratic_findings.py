@@ -29,8 +29,8 @@ def grid(means: dict[str, float], jitter: dict[str, tuple[float, float, float]] 
 
 
 WOBBLE = (0.001, -0.001, 0.0005)       # makes paired differences vary (a t-test needs spread)
-STUDY = {"mlstm": 0.50, "gla": 0.495, "metala": 0.49, "retnet": 0.45, "deltanet": 0.44, "gated_deltanet": 0.46, "mamba2": 0.43,
-         "linear": 0.30}
+STUDY = {"mlstm": 0.50, "gla": 0.495, "metala": 0.49, "retnet": 0.45, "deltanet": 0.44, "gated_deltanet": 0.46,
+         "mamba2": 0.43, "linear": 0.30}
 ABLATIONS = {f"{m}{suffix}": base + delta for m, base in (("gla", 0.495), ("mlstm", 0.50), ("linear", 0.30))
              for suffix, delta in (("-no-hidden", -0.10), ("-no-mixing", -0.005), ("-random", -0.15),
                                    ("-kd-only", -0.12))}

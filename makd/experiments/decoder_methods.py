@@ -159,7 +159,8 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     2016's Seq-KD + Word-KD); SFT and SeqKD ignore it."""
     if responses not in RESPONSES:
         raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
-    if method == "seqkd" or (responses == "teacher" and method in ("kd", "makd")):
+    on_teacher = method == "seqkd" or (responses == "teacher" and method in ("kd", "makd"))
+    if on_teacher:
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_settings or GenerationSettings.greedy(
             max_new_tokens=64), template=template)
     data, cuts = sft_features(rows, tokenizer, max_length=max_length, max_prompt_tokens=max_prompt_tokens,
@@ -183,7 +184,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     return {"steps": trainer.state.global_step, "runtime_s": round(result.metrics["train_runtime"], 1),
             "history": loss_history(trainer), "examples": len(data), "pairs": pairs, "lm_windows": len(data) - pairs,
             "group_by_length": grouped, "cuts": cuts, "resumed": bool(resume_from),
-            "responses": "teacher" if method == "seqkd" or (responses == "teacher" and method != "sft") else "gold"}
+            "responses": "teacher" if on_teacher else "gold"}
 
 
 def with_lm_windows(data: datasets.Dataset, windows: torch.Tensor | None) -> datasets.Dataset:

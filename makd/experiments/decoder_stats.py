@@ -151,7 +151,8 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
     extra = [c[:-5] for c in table.columns if c.startswith("rougeL_") and c.endswith("_mean") and c != "rougeL_mean"]
     rows = []
     for m, r in table.iterrows():
-        row = [label(m, r["teacher_answers"]), int(r["runs"]), mean_pm_std(r["rougeL_mean"], r["rougeL_std"], scale=1, digits=2),
+        row = [label(m, r["teacher_answers"]), int(r["runs"]),
+               mean_pm_std(r["rougeL_mean"], r["rougeL_std"], scale=1, digits=2),
                f"{100 * r['share_of_teacher']:.0f} %"]
         row += [mean_pm_std(r[f"{c}_mean"], r[f"{c}_std"], scale=1, digits=2) for c in extra]
         row += [mean_pm_std(r["response_ce_mean"], r["response_ce_std"], scale=1, digits=3),
