@@ -90,6 +90,7 @@ experiments — runs that write metrics.json with a run record
     experiments.decoder_methods  SFT / KD / SeqKD / MaKD for causal LMs: students, objectives, SeqKD data, training
     experiments.decoder    ``python -m makd decoder``: compare_methods (notebook 10 too), Rouge-L, response CE
     experiments.decoder_prepared  the prepared student every method starts from, cached and verified by sha256
+    experiments.decoder_runs  the models a comparison scores (run_names) and those a resumed run keeps (earlier_results)
     experiments.decoder_stats  ``python -m makd decoder-stats``: a seeded decoder comparison, paired tests, verdicts
     experiments.subquadratic_config  SubquadraticConfig: teacher, mixer, init, per-stage budgets, rates, schedules
     experiments.subquadratic  ``python -m makd subquadratic``: teacher, student, stages, evaluation, metrics.json

@@ -17,8 +17,6 @@ are the fields of :class:`makd.experiments.decoder_config.DecoderConfig`: ``pyth
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import shlex
 import sys
@@ -33,7 +31,6 @@ from makd.assets.models import load_model
 from makd.assets.runfolder import estimate_run_bytes, params_hint, run_folder
 from makd.core import factorize as fz
 from makd.core.families import num_layers
-from makd.core.errors import UsageError
 from makd.core.local import local_stage
 from makd.experiments.decoder_config import DecoderConfig, parse
 from makd.experiments.decoder_data import (DecoderData, EvalSet, ce_batch, generation_settings, load_data,
@@ -41,8 +38,9 @@ from makd.experiments.decoder_data import (DecoderData, EvalSet, ce_batch, gener
 from makd.experiments.decoder_methods import (CONTROLS, calibration_batches, check_pair, make_student,
                                               seqkd_decoding, train_student)
 from makd.experiments.decoder_prepared import cached_prepare
+from makd.experiments.decoder_runs import earlier_results, run_names
 from makd.experiments.options import config_from_kwargs
-from makd.experiments.runrecord import make_record, path_roots, portable, write_metrics
+from makd.experiments.runrecord import make_record, write_metrics
 from makd.experiments.students import check_size
 from makd.tasks.generate import evaluate_rouge
 from makd.tasks.metrics import lm_perplexity
@@ -64,17 +62,6 @@ def scores(cfg: DecoderConfig, model, batch: dict[str, torch.Tensor], wiki) -> d
     if wiki is not None:
         out["wiki_heldout"] = lm_perplexity(model, wiki, batch_size=cfg.batch_size)
     return out
-
-
-def run_names(cfg: DecoderConfig) -> list[str]:
-    """The scored models of a comparison, in order: ``teacher``, the controls (not trained: scored once, under their
-    own name), then each trained method — with ``train_seeds``, seed by seed (``method/seed-S``: every method of
-    the first seed before the second seed, so an interrupted run leaves whole seeds)."""
-    controls = [m for m in cfg.methods if m in CONTROLS]
-    trained = [m for m in cfg.methods if m not in CONTROLS]
-    if not cfg.train_seeds:
-        return ["teacher", *controls, *trained]
-    return ["teacher", *controls, *(f"{m}/seed-{s}" for s in cfg.train_seeds for m in trained)]
 
 
 def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *,
@@ -244,40 +231,6 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
                                     "models": {k: {"tokens_per_s": v["eval"]["tokens_per_s"], "params": v["params"]}
                                                for k, v in scored.items()}})
     return {k: v["eval"] for k, v in scored.items()}
-
-
-# options that do not change a model's numbers: a resumed run may differ in them
-RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "command", "report_to",
-             "logging_steps", "save_steps")
-# options that change the trained models only: the teacher and the controls (never trained) are kept when only
-# these differ (not batch_size: it also batches the calibration and the Wikipedia scoring)
-TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16", "wiki_train_windows",
-                 "kd_responses")
-
-
-def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The models of :func:`run_names` already scored in ``out`` by a run of the same configuration (``--resume``):
-    {name: result}. A model scored under another configuration is refused (one line naming the options that
-    differ; the teacher and the controls only when an option other than :data:`TRAINING_ONLY` differs; an option
-    a record predates counts as its default), one without an ``extra_eval`` set asked for now is scored again."""
-    now = portable(options, path_roots(cfg.data_dir))
-    defaults = {f.name: f.default for f in dataclasses.fields(DecoderConfig)}
-    found: dict[str, dict[str, Any]] = {}
-    for name in run_names(cfg):
-        path = out / name / "metrics.json"
-        if not path.is_file():
-            continue
-        res = json.loads(path.read_text())
-        then = res.get("record", {}).get("config", {})
-        ignore = RESUMABLE + (TRAINING_ONLY if name == "teacher" or name in CONTROLS else ())
-        differ = sorted(k for k in set(now) | set(then)
-                        if k not in ignore and now.get(k, defaults.get(k)) != then.get(k, defaults.get(k)))
-        if differ:
-            raise UsageError(f"{path} was scored with other options ({', '.join(differ)} differ): resume with the "
-                             "same options, or give another --out")
-        if set(cfg.extra_eval) - {res.get("eval_set")} <= set(res.get("eval_sets", {})):
-            found[name] = res
-    return found
 
 
 def compare(**options: Any) -> dict[str, Any]:

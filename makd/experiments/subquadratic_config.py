@@ -16,7 +16,7 @@ from pathlib import Path
 from makd.assets.paths import data_dir as find_data_dir
 from makd.experiments.options import Config, option, parse_config
 
-# registry.NAMES
+# makd.students.mixers.registry.NAMES, kept here so that validating imports nothing heavy
 MIXERS = ("deltanet", "gated_deltanet", "gla", "linear", "mamba2", "metala", "mlstm", "retnet", "softmax")
 INITS = ("qkv", "random")                                     # makd.students.qkv.INITS
 STAGES = ("mixing", "hidden", "kd")                           # makd.students.stages.STAGES

@@ -210,7 +210,6 @@ class MatrixStateWithConv:
         return state
 
 
-
 class DeltaNet(MatrixStateWithConv, Mixer):
     """DeltaNet mixer (see the module docstring). State: ``S`` (B, H_kv, d, d) and, with a convolution, ``conv``
     (B, conv_size − 1, (H + 2·H_kv)·d), the last inputs of the q|k|v convolution."""
