@@ -1,5 +1,7 @@
-"""Peak resident-set increase of one piece of work, for the benchmarks' fresh-process memory rows (Linux), and the
-options every benchmark with such rows shares (and the step shape the two training-step benchmarks share).
+"""Peak resident-set increase of one piece of work, for the benchmarks' fresh-process memory rows (Linux), the
+options every benchmark with such rows shares (and the step shape the two training-step benchmarks share), and the
+two moves they share: :func:`start_run` (threads, the --quick sizes) and :func:`child_memory` (one memory row from a
+fresh process of the same script).
 
 Used by ``bench_step.py``, ``bench_vs_textbrewer.py`` and ``bench_generate.py`` (run as scripts, so this folder is
 on ``sys.path``): VmHWM, reset to the current RSS through ``/proc/self/clear_refs``, minus VmRSS just before the
@@ -8,7 +10,10 @@ work; where the reset is not allowed, the ``ru_maxrss`` delta (which includes an
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,3 +61,22 @@ def add_run_options(p: argparse.ArgumentParser, *, quick: str, memory: str, out:
     p.add_argument("--no-memory", action="store_true", help=f"skip the {memory} memory subprocesses")
     p.add_argument("--memory", default=None, help=argparse.SUPPRESS)   # internal: child process mode
     p.add_argument("--out", type=Path, default=out)
+
+
+def start_run(args: argparse.Namespace, quick: dict[str, Any]) -> None:
+    """--threads sets torch's thread count; --quick replaces the options named in ``quick`` by its values."""
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        for name, value in quick.items():
+            setattr(args, name, value)
+
+
+def child_memory(script: str | Path, mode: str, args: argparse.Namespace, options: list[str]) -> dict[str, Any]:
+    """Run ``script --memory mode *options`` (plus --quick and --threads as this run has them) in a fresh process
+    and return the JSON of its last output line (the child's :func:`peak_rss_delta` row)."""
+    cmd = [sys.executable, str(script), "--memory", mode, *options] + (["--quick"] if args.quick else []) \
+        + (["--threads", str(args.threads)] if args.threads else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return json.loads(out[-1])

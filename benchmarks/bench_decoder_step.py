@@ -9,11 +9,12 @@ terms), backward, AdamW step. Mixed precision as the Trainer's ``bf16=True`` set
 wrapped in ``torch.autocast("cpu", dtype=torch.bfloat16)`` (accelerate wraps the prepared student and the prepared
 teacher alike), the loss terms — which upcast half-precision captures — backward and the optimizer outside it,
 parameters float32. The batch: the first ``--batch`` training pairs of the embedded ChatterBot proxy, tokenised as the
-command tokenises them (chat template, ``--max-length``), right-padded. Wall time: median over ``--runs`` steps after
-``--warmup``, method by method with its two precisions interleaved round by round (load from other processes hits
-both alike),
-the load average recorded before and after, with the CPU model and whether it has AVX512-BF16 / AMX — where it has
-neither, bfloat16 products are emulated and the speedup may be below 1.
+command tokenises them (chat template, ``--max-length``), right-padded. The student is the plain-SVD one at uniform
+ranks: a step's cost depends on the factors' shapes, not their values, so it is also the cost of the recorded
+study's whitened student (``--weighting whiten``, uniform ranks: the same shapes). Wall time: median over ``--runs``
+steps after ``--warmup``, method by method with its two precisions interleaved round by round (load from other
+processes hits both alike), the load average recorded before and after, with the CPU model and whether it has
+AVX512-BF16 / AMX — where it has neither, bfloat16 products are emulated and the speedup may be below 1.
 Writes benchmarks/results/decoder_step.json (``--out``): per method the median seconds per step in each precision
 and ``bf16_speedup`` = float32 over bfloat16, and the loss of the first step in both (how far mixed precision moves
 it). Reported, not asserted.

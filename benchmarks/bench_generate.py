@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import add_run_options, peak_rss_delta  # noqa: E402
+from _memory import add_run_options, child_memory, peak_rss_delta, start_run  # noqa: E402
 import makd  # noqa: E402
 from makd.assets.models import load_model  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
@@ -94,10 +93,7 @@ def main(argv=None) -> int:
     add_run_options(p, quick="tiny random Llama, prompt 32, 16 new tokens, 2 runs", memory="per-(model, batch)",
                     out=ROOT / "benchmarks" / "results" / "generate.json")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.teacher, args.prompt, args.new, args.runs = "tiny-llama", 32, 16, 2
+    start_run(args, {"teacher": "tiny-llama", "prompt": 32, "new": 16, "runs": 2})
     if min(args.batches) < 1 or args.prompt < 1 or args.new < 1 or args.runs < 1:
         p.error("--batches, --prompt, --new and --runs must be positive")
     if args.memory:
@@ -148,11 +144,8 @@ def main(argv=None) -> int:
                 if name != "teacher":
                     where[name] = str(save_student(model, tmp / name, tokenizer=tok))
             for r in rows:
-                cmd = [sys.executable, __file__, "--memory", f"{where[r['model']]}:{r['batch']}", "--teacher",
-                       args.teacher, "--prompt", str(args.prompt), "--new", str(args.new)] \
-                    + (["--threads", str(args.threads)] if args.threads else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
-                r.update(json.loads(out[-1]))
+                r.update(child_memory(__file__, f"{where[r['model']]}:{r['batch']}", args, [
+                    "--teacher", args.teacher, "--prompt", str(args.prompt), "--new", str(args.new)]))
                 print(f"batch {r['batch']}: {r['model']:>12} peak +{r['peak_rss_delta_mib']:.0f} MiB", flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

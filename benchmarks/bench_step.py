@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import add_run_options, add_step_options, peak_rss_delta  # noqa: E402
+from _memory import add_run_options, add_step_options, child_memory, peak_rss_delta, start_run  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.objective import MaKDObjective  # noqa: E402
 
@@ -122,10 +121,7 @@ def main(argv=None) -> int:
     add_run_options(p, quick="tiny random BERT, batch 4 x 16, 3 runs", memory="per-preset",
                     out=ROOT / "benchmarks" / "results" / "step.json")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.batch, args.seq, args.runs, args.warmup = 4, 16, 3, 1
+    start_run(args, {"batch": 4, "seq": 16, "runs": 3, "warmup": 1})
     if args.memory:
         print(json.dumps(measure_memory(args)))
         return 0
@@ -148,11 +144,8 @@ def main(argv=None) -> int:
         row = {"config": name, "median_s": statistics.median(ts), "times_s": ts,
                "vs_logit_kd": statistics.median(ts) / kd if kd else None}
         if not args.no_memory:
-            cmd = [sys.executable, __file__, "--memory", name, "--batch", str(args.batch), "--seq", str(args.seq),
-                   "--layer-ratio", str(args.layer_ratio)] + (["--quick"] if args.quick else []) \
-                + (["--threads", str(args.threads)] if args.threads else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            row.update(json.loads(out))
+            row.update(child_memory(__file__, name, args, ["--batch", str(args.batch), "--seq", str(args.seq),
+                                                           "--layer-ratio", str(args.layer_ratio)]))
         rows.append(row)
         mem = f", peak +{row['peak_rss_delta_mib']:.0f} MiB" if "peak_rss_delta_mib" in row else ""
         ratio = f" ({row['vs_logit_kd']:.2f}x logit KD)" if kd else ""

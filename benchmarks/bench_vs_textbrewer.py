@@ -51,7 +51,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))                     # _memory.py, also under runpy
 
-from _memory import add_run_options, add_step_options, peak_rss_delta  # noqa: E402
+from _memory import add_run_options, add_step_options, child_memory, peak_rss_delta, start_run  # noqa: E402
 import makd  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
 from makd.core.capture import capture  # noqa: E402
@@ -267,10 +266,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     import transformers
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.batch, args.seq, args.runs, args.warmup = 4, 32, 3, 1
+    start_run(args, {"batch": 4, "seq": 32, "runs": 3, "warmup": 1})
     if args.memory:
         print(json.dumps(measure_memory(args)))
         return 0
@@ -308,11 +304,9 @@ def main(argv=None) -> int:
                        {"distiller": type(steps[fw, obj][2][0]).__name__,
                         "attn_implementation": "eager" if obj == "intermediate" else "sdpa"})
             if not args.no_memory:
-                cmd = [sys.executable, __file__, "--memory", f"{fw}:{obj}", "--batch", str(args.batch), "--seq",
-                       str(args.seq), "--layer-ratio", str(args.layer_ratio)] + (["--quick"] if args.quick else []) \
-                    + (["--threads", str(args.threads)] if args.threads else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
-                row.update(json.loads(out[-1]))
+                row.update(child_memory(__file__, f"{fw}:{obj}", args, ["--batch", str(args.batch), "--seq",
+                                                                     str(args.seq), "--layer-ratio",
+                                                                     str(args.layer_ratio)]))
             entry[fw] = row
         entry["makd_over_textbrewer"] = entry["makd"]["median_s"] / entry["textbrewer"]["median_s"]
         entry["step0"] = checks[obj]
