@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from makd.cli import main as cli
@@ -127,7 +128,18 @@ def test_a_trained_method_with_one_seed_is_paired_on_its_seed_only(tmp_path, cap
 def test_targets_are_checked_from_the_numbers(comparison):
     lines = ds.targets(ds.summary(ds.collect(comparison)))
     assert lines[0].startswith("MaKD reaches 80 %") and lines[0].endswith("): met.")
-    assert "not met (sft 42 %)" in lines[1]
+    assert lines[1].endswith("not met (sft 42 %; kd, seqkd not recorded here).")   # the fixture: SFT and MaKD
+
+
+def test_every_method_is_not_met_by_a_folder_without_all_four(comparison):
+    table = ds.summary(ds.collect(comparison))                          # SFT (42 %) and MaKD (80 %)
+    assert ds.targets(table.drop(index="sft"))[1].endswith(
+        "met by the methods recorded here (sft, kd, seqkd not recorded here).")
+    four = pd.concat([table, table.loc[["makd"]].rename(index={"makd": "kd"}),
+                      table.loc[["makd"]].rename(index={"makd": "seqkd"})])
+    assert ds.targets(four)[1].endswith("not met (sft 42 %).")          # all four there: nothing missing to name
+    four.loc["sft", "share_of_teacher"] = 0.6
+    assert ds.targets(four)[1].endswith("50 % of the teacher: met.")     # all four there, all at 50 % or more
 
 
 def test_the_command_writes_the_report(comparison, capsys):

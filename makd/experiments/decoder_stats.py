@@ -128,9 +128,12 @@ def comparisons(df: pd.DataFrame, method: str = "makd") -> list[dict[str, Any]]:
 
 
 def targets(table: pd.DataFrame) -> list[str]:
-    """The issue's targets after training (MaKD ≥ 75 % of the teacher's Rouge-L, every method ≥ 50 %), checked."""
+    """The issue's targets after training (MaKD ≥ 75 % of the teacher's Rouge-L, every method ≥ 50 %), checked.
+    "Every method" is never read as met while one of the four is not in the folder: the line names the missing."""
     lines = []
-    trained = [m for m in table.index if m in ("sft", "kd", "seqkd", "makd")]
+    methods = ("sft", "kd", "seqkd", "makd")
+    trained = [m for m in table.index if m in methods]
+    missing = [m for m in methods if m not in table.index]
     if "makd" in table.index:
         share = table.loc["makd", "share_of_teacher"]
         lines.append(f"MaKD reaches {100 * share:.0f} % of the teacher's Rouge-L (target ≥ "
@@ -138,8 +141,10 @@ def targets(table: pd.DataFrame) -> list[str]:
     if trained:
         low = [m for m in trained if table.loc[m, "share_of_teacher"] < TARGETS["every method"]]
         shares = ", ".join(f"{m} {100 * table.loc[m, 'share_of_teacher']:.0f} %" for m in low)
-        lines.append(f"Every trained method ≥ {100 * TARGETS['every method']:.0f} % of the teacher: "
-                     + ("met." if not low else f"not met ({shares})."))
+        absent = f"{', '.join(missing)} not recorded here" if missing else ""
+        verdict = (f"not met ({shares}{'; ' + absent if absent else ''})." if low else
+                   f"met by the methods recorded here ({absent})." if absent else "met.")
+        lines.append(f"Every trained method ≥ {100 * TARGETS['every method']:.0f} % of the teacher: {verdict}")
     return lines
 
 
