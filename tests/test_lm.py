@@ -376,7 +376,7 @@ def test_the_kd_responses_option_reaches_train_student_and_is_a_training_option(
     assert decoder_config.parse(["--kd-responses", "teacher"]).kd_responses == "teacher"
     with pytest.raises(ValueError, match="kd_responses"):
         DecoderConfig(kd_responses="teachers")
-    assert "kd_responses" in decoder_runs.TRAINING_ONLY                       # the teacher and the controls are kept
+    assert "kd_responses" in decoder_runs.TRAINING_ONLY                  # the teacher and the controls are kept
     seen = []
     monkeypatch.setattr(decoder, "train_student", lambda *a, **k: seen.append(k["responses"]) or {"steps": 1})
     fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
@@ -393,7 +393,7 @@ def test_the_wiki_train_windows_option_reaches_every_method_and_the_record(tmp_p
     assert decoder_config.parse(["--wiki-train-windows", "64"]).wiki_train_windows == 64
     with pytest.raises(ValueError, match="wiki_train_windows must be >= 0"):
         DecoderConfig(wiki_train_windows=-1)
-    assert "wiki_train_windows" in decoder_runs.TRAINING_ONLY                    # a training option: controls kept
+    assert "wiki_train_windows" in decoder_runs.TRAINING_ONLY               # a training option: controls kept
     model, tok = load_model("tiny-llama", head="lm")
     cfg = _tiny_config(tmp_path, methods=["untrained", "sft"], wiki_windows=0, wiki_train_windows=4)
     seen = []

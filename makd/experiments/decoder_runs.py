@@ -28,7 +28,6 @@ def run_names(cfg: DecoderConfig) -> list[str]:
     return ["teacher", *controls, *(f"{m}/seed-{s}" for s in cfg.train_seeds for m in trained)]
 
 
-
 # options that do not change a model's numbers: a resumed run may differ in them
 RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "command", "report_to",
              "logging_steps", "save_steps")
