@@ -87,7 +87,7 @@ OPTION_ERRORS = [
     (D + ["--split", "-1"], "split must be >= 0"),
     (D + ["--weights", "[1,2]"], "weights must be a mapping"),
     (D + ["--weights", '{"foo": 1}'], "unknown aspect(s) ['foo']"),
-    (D + ["--weights", '{"mha": "x"}'], "every weight must be a number"),
+    (D + ["--weights", '{"mha": "x"}'], "every weight must be a finite number >= 0"),
     (D + ["--weights", "{mha: 0"], "is not valid JSON"),
     (D + ["--objective", "bogus"], "invalid choice: 'bogus'"),
     (D + ["--task", "bogus"], "invalid choice: 'bogus'"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from makd.assets.models import load_model
+from makd.core.objective import PRESET_TABLE
 from makd.core.trainer import StopAtStep
 from makd.experiments import decoder
 from makd.experiments import decoder_config, decoder_data, decoder_runs
@@ -204,6 +205,7 @@ def test_makd_uses_the_relative_mse_unless_told_otherwise():
 def test_the_light_names_equal_the_heavy_modules_lists():
     assert decoder_config.METHODS == lm.METHODS and decoder_config.INSTRUCTION_SETS == instructions.INSTRUCTION_SETS
     assert decoder_config.CONTROLS == lm.CONTROLS
+    assert decoder_config.MAKD_ASPECTS == tuple(PRESET_TABLE["hierarchical"].layers)
     code = "import sys, makd.experiments.decoder_config; assert 'torch' not in sys.modules, 'heavy import'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -386,6 +388,40 @@ def test_the_kd_responses_option_reaches_train_student_and_is_a_training_option(
     assert seen == ["teacher"]
     saved = json.loads((tmp_path / "run" / "kd" / "metrics.json").read_text())
     assert saved["record"]["config"]["kd_responses"] == "teacher"
+
+
+def test_makd_weights_reach_makds_objective_only(tmp_path):
+    """MaKD's per-aspect weights replace the preset's ones (1 each); KD keeps its own objective."""
+    assert lm.objective_for("makd", 4).weights == {"mha": 1.0, "ffn": 1.0, "attn": 1.0, "hidn": 1.0, "pred": 1.0}
+    light = lm.objective_for("makd", 4, weights={"mha": 0.1, "ffn": 0.0})
+    assert light.weights == {"mha": 0.1, "attn": 1.0, "hidn": 1.0, "pred": 1.0}   # weight 0: the term is off
+    assert lm.objective_for("kd", 4, weights={"mha": 0.1}).weights == {"pred": 1.0}
+    model, tok = load_model("tiny-llama", head="lm")
+    student = lm.make_student(model, "svd", layer_ratio=0.5)
+    info = lm.train_student("makd", model, student, tok, ROWS[:4], out=tmp_path / "makd", max_steps=2, lr=1e-3,
+                            batch_size=4, max_length=48, logging_steps=1, quiet=True,
+                            weights={"mha": 0, "ffn": 0, "attn": 0.5})
+    logged = {k for e in info["history"] for k in e if k.startswith("loss_")}
+    assert {"loss_attn", "loss_hidn", "loss_kd"} <= logged and not logged & {"loss_mha", "loss_ffn"}
+
+
+def test_the_makd_weights_option_is_checked_early_and_reaches_train_student(tmp_path, monkeypatch):
+    assert decoder_config.parse([]).makd_weights is None
+    assert decoder_config.parse(["--makd-weights", '{"mha": 0.1}']).makd_weights == {"mha": 0.1}
+    for bad, why in (({"vr": 1}, "drop \\['vr'\\]"), ({"mha": -1}, "finite number >= 0"),
+                     ({"mhx": 1}, "unknown aspect")):
+        with pytest.raises(ValueError, match=why):
+            DecoderConfig(makd_weights=bad)
+    assert "makd_weights" in decoder_runs.TRAINING_ONLY                  # the teacher and the controls are kept
+    seen = []
+    monkeypatch.setattr(decoder, "train_student", lambda *a, **k: seen.append(k["weights"]) or {"steps": 1})
+    fake = instructions.InstructionData("chatterbot", _records(ROWS), None, _records(ROWS[:3]), "test", "human")
+    monkeypatch.setattr(decoder_data, "load_instructions", lambda *a, **k: fake)
+    decoder.run(_tiny_config(tmp_path, methods=["untrained", "makd"], wiki_windows=0,
+                             makd_weights={"mha": 0.25}), command="test")
+    assert seen == [{"mha": 0.25}]
+    saved = json.loads((tmp_path / "run" / "makd" / "metrics.json").read_text())
+    assert saved["record"]["config"]["makd_weights"] == {"mha": 0.25}
 
 
 def test_the_wiki_train_windows_option_reaches_every_method_and_the_record(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ entry (an unknown name is a TypeError listing the valid ones, a wrong value a Va
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,15 +112,21 @@ class ObjectiveConfig(Config):
 
     def check(self) -> None:
         super().check()
-        if self.weights is None:
-            return
-        unknown = sorted(set(self.weights) - set(ASPECTS))
-        if unknown:
-            raise ValueError(f"weights: unknown aspect(s) {unknown}; the aspects are {', '.join(ASPECTS)} "
-                             '(e.g. weights={"mha": 0, "ffn": 0})')
-        bad = {k: v for k, v in self.weights.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
-        if bad:
-            raise ValueError(f"weights: every weight must be a number, got {bad}")
+        check_weights(self.weights)
+
+
+def check_weights(weights: dict | None, name: str = "weights") -> None:
+    """Per-aspect weights ({aspect: number >= 0}, or None for the preset's) or one ValueError naming ``name``."""
+    if weights is None:
+        return
+    unknown = sorted(set(weights) - set(ASPECTS))
+    if unknown:
+        raise ValueError(f"{name}: unknown aspect(s) {unknown}; the aspects are {', '.join(ASPECTS)} "
+                         f'(e.g. {name}={{"mha": 0, "ffn": 0}})')
+    bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"{name}: every weight must be a finite number >= 0, got {bad}")
 
 
 @dataclass(frozen=True)

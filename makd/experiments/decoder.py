@@ -125,7 +125,7 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
                 template=cfg.template, seqkd_settings=seqkd_decoding(settings), logging_steps=cfg.logging_steps,
                 save_steps=cfg.save_steps, resume=cfg.resume, report_to=cfg.report_to, quiet=cfg.quiet,
                 mse=cfg.mse, bf16=cfg.bf16, lm_windows=None if lm_text is None else lm_text["input_ids"],
-                responses=cfg.kd_responses)
+                responses=cfg.kd_responses, weights=cfg.makd_weights)
             results[name] = {**evaluate(student), "train": {**info, "seed": seed}, "student_init": prepared}
             log.info("%s: Rouge-L %.2f (teacher %.2f)", name, results[name]["eval"]["rougeL"],
                      results["teacher"]["eval"]["rougeL"])

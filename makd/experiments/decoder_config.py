@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from makd.experiments.config import InitConfig, SizeConfig, TrainConfig
+from makd.experiments.config import InitConfig, SizeConfig, TrainConfig, check_weights
 from makd.experiments.options import Config, build_parser as _options_parser, option, parse_config
 
 # kept here so that validating imports nothing heavy; tests/test_lm.py checks them against the heavy modules
@@ -18,6 +18,7 @@ METHODS = ("sft", "kd", "seqkd", "makd")                        # makd.experimen
 CONTROLS = ("untrained", "init")                               # makd.experiments.decoder_methods.CONTROLS
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")  # makd.tasks.instructions.INSTRUCTION_SETS
 TRAIN_SETS = ("chatterbot", "dolly")                            # the sets with a train split
+MAKD_ASPECTS = ("mha", "ffn", "attn", "hidn", "pred")          # the 'hierarchical' preset's (makd.core.objective)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
   python -m makd decoder ... --wiki-train-windows 256
   # KD and MaKD on the teacher's own answers (SeqKD's data) instead of the train set's
   python -m makd decoder ... --kd-responses teacher
+  # MaKD with each layer aspect as its mean over the 15 layers it covers (SmolLM2: 30 layers, split 15)
+  python -m makd decoder ... --methods makd --makd-weights '{"mha": 0.0667, "ffn": 0.0667, "attn": 0.0667, "hidn": 0.0667}'
   # the paper's setting on a GPU box with the hub: GPT-2 family
   python -m makd decoder --teacher gpt2-xl --train-set dolly --eval-set dolly --decoding sample
 """
@@ -94,6 +97,10 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
     mse: str = option("relative", "MaKD's matrix/hidden-state MSE: relative (divided by the teacher's energy; default, "
                       "our choice: LLM hidden states reach |h| ~ 10^3) or plain (METHOD.md's MSE)",
                       choices=("relative", "plain"), group="methods and student")
+    makd_weights: dict | None = option(None, "MaKD's per-aspect weights, JSON, e.g. '{\"mha\": 0.0667, \"ffn\": "
+                                       "0.0667}' (each layer aspect is summed over its layers; default: every "
+                                       "aspect 1, a reconstructed default, not the paper's); KD, SFT and SeqKD "
+                                       "ignore it", json=True, group="methods and student")
     epochs: float = option(1.0, "training epochs per method", low=0.0, low_open=True)
     lr: float = option(5e-5, "learning rate", low=0.0, low_open=True)
     batch_size: int = option(8, "training batch size", low=1)
@@ -125,6 +132,10 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
         if self.max_prompt_tokens >= 512:
             raise ValueError(f"max_prompt_tokens ({self.max_prompt_tokens}) must leave room for the answer in "
                              "the 512 tokens of a generation: give at most 511")
+        check_weights(self.makd_weights, "makd_weights")
+        if self.makd_weights and set(self.makd_weights) - set(MAKD_ASPECTS):
+            raise ValueError(f"makd_weights: MaKD's decoder objective has the aspects {', '.join(MAKD_ASPECTS)}; "
+                             f"drop {sorted(set(self.makd_weights) - set(MAKD_ASPECTS))}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods lists one twice: {list(self.methods)}")
         if len(set(self.train_seeds)) != len(self.train_seeds):

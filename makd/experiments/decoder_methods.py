@@ -78,10 +78,12 @@ def calibration_batches(rows: list[dict], tokenizer, n: int, *, batch_size: int,
     return [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
 
 
-def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, **kw: Any) -> MaKDObjective:
+def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, weights: dict | None = None,
+                  **kw: Any) -> MaKDObjective:
     """The objective of ``method``; MaKD's matrix/hidden MSEs are ``relative`` by default (normalised by the
     teacher's energy: SmolLM2's hidden states reach |h| ~ 10³ and the plain MSE, ~8,000 at the first log,
-    drowned the model term — our choice, not the paper's; ``mse="plain"`` restores it)."""
+    drowned the model term — our choice, not the paper's; ``mse="plain"`` restores it). ``weights``: MaKD's
+    per-aspect weights (``MaKDObjective(weights=...)``; None: every aspect 1); the other methods ignore them."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if method in ("sft", "seqkd"):
@@ -89,7 +91,7 @@ def objective_for(method: str, n_layers: int, *, mse: str = DEFAULT_MSE, **kw: A
     if method == "kd":
         return MaKDObjective(n_layers, "model-only", causal_lm=True, lm_weight=0.5, **kw)
     return MaKDObjective(n_layers, "hierarchical", causal_lm=True, lm_weight=0.5, response_only_layers=True,
-                         mse=mse, **kw)
+                         mse=mse, weights=weights, **kw)
 
 
 def check_pair(teacher, teacher_tok, student, student_tok) -> int:
@@ -144,7 +146,8 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
                   save_steps: int = 200, resume: bool = False, report_to: str = "none",
                   quiet: bool = False, mse: str = DEFAULT_MSE, grad_accum: int = 1,
                   callbacks: list | None = None, bf16: bool = False,
-                  lm_windows: torch.Tensor | None = None, responses: str = "gold") -> dict[str, Any]:
+                  lm_windows: torch.Tensor | None = None, responses: str = "gold",
+                  weights: dict | None = None) -> dict[str, Any]:
     """Train ``student`` in place with ``method``; {steps, runtime_s, history, cuts}. ``seqkd_settings``: how
     SeqKD's teacher responses are generated (default greedy, 64 new tokens; see :func:`seqkd_decoding`).
     A checkpoint every ``save_steps`` steps in ``out/checkpoints`` (the last one kept); ``resume``: continue from it
@@ -156,7 +159,8 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     responses only); with them the batches group similar lengths (transformers' LengthGroupedSampler, seeded):
     a batch of pairs is not padded to the windows' length. ``responses``: what KD and MaKD train on — ``gold``
     (the rows' own answers) or ``teacher`` (the teacher's generated answers, SeqKD's cached data: Kim & Rush
-    2016's Seq-KD + Word-KD); SFT and SeqKD ignore it."""
+    2016's Seq-KD + Word-KD); SFT and SeqKD ignore it. ``weights``: MaKD's per-aspect weights
+    (:func:`objective_for`)."""
     if responses not in RESPONSES:
         raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
     on_teacher = method == "seqkd" or (responses == "teacher" and method in ("kd", "makd"))
@@ -168,7 +172,7 @@ def train_student(method: str, teacher, student, tokenizer, rows, *, out: Path, 
     pairs = len(data)
     data = with_lm_windows(data, lm_windows)
     grouped = len(data) > pairs     # text windows are long: batch similar lengths (not every pair padded to them)
-    objective = objective_for(method, num_layers(student.config), mse=mse)
+    objective = objective_for(method, num_layers(student.config), mse=mse, weights=weights)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     args = training_args(out / "checkpoints", seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
                          max_steps=max_steps, report_to=report_to, logging_steps=logging_steps,
