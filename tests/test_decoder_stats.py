@@ -196,3 +196,27 @@ def test_committed_readme_decoder_block_matches_its_results(folder):
     assert ds.readme_block(text, folder) == ds.readme_markdown(folder, df), (
         f"README.md's block of {folder} is stale: regenerate it with python -m makd decoder-stats {folder} --write "
         "--readme README.md")
+
+
+def test_an_ablation_folder_compares_makd_with_the_default_run_copied_beside_it(tmp_path):
+    """A MaKD run with its own --makd-weights is labelled with them; the default-weights MaKD runs copied in under
+    another folder name (makd-default/seed-S) are a model of their own, compared with MaKD seed by seed."""
+    light = {"kd_responses": "teacher", "makd_weights": {"mha": 0.0666667, "ffn": 0.0666667}}
+    _write(tmp_path, "teacher", "teacher", 20.0)
+    for seed, (kd, makd, default) in zip((1, 2, 3), ((8.0, 9.0, 8.2), (8.4, 9.6, 8.1), (8.1, 9.2, 8.3))):
+        _write(tmp_path, f"kd/seed-{seed}", "kd", kd, seed, config={"kd_responses": "teacher"})
+        _write(tmp_path, f"makd/seed-{seed}", "makd", makd, seed, config=light)
+        _write(tmp_path, f"makd-default/seed-{seed}", "makd", default, seed, config={"kd_responses": "teacher"})
+    df = ds.collect(tmp_path)
+    assert sorted(set(df["method"])) == ["kd", "makd", "makd-default", "teacher"]
+    table = ds.summary(df)
+    assert table.loc["makd-default", "rougeL_mean"] == pytest.approx(8.2) and table.loc["makd-default", "runs"] == 3
+    assert table.loc["makd", "weights"] == "mha 0.0667, ffn 0.0667" and pd.isna(table.loc["makd-default", "weights"])
+    assert [c["b"] for c in ds.comparisons(df)] == ["kd", "makd-default"]    # the copied run after the methods
+    text, numbers = ds.report(tmp_path, df)
+    assert "| MaKD (hierarchical) on the teacher's answers, weights mha 0.0667, ffn 0.0667 | 3 |" in text
+    assert "| MaKD (hierarchical) [default] on the teacher's answers | 3 |" in text
+    assert ("- MaKD on the teacher's answers, weights mha 0.0667, ffn 0.0667 vs MaKD (hierarchical) [default] on "
+            "the teacher's answers: **") in text
+    assert "makd-default not" not in text and "Every trained method" in text    # not one of the four methods
+    assert ds.label("sft") == "SFT (no teacher)" and ds.label("odd-name") == "odd-name"

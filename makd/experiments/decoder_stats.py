@@ -36,10 +36,20 @@ SCORED_ONCE = ("teacher", *CONTROLS)                 # not trained: one run, pai
 TARGETS = {"makd": 0.75, "every method": 0.50}          # share of the teacher's Rouge-L (the issue's targets)
 
 
-def label(method: str, teacher_answers: bool = False) -> str:
-    """A method's row label; KD and MaKD trained on the teacher's generated answers (``--kd-responses teacher``)
-    say so."""
-    return LABELS.get(method, method) + (" on the teacher's answers" if teacher_answers else "")
+def label(method: str, teacher_answers: bool = False, weights: str | None = None) -> str:
+    """A model's row label; KD and MaKD trained on the teacher's generated answers (``--kd-responses teacher``)
+    say so, a MaKD run with its own ``--makd-weights`` names them. A folder name that is not a method's (a run
+    copied beside the folder's own for an ablation, ``makd-default/seed-S/``) is the method's label with the
+    folder name after it."""
+    base, _, variant = method.partition("-") if method not in LABELS else (method, "", "")
+    text = LABELS.get(base, method) + (f" [{variant}]" if variant and base in LABELS else "")
+    text += " on the teacher's answers" if teacher_answers else ""
+    return text + (f", weights {weights}" if isinstance(weights, str) and weights else "")
+
+
+def weights_text(weights: dict | None) -> str | None:
+    """``--makd-weights`` as a short label ({"mha": 0.0666667} -> "mha 0.067"), None for the default."""
+    return ", ".join(f"{k} {v:.3g}" for k, v in weights.items()) if weights else None
 
 
 def answer_words(outputs: list[str] | None) -> float | None:
@@ -48,15 +58,20 @@ def answer_words(outputs: list[str] | None) -> float | None:
 
 
 def collect(root: str | Path) -> pd.DataFrame:
-    """One row per scored model under ``root`` (``<name>/metrics.json`` or ``<method>/seed-S/metrics.json``)."""
+    """One row per scored model under ``root`` (``<name>/metrics.json`` or ``<name>/seed-S/metrics.json``): its
+    ``method`` is the folder name ``<name>`` (the method's own name in every folder `python -m makd decoder`
+    writes; another name keeps a run copied in beside them apart, e.g. ``makd-default`` for an ablation)."""
     rows = []
     for path in sorted(Path(root).rglob("metrics.json")):
         d = json.loads(path.read_text())
         if not {"method", "eval", "generation"} <= set(d):
             continue
+        parts = path.relative_to(root).parts
+        name = parts[0] if len(parts) in (2, 3) else d["method"]
+        config = d["record"].get("config", {})
         extra = {f"rougeL_{k}": v["rougeL"] for k, v in d.get("eval_sets", {}).items()}
         wiki = d.get("wiki_heldout", {})
-        rows.append({"run": d.get("run", d["method"]), "method": d["method"],
+        rows.append({"run": d.get("run", d["method"]), "method": name,
                      "seed": d.get("train", {}).get("seed", d["record"].get("seed")),
                      "rougeL": d["eval"]["rougeL"], "per_prompt": d["eval"].get("rougeL_per_prompt"),
                      "answer_words": answer_words(d["eval"].get("outputs")),
@@ -65,9 +80,11 @@ def collect(root: str | Path) -> pd.DataFrame:
                      "train_s": d.get("train", {}).get("runtime_s"),
                      "resumed": bool(d.get("train", {}).get("resumed")), "eval_set": d.get("eval_set"),
                      "n_prompts": d["eval"].get("n"), "train_set": d.get("train_set"),
-                     "layer_ratio": d["record"].get("config", {}).get("layer_ratio"),
+                     "layer_ratio": config.get("layer_ratio"),
                      "teacher_answers": d["method"] in ("kd", "makd")            # --kd-responses teacher
-                     and d["record"].get("config", {}).get("kd_responses") == "teacher", **extra})
+                     and config.get("kd_responses") == "teacher",
+                     "weights": weights_text(config.get("makd_weights")) if d["method"] == "makd" else None,
+                     **extra})
     df = pd.DataFrame(rows)
     if df.empty:
         raise MissingInputError(f"no decoder results under {root}: give the --out folder of `python -m makd "
@@ -86,6 +103,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     out["runs"] = g.size()
     out["params"] = g["params"].first()
     out["teacher_answers"] = g["teacher_answers"].any()
+    out["weights"] = g["weights"].first()                     # None (the default weights) -> NaN
     # a resumed training's runtime counts its last part only: the mean over the runs trained in one go, when any
     whole = df[~df["resumed"]].groupby("method", sort=False)["train_s"].mean()
     out["train_s"] = whole.reindex(out.index).fillna(g["train_s"].mean())
@@ -120,11 +138,13 @@ def compare(df: pd.DataFrame, a: str, b: str) -> dict[str, Any]:
 
 
 def comparisons(df: pd.DataFrame, method: str = "makd") -> list[dict[str, Any]]:
-    """``method`` against every other student method and control present."""
-    present = set(df["method"])
+    """``method`` against every other student method and control present (then any other model, e.g. a run
+    copied in for an ablation)."""
+    present = list(dict.fromkeys(df["method"]))
     if method not in present:
         return []
-    return [compare(df, method, b) for b in ORDER if b in present and b not in ("teacher", method)]
+    others = [b for b in ORDER if b in present] + [b for b in present if b not in ORDER]
+    return [compare(df, method, b) for b in others if b not in ("teacher", method)]
 
 
 def targets(table: pd.DataFrame) -> list[str]:
@@ -157,7 +177,7 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
     extra = [c[:-5] for c in table.columns if c.startswith("rougeL_") and c.endswith("_mean") and c != "rougeL_mean"]
     rows = []
     for m, r in table.iterrows():
-        row = [label(m, r["teacher_answers"]), int(r["runs"]),
+        row = [label(m, r["teacher_answers"], r["weights"]), int(r["runs"]),
                mean_pm_std(r["rougeL_mean"], r["rougeL_std"], scale=1, digits=2),
                f"{100 * r['share_of_teacher']:.0f} %"]
         row += [mean_pm_std(r[f"{c}_mean"], r[f"{c}_std"], scale=1, digits=2) for c in extra]
@@ -172,8 +192,10 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
              for c in extra]
     cols += ["response CE", "wiki ppl", "answer words (median)", "params", "train time"]
     comps = comparisons(df)
-    ta = lambda m: bool(m in table.index and table.loc[m, "teacher_answers"])  # noqa: E731
-    me = "MaKD" + (" on the teacher's answers" if ta("makd") else "")
+    def lab(m: str) -> str:
+        known = m in table.index
+        return label(m, bool(known and table.loc[m, "teacher_answers"]), table.loc[m, "weights"] if known else None)
+    me = lab("makd").replace(LABELS["makd"], "MaKD", 1)
     lines = [f"# Decoder comparison: {root}", "", markdown_table(pd.DataFrame(rows, columns=cols)), "",
              "Mean ± std over training seeds (controls: one run); answer words: the median length of the generated "
              f"{first['eval_set']} answers, mean over seeds; train time: mean over the runs trained in one go (a "
@@ -182,13 +204,13 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
              "(prompt, seed) pairs and is shown for information.", ""]
     for c in comps:
         if not c["n"]:
-            lines.append(f"- {me} vs {label(c['b'], ta(c['b']))}: {c['verdict']} (MaKD seeds {c['seeds_a']}, "
+            lines.append(f"- {me} vs {lab(c['b'])}: {c['verdict']} (MaKD seeds {c['seeds_a']}, "
                          f"{c['b']} seeds {c['seeds_b']}).")
             continue
         pl = c.get("prompt_level")
         extra_pl = (f"; prompt level {100 * pl['mean_diff']:+.2f} points over {pl['n']} pairs, p = {pl['p']:.3g}"
                     if pl else "")
-        lines.append(f"- {me} vs {label(c['b'], ta(c['b']))}: **{c['verdict']}** — {describe_diff(c)}{extra_pl}.")
+        lines.append(f"- {me} vs {lab(c['b'])}: **{c['verdict']}** — {describe_diff(c)}{extra_pl}.")
     if not comps:
         lines.append("- No MaKD runs yet: no comparison.")
     lines += [""] + [f"- {t}" for t in targets(table)]
@@ -237,7 +259,8 @@ def plot(df: pd.DataFrame):
     """Rouge-L per method: one dot per training seed, the mean as a bar, the teacher as a dashed line."""
     import matplotlib.pyplot as plt
 
-    methods = [m for m in ORDER if m in set(df["method"]) and m != "teacher"]
+    present = list(dict.fromkeys(df["method"]))
+    methods = [m for m in ORDER if m in present and m != "teacher"] + [m for m in present if m not in ORDER]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for i, m in enumerate(methods):
         vals = _by_seed(df, m)["rougeL"].to_numpy()
