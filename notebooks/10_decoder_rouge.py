@@ -275,14 +275,15 @@ if rows:
 # **mean over the layers it covers** (`--makd-weights`, 1/15 on each of mha, ffn, attn, hidn; the default sums
 # them, so the matrix terms, about 15, outweigh the model term, about 0.7, late in training — a reconstructed
 # default, not the paper's), beside the default-weights MaKD runs of the one-epoch comparison, copied in as
-# `makd-default`. The same statistics as above, read from the metrics files, beside the one-epoch runs of the
-# section above (the controls are there too).
+# `makd-default`. The one-epoch runs of the section above are copied into the two-epoch folder as `kd-1ep`,
+# `seqkd-1ep`, `makd-1ep`, so the paired verdicts below include "two epochs vs one" (the controls: above).
 
 # %%
 follow_rows, follow_verdicts, follow_seeds = [], [], []
-settings_plotted = (("one epoch", f"{recorded_teacher_answers_dir}/ratio-0.8", ("kd", "seqkd", "makd")),
-                    ("two epochs", recorded_two_epochs_dir, ("kd", "seqkd", "makd")),
-                    ("one epoch, MaKD layer-mean", recorded_weights_dir, ("makd",)))   # its KD/SeqKD: copies
+# each folder holds its own runs and, copied beside them, the runs it is compared with (<method>-1ep,
+# makd-default); KD and SeqKD of the weights folder are copies of the one-epoch runs, not plotted twice
+settings_plotted = (("two epochs", recorded_two_epochs_dir, ("kd-1ep", "kd", "seqkd-1ep", "seqkd", "makd-1ep", "makd")),
+                    ("MaKD weights", recorded_weights_dir, ("makd-default", "makd")))
 for setting, path, plotted in settings_plotted:
     folder = resolve_path(path)
     if not folder.is_dir():
