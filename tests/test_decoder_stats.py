@@ -185,7 +185,8 @@ def test_readme_block_is_rewritten_between_its_markers(comparison, tmp_path, cap
                                     "results/decoder-whiten512-teacherkd/ratio-0.8",
                                     "results/decoder-whiten512/ratio-0.5",
                                     "results/decoder-whiten512-teacherkd/ratio-0.5",
-                                    "results/decoder-whiten512-teacherkd-2ep/ratio-0.8"])
+                                    "results/decoder-whiten512-teacherkd-2ep/ratio-0.8",
+                                    "results/decoder-whiten512-teacherkd-layermean/ratio-0.8"])
 def test_committed_readme_decoder_block_matches_its_results(folder):
     # the README's decoder-comparison blocks are `python -m makd decoder-stats FOLDER --readme README.md` (run from
     # the repository root, so the markers name the folder as committed)
@@ -211,12 +212,13 @@ def test_an_ablation_folder_compares_makd_with_the_default_run_copied_beside_it(
     assert sorted(set(df["method"])) == ["kd", "makd", "makd-default", "teacher"]
     table = ds.summary(df)
     assert table.loc["makd-default", "rougeL_mean"] == pytest.approx(8.2) and table.loc["makd-default", "runs"] == 3
-    assert table.loc["makd", "weights"] == "mha 0.0667, ffn 0.0667" and pd.isna(table.loc["makd-default", "weights"])
+    assert table.loc["makd", "weights"] == "mha, ffn 0.0667" and pd.isna(table.loc["makd-default", "weights"])
     assert [c["b"] for c in ds.comparisons(df)] == ["kd", "makd-default"]    # the copied run after the methods
     text, numbers = ds.report(tmp_path, df)
-    assert "| MaKD (hierarchical) on the teacher's answers, weights mha 0.0667, ffn 0.0667 | 3 |" in text
+    assert "| MaKD (hierarchical) on the teacher's answers, weights mha, ffn 0.0667 | 3 |" in text
     assert "| MaKD (hierarchical) [default] on the teacher's answers | 3 |" in text
-    assert ("- MaKD on the teacher's answers, weights mha 0.0667, ffn 0.0667 vs MaKD (hierarchical) [default] on "
+    assert ("- MaKD on the teacher's answers, weights mha, ffn 0.0667 vs MaKD (hierarchical) [default] on "
             "the teacher's answers: **") in text
     assert "makd-default not" not in text and "Every trained method" in text    # not one of the four methods
     assert ds.label("sft") == "SFT (no teacher)" and ds.label("odd-name") == "odd-name"
+    assert ds.weights_text({"mha": 0.5, "pred": 2, "ffn": 0.5}) == "mha, ffn 0.5; pred 2" and not ds.weights_text({})

@@ -48,8 +48,14 @@ def label(method: str, teacher_answers: bool = False, weights: str | None = None
 
 
 def weights_text(weights: dict | None) -> str | None:
-    """``--makd-weights`` as a short label ({"mha": 0.0666667} -> "mha 0.067"), None for the default."""
-    return ", ".join(f"{k} {v:.3g}" for k, v in weights.items()) if weights else None
+    """``--makd-weights`` as a short label, aspects of one weight together ({"mha": 0.0666667, "ffn": 0.0666667,
+    "pred": 2} -> "mha, ffn 0.0667; pred 2"), None for the default."""
+    if not weights:
+        return None
+    groups: dict[float, list[str]] = {}
+    for aspect, value in weights.items():
+        groups.setdefault(value, []).append(aspect)
+    return "; ".join(f"{', '.join(aspects)} {value:.3g}" for value, aspects in groups.items())
 
 
 def answer_words(outputs: list[str] | None) -> float | None:
