@@ -92,6 +92,7 @@ experiments — runs that write metrics.json with a run record
     experiments.decoder_prepared  the prepared student every method starts from, cached and verified by sha256
     experiments.decoder_runs  the models a comparison scores (run_names) and those a resumed run keeps (earlier_results)
     experiments.decoder_stats  ``python -m makd decoder-stats``: a seeded decoder comparison, paired tests, verdicts
+    experiments.decoder_table  a comparison's runs as a table (collect, summary: mean ± std over seeds, share of the teacher)
     experiments.subquadratic_config  SubquadraticConfig: teacher, mixer, init, per-stage budgets, rates, schedules
     experiments.subquadratic  ``python -m makd subquadratic``: teacher, student, stages, evaluation, metrics.json
     experiments.subquadratic_findings  the study's findings tested on the grid: finding | ours | verdict, from paired tests

@@ -8,6 +8,7 @@ import pytest
 
 from makd.cli import main as cli
 from makd.experiments import decoder_stats as ds
+from makd.experiments import decoder_table as dt
 
 
 def _write(root, run, method, rouge, seed=0, per_prompt=None, ce=4.0, outputs=None, runtime=60, resumed=None,
@@ -54,7 +55,7 @@ def test_answer_length_is_the_median_in_words_averaged_over_seeds(tmp_path):
     assert table.loc["teacher", "answer_words_mean"] == 3.0
     assert table.loc["sft", "answer_words_mean"] == pytest.approx((2.0 + 5.0) / 2)
     assert table.loc["sft", "answer_words_std"] == pytest.approx(2.1213203)
-    assert ds.answer_words([]) is None and ds.answer_words(None) is None
+    assert dt.answer_words([]) is None and dt.answer_words(None) is None
     text, _ = ds.report(tmp_path, df)
     row = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("|")}
     header = row["model"]
@@ -221,4 +222,4 @@ def test_an_ablation_folder_compares_makd_with_the_default_run_copied_beside_it(
             "the teacher's answers: **") in text
     assert "makd-default not" not in text and "Every trained method" in text    # not one of the four methods
     assert ds.label("sft") == "SFT (no teacher)" and ds.label("odd-name") == "odd-name"
-    assert ds.weights_text({"mha": 0.5, "pred": 2, "ffn": 0.5}) == "mha, ffn 0.5; pred 2" and not ds.weights_text({})
+    assert dt.weights_text({"mha": 0.5, "pred": 2, "ffn": 0.5}) == "mha, ffn 0.5; pred 2" and not dt.weights_text({})

@@ -115,14 +115,15 @@ class ObjectiveConfig(Config):
         check_weights(self.weights)
 
 
-def check_weights(weights: dict | None, name: str = "weights") -> None:
-    """Per-aspect weights ({aspect: number >= 0}, or None for the preset's) or one ValueError naming ``name``."""
+def check_weights(weights: dict | None, name: str = "weights", aspects: tuple[str, ...] = ASPECTS) -> None:
+    """Per-aspect weights ({aspect: number >= 0} over ``aspects``, or None for the preset's) or one ValueError
+    naming ``name``."""
     if weights is None:
         return
-    unknown = sorted(set(weights) - set(ASPECTS))
+    unknown = sorted(set(weights) - set(aspects))
     if unknown:
-        raise ValueError(f"{name}: unknown aspect(s) {unknown}; the aspects are {', '.join(ASPECTS)} "
-                         f'(e.g. {name}={{"mha": 0, "ffn": 0}})')
+        raise ValueError(f"{name}: unknown aspect(s) {unknown}; the aspects are {', '.join(aspects)}: drop "
+                         f'{unknown} (e.g. {name}={{"mha": 0, "ffn": 0}})')
     bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float))
            or not math.isfinite(v) or v < 0}
     if bad:

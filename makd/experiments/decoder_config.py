@@ -132,10 +132,7 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
         if self.max_prompt_tokens >= 512:
             raise ValueError(f"max_prompt_tokens ({self.max_prompt_tokens}) must leave room for the answer in "
                              "the 512 tokens of a generation: give at most 511")
-        check_weights(self.makd_weights, "makd_weights")
-        if self.makd_weights and set(self.makd_weights) - set(MAKD_ASPECTS):
-            raise ValueError(f"makd_weights: MaKD's decoder objective has the aspects {', '.join(MAKD_ASPECTS)}; "
-                             f"drop {sorted(set(self.makd_weights) - set(MAKD_ASPECTS))}")
+        check_weights(self.makd_weights, "makd_weights", MAKD_ASPECTS)   # the hierarchical preset's aspects
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods lists one twice: {list(self.methods)}")
         if len(set(self.train_seeds)) != len(self.train_seeds):
