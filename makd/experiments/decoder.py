@@ -110,8 +110,8 @@ def compare_methods(cfg: DecoderConfig, teacher, tokenizer, data: DecoderData, *
             if UNTRAINED not in results:
                 need_before = "init" in cfg.methods and "init" not in done   # the control still to score
                 base, prepared, before_local = cached_prepare(
-                    cfg, data.rows, teacher, device,
-                    lambda: prepare_student(cfg, teacher, tokenizer, data.rows, device), need_before)
+                    cfg, data.calibration, teacher, device,
+                    lambda: prepare_student(cfg, teacher, tokenizer, data.calibration, device), need_before)
                 results[UNTRAINED] = {**scores(cfg, base, batch, wiki), "params": fz.count_parameters(base),
                                       **prepared}
             method, _, seed = name.partition("/seed-")
@@ -199,7 +199,7 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
     lm_text, lm_set = wiki_train(cfg, tok)
     options = {**cfg.to_dict(), "command": command}
     common = {"eval_set": data.eval_set, "eval_source": data.eval_source, "reference": data.reference_kind,
-              "train_set": data.train_set, "train_is_proxy": data.train_set == "chatterbot",
+              "train_set": data.train_set, "train_is_proxy": data.train_set in ("chatterbot", "wikiprompts"),
               "template": template_name(tok, cfg.template), "generation": settings.as_dict(), "notes": data.notes,
               "seqkd_generation": seqkd_decoding(settings).as_dict()}
     files = {**data.files, **(wiki_set["files"] if wiki_set else {}),   # the run record hashes the wiki file too

@@ -17,7 +17,8 @@ from makd.experiments.options import Config, build_parser as _options_parser, op
 METHODS = ("sft", "kd", "seqkd", "makd")                        # makd.experiments.decoder_methods.METHODS
 CONTROLS = ("untrained", "init")                               # makd.experiments.decoder_methods.CONTROLS
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")  # makd.tasks.instructions.INSTRUCTION_SETS
-TRAIN_SETS = ("chatterbot", "dolly")                            # the sets with a train split
+TRAIN_SETS = ("chatterbot", "dolly", "wikiprompts")             # the sets with a train split
+NO_ANSWERS = ("wikiprompts",)                                  # train sets without answers: the teacher's are used
 MAKD_ASPECTS = ("mha", "ffn", "attn", "hidn", "pred")          # the 'hierarchical' preset's (makd.core.objective)
 
 
@@ -27,8 +28,10 @@ class DecoderDataConfig(Config):
     GROUP = "data and teacher"
     teacher: str = option("smollm2-135m-instruct", "embedded name (smollm2-135m-instruct; tiny-llama / tiny-gpt2 for "
                           "smoke tests), local folder or hub id of a causal LM", path=True, model=True)
-    train_set: str = option("chatterbot", "training prompts/responses: chatterbot (embedded PROXY) or dolly",
-                            choices=TRAIN_SETS)
+    train_set: str = option("chatterbot", "training prompts/responses: chatterbot (embedded PROXY), dolly, or "
+                            "wikiprompts (embedded PROXY: instruction templates over the Wikipedia train articles, "
+                            "no answers — every method trains on the teacher's: seqkd, and kd / makd with "
+                            "--kd-responses teacher)", choices=TRAIN_SETS)
     eval_set: str = option("selfinst", "selfinst, vicuna (teacher answers as references), dolly, chatterbot, or "
                            "auto (selfinst when data_dir has it, else chatterbot)", choices=INSTRUCTION_SETS + ("auto",))
     data_dir: str | None = option(None, "folder with instruct/*.jsonl (default $MAKD_DATA_DIR)", path=True)
@@ -79,6 +82,8 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
   python -m makd decoder ... --wiki-train-windows 256
   # KD and MaKD on the teacher's own answers (SeqKD's data) instead of the train set's
   python -m makd decoder ... --kd-responses teacher
+  # instruction prompts over Wikipedia (embedded proxy, no answers): every method on the teacher's answers
+  python -m makd decoder ... --train-set wikiprompts --kd-responses teacher --methods untrained kd seqkd makd
   # MaKD with each layer aspect as its mean over the 15 layers it covers (SmolLM2: 30 layers, split 15)
   python -m makd decoder ... --methods makd --makd-weights '{"mha": 0.0667, "ffn": 0.0667, "attn": 0.0667, "hidn": 0.0667}'
   # the paper's setting on a GPU box with the hub: GPT-2 family
@@ -113,6 +118,11 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
     ce_examples: int = option(16, "training examples of the response cross-entropy table", low=1)
     calibration_examples: int = option(128, "training examples calibrating a weighted factorisation (--weighting) "
                                        "and feeding the layer-local stage", low=1, group=InitConfig.GROUP)
+    calibration_set: str | None = option(None, "the train set whose first calibration_examples rows calibrate the "
+                                         "factorisation and feed the layer-local stage (default: train_set); e.g. "
+                                         "chatterbot with --train-set wikiprompts starts every method from the "
+                                         "student prepared for the chatterbot comparisons (the cached one)",
+                                         choices=TRAIN_SETS, group=InitConfig.GROUP)
     local_epochs: int = option(0, "epochs of the layer-local stage (each block trained alone on the teacher's "
                                "block inputs, makd.core.local) before every method; 0: none", low=0,
                                group=InitConfig.GROUP)
@@ -137,6 +147,13 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
             raise ValueError(f"methods lists one twice: {list(self.methods)}")
         if len(set(self.train_seeds)) != len(self.train_seeds):
             raise ValueError(f"train_seeds lists one twice: {list(self.train_seeds)}")
+        if self.train_set in NO_ANSWERS:
+            if "sft" in self.methods:
+                raise ValueError(f"train_set {self.train_set} has no answers, so SFT has nothing to imitate: drop "
+                                 "sft from --methods (SeqKD trains on the teacher's answers)")
+            if self.kd_responses != "teacher" and {"kd", "makd"} & set(self.methods):
+                raise ValueError(f"train_set {self.train_set} has no answers for KD / MaKD to train on: add "
+                                 "--kd-responses teacher (the teacher's generated answers)")
         if "init" in self.methods and not self.local_epochs:
             raise ValueError("the control 'init' is the student before the layer-local stage: it needs "
                              "--local-epochs > 0 (without it, 'untrained' is that student)")

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from makd.assets.paths import data_dir as find_data_dir
-from makd.experiments.decoder_config import DecoderConfig
+from makd.experiments.decoder_config import NO_ANSWERS, DecoderConfig
+from makd.experiments.decoder_methods import seqkd_decoding, teacher_responses
 from makd.tasks.generate import GenerationSettings, generate
 from makd.tasks.instructions import load_instructions
 from makd.tasks.prompts import CausalCollator, prompt_text, sft_features
@@ -42,6 +43,12 @@ class DecoderData:
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, EvalSet] = field(default_factory=dict)   # further evaluation sets (``extra_eval``)
+    calibration_rows: list[dict] | None = None   # rows calibrating the student (None: ``rows``)
+
+    @property
+    def calibration(self) -> list[dict]:
+        """The rows that calibrate the factorisation and feed the layer-local stage."""
+        return self.rows if self.calibration_rows is None else self.calibration_rows
 
 
 def generation_settings(cfg: DecoderConfig) -> GenerationSettings:
@@ -77,16 +84,40 @@ def load_eval_set(cfg: DecoderConfig, name: str, teacher, tokenizer) -> EvalSet:
     return EvalSet(ev.name, ev.source, prompts, references, kind, dict(ev.files), list(ev.notes))
 
 
+def train_rows(cfg: DecoderConfig, name: str, limit: int, teacher, tokenizer) -> tuple[list[dict], list[str],
+                                                                                   dict[str, str]]:
+    """The first ``limit`` training rows of the set ``name`` (seeded split), with the notes and files of the set.
+    A set without answers (:data:`NO_ANSWERS`) gets the teacher's generated answers (SeqKD's cached generations,
+    :func:`makd.experiments.decoder_methods.teacher_responses`), so calibration, the layer-local stage and the
+    response cross-entropy see answers: the teacher's."""
+    ins = load_instructions(name, cfg.data_dir, seed=cfg.seed)
+    if ins.train is None:
+        raise ValueError(f"{name} has no train split; use one of chatterbot, dolly, wikiprompts")
+    rows, notes = list(ins.train.select(range(min(len(ins.train), limit)))), []
+    if name in NO_ANSWERS:
+        rows = teacher_responses(teacher, tokenizer, rows, seqkd_decoding(generation_settings(cfg)),
+                                 template=cfg.template)
+        notes = [*ins.notes, f"{name}: the teacher's generated answers as the training answers (SeqKD's data), "
+                 "also in calibration, the layer-local stage and the response cross-entropy"]
+    return rows, notes, dict(ins.files)
+
+
 def load_data(cfg: DecoderConfig, teacher, tokenizer) -> DecoderData:
-    """Training rows, the evaluation set's templated prompts and references, and the ``extra_eval`` sets."""
-    train = load_instructions(cfg.train_set, cfg.data_dir, seed=cfg.seed).train
-    if train is None:
-        raise ValueError(f"{cfg.train_set} has no train split; use train_set chatterbot or dolly")
+    """Training rows (:func:`train_rows`), the calibration rows (those of ``cfg.calibration_set`` when it is another
+    set), the evaluation set's templated prompts and references, and the ``extra_eval`` sets."""
+    rows, notes, files = train_rows(cfg, cfg.train_set, cfg.max_train, teacher, tokenizer)
+    calibration = rows
+    if cfg.calibration_set not in (None, cfg.train_set):
+        calibration, more, cal_files = train_rows(cfg, cfg.calibration_set, cfg.calibration_examples, teacher,
+                                                  tokenizer)
+        notes += [*more, f"calibration and the layer-local stage: the first {cfg.calibration_examples} rows of "
+                  f"{cfg.calibration_set}, not of the train set {cfg.train_set}"]
+        files.update(cal_files)
     main = load_eval_set(cfg, resolve_eval_set(cfg.eval_set, cfg.data_dir), teacher, tokenizer)
     extra = {name: load_eval_set(cfg, name, teacher, tokenizer) for name in cfg.extra_eval if name != main.name}
-    files = {**main.files, **{k: v for e in extra.values() for k, v in e.files.items()}}
-    return DecoderData(list(train.select(range(min(len(train), cfg.max_train)))), main.prompts, main.references,
-                       main.reference_kind, main.name, main.source, cfg.train_set, files, list(main.notes), extra)
+    files = {**main.files, **files, **{k: v for e in extra.values() for k, v in e.files.items()}}
+    return DecoderData(rows, main.prompts, main.references, main.reference_kind, main.name, main.source,
+                       cfg.train_set, files, list(main.notes) + notes, extra, calibration)
 
 
 def ce_batch(cfg: DecoderConfig, tokenizer, rows: list[dict], device) -> dict[str, torch.Tensor]:

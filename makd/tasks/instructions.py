@@ -1,7 +1,8 @@
 """Instruction-following sets in one schema {id, instruction, input, output, reference_kind, category}.
 
-Self-Instruct 252 and Vicuna 80 (evaluation only, local JSONL), databricks-dolly-15k (local or hub) and
-the embedded ChatterBot proxy for Dolly. Dolly and ChatterBot are split by a seeded permutation of their
+Self-Instruct 252 and Vicuna 80 (evaluation only, local JSONL), databricks-dolly-15k (local or hub), the
+embedded ChatterBot proxy for Dolly and, for training only, ``wikiprompts`` (instruction templates over the embedded
+Wikipedia train articles, no answers: :mod:`makd.tasks.wiki_prompts`). Dolly and ChatterBot are split by a seeded permutation of their
 distinct groups (a row id, a prompt) so that no group is in two splits; this three-way split is unchanged
 since the committed decoder results (:func:`_seeded_split`).
 """
@@ -18,8 +19,11 @@ import yaml
 from makd.assets.files import sha256_file
 from makd.assets.paths import hub_reachable
 from makd.tasks.data import TaskDataUnavailableError, _where, bad_file, data_root, fetch_asset, read_jsonl
+from makd.tasks.wiki import load_wiki
+from makd.tasks.wiki_prompts import wiki_prompt_rows
 
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")
+TRAIN_ONLY_SETS = ("wikiprompts",)   # train split only, no answers (reference_kind "none")
 DOLLY_HUB = "databricks/databricks-dolly-15k"
 DOLLY_MAX_WORDS, DOLLY_DEV, DOLLY_TEST = 256, 1000, 500
 INSTRUCTION_FIELDS = ("id", "instruction", "input", "output", "reference_kind", "category")
@@ -149,6 +153,15 @@ def _chatterbot(seed: int):
             {str(f): sha256_file(f) for f in _chatterbot_files(path)}, notes)
 
 
+def _wikiprompts(seed: int):
+    """Instruction templates over the Wikipedia train articles, all in train: ({split: rows}, source, files, notes)."""
+    rows, wiki = wiki_prompt_rows(seed), load_wiki()
+    notes = [f"proxy, not the paper's data: {len(rows)} instruction prompts templated from the "
+             f"{len(wiki.train)} Wikipedia train articles (seed {seed}); no answers: train on the teacher's"]
+    return {"train": rows, "dev": [], "test": []}, "embedded:gensim wiki asset, train articles (templated proxy)", \
+        dict(wiki.files), notes
+
+
 def load_instructions(name: str, data_dir=None, limit: int | None = None, *, source: str = "auto",
                       seed: int = 0) -> InstructionData:
     """An instruction-following set in one schema {id, instruction, input, output, reference_kind, category}.
@@ -163,10 +176,13 @@ def load_instructions(name: str, data_dir=None, limit: int | None = None, *, sou
       not its exact samples).
     - ``chatterbot``: embedded proxy (ChatterBot corpus, consecutive statement pairs), split 80/10/10 by
       distinct prompt with ``seed`` so a prompt never appears in two splits.
+    - ``wikiprompts``: embedded proxy for training only (:mod:`makd.tasks.wiki_prompts`): instruction templates over
+      the Wikipedia train articles, every row in train (``seed`` orders them), NO answers (output "",
+      reference_kind "none": train on the teacher's answers); dev and test empty.
     ``limit`` keeps the first ``limit`` rows of each split.
     """
-    if name not in INSTRUCTION_SETS:
-        raise ValueError(f"unknown instruction set {name!r}; expected one of {INSTRUCTION_SETS}")
+    if name not in INSTRUCTION_SETS + TRAIN_ONLY_SETS:
+        raise ValueError(f"unknown instruction set {name!r}; expected one of {INSTRUCTION_SETS + TRAIN_ONLY_SETS}")
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
     if source not in ("auto", "local", "hub"):
@@ -177,10 +193,13 @@ def load_instructions(name: str, data_dir=None, limit: int | None = None, *, sou
         splits = {"train": None, "dev": None, "test": test}
     elif name == "dolly":
         splits, src, files, notes = _dolly(root, source, seed)
+    elif name == "wikiprompts":
+        splits, src, files, notes = _wikiprompts(seed)
     else:
         splits, src, files, notes = _chatterbot(seed)
     if limit is not None:
         notes.append(f"limit: first {limit} rows of each split")
     out = {s: None if r is None else _records(r[:limit] if limit else r) for s, r in splits.items()}
-    return InstructionData(name, out["train"], out["dev"], out["test"], src, "none" if name == "vicuna" else "human",
-                           files, name == "chatterbot", notes)
+    kind = "none" if name in ("vicuna", "wikiprompts") else "human"
+    return InstructionData(name, out["train"], out["dev"], out["test"], src, kind, files,
+                           name in ("chatterbot", "wikiprompts"), notes)
