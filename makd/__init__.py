@@ -45,6 +45,7 @@ tasks — data, metrics and the teacher per task
     tasks.qa           SQuAD features and answer post-processing
     tasks.metrics      GLUE, SQuAD (offline) and Rouge-L metrics; held-out LM cross-entropy / perplexity
     tasks.wiki         the embedded Wikipedia articles: wiki markup to text, split by article, causal-LM windows
+    tasks.wiki_prompts instruction prompts templated over the Wikipedia train articles (a train set, no answers)
     tasks.lm_blocks    LM blocks: documents (wiki articles or .txt files) split by document, packed with EOS, cut
     tasks.lm_eval      a causal LM on held-out blocks: CE, perplexity, KL(teacher ‖ model), top-1 agreement
     tasks.passkey      pass-key retrieval: a key hidden in filler at a depth, prompts of exact token length
