@@ -188,7 +188,8 @@ def test_readme_block_is_rewritten_between_its_markers(comparison, tmp_path, cap
                                     "results/decoder-whiten512-teacherkd/ratio-0.5",
                                     "results/decoder-whiten512-teacherkd-2ep/ratio-0.8",
                                     "results/decoder-whiten512-teacherkd-layermean/ratio-0.8",
-                                    "results/decoder-whiten512-teacherkd-3ep/ratio-0.8"])
+                                    "results/decoder-whiten512-teacherkd-3ep/ratio-0.8",
+                                    "results/decoder-whiten512-wikiprompts/ratio-0.8"])
 def test_committed_readme_decoder_block_matches_its_results(folder):
     # the README's decoder-comparison blocks are `python -m makd decoder-stats FOLDER --readme README.md` (run from
     # the repository root, so the markers name the folder as committed)
