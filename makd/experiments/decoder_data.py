@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from makd.assets.paths import data_dir as find_data_dir
-from makd.experiments.decoder_config import NO_ANSWERS, DecoderConfig
+from makd.experiments.decoder_config import NO_ANSWERS, TRAIN_SETS, DecoderConfig
 from makd.experiments.decoder_methods import seqkd_decoding, teacher_responses
 from makd.tasks.generate import GenerationSettings, generate
 from makd.tasks.instructions import load_instructions
@@ -92,7 +92,7 @@ def train_rows(cfg: DecoderConfig, name: str, limit: int, teacher, tokenizer) ->
     response cross-entropy see answers: the teacher's."""
     ins = load_instructions(name, cfg.data_dir, seed=cfg.seed)
     if ins.train is None:
-        raise ValueError(f"{name} has no train split; use one of chatterbot, dolly, wikiprompts")
+        raise ValueError(f"{name} has no train split; use one of {', '.join(TRAIN_SETS)}")
     rows, notes = list(ins.train.select(range(min(len(ins.train), limit)))), []
     if name in NO_ANSWERS:
         rows = teacher_responses(teacher, tokenizer, rows, seqkd_decoding(generation_settings(cfg)),
