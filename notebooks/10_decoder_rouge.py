@@ -78,6 +78,7 @@ from makd.experiments.decoder_config import DecoderConfig
 from makd.experiments.decoder_methods import seqkd_decoding
 from makd.notebook.helpers import resolve_path, show, start, write_metrics
 from makd.notebook.plotting import savefig
+from makd.tasks.instructions import PROXY_SETS
 from makd.tasks.prompts import sft_features, template_name
 
 run_dir, device = start(run_dir, seed, device)
@@ -337,7 +338,7 @@ if follow_rows:
 
 # %%
 write_metrics(run_dir, "10_decoder_rouge", {
-    "eval_set": cfg.eval_set, "train_set": cfg.train_set, "train_is_proxy": cfg.train_set in ("chatterbot", "wikiprompts"),
+    "eval_set": cfg.eval_set, "train_set": cfg.train_set, "train_is_proxy": cfg.train_set in PROXY_SETS,
     "reference": data.reference_kind, "generation": settings.as_dict(), "layer_ratio": layer_ratio,
     "rougeL": {k: v["eval"]["rougeL"] for k, v in scored.items()},
     "rougeL_std": {k: v["eval"]["rougeL_std"] for k, v in scored.items()},

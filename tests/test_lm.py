@@ -205,6 +205,7 @@ def test_makd_uses_the_relative_mse_unless_told_otherwise():
 def test_the_light_names_equal_the_heavy_modules_lists():
     assert decoder_config.METHODS == lm.METHODS and decoder_config.INSTRUCTION_SETS == instructions.INSTRUCTION_SETS
     assert decoder_config.CONTROLS == lm.CONTROLS
+    assert decoder_config.NO_ANSWERS == instructions.TRAIN_ONLY_SETS      # the train sets without answers
     assert decoder_config.MAKD_ASPECTS == tuple(PRESET_TABLE["hierarchical"].layers)
     code = "import sys, makd.experiments.decoder_config; assert 'torch' not in sys.modules, 'heavy import'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -103,7 +103,6 @@ def test_rows_get_the_teachers_answers_and_calibration_its_own_set(fixture_wiki,
         return real(name, *a, **k)
     monkeypatch.setattr(decoder_data, "load_instructions", load)
     calls = []
-    monkeypatch.setattr(decoder_data, "generate", lambda *a, **k: {"texts": ["x"] * len(a[2])})   # vicuna refs
     from makd.experiments import decoder_methods
     monkeypatch.setattr(decoder_methods, "generate", lambda t, k, prompts, s, seed=0: calls.append(len(prompts))
                         or {"texts": [f"answer {i}" for i in range(len(prompts))]})

@@ -43,6 +43,7 @@ from makd.experiments.options import config_from_kwargs
 from makd.experiments.runrecord import make_record, write_metrics
 from makd.experiments.students import check_size
 from makd.tasks.generate import evaluate_rouge
+from makd.tasks.instructions import PROXY_SETS
 from makd.tasks.metrics import lm_perplexity
 from makd.tasks.prompts import template_name
 
@@ -199,7 +200,7 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
     lm_text, lm_set = wiki_train(cfg, tok)
     options = {**cfg.to_dict(), "command": command}
     common = {"eval_set": data.eval_set, "eval_source": data.eval_source, "reference": data.reference_kind,
-              "train_set": data.train_set, "train_is_proxy": data.train_set in ("chatterbot", "wikiprompts"),
+              "train_set": data.train_set, "train_is_proxy": data.train_set in PROXY_SETS,
               "template": template_name(tok, cfg.template), "generation": settings.as_dict(), "notes": data.notes,
               "seqkd_generation": seqkd_decoding(settings).as_dict()}
     files = {**data.files, **(wiki_set["files"] if wiki_set else {}),   # the run record hashes the wiki file too

@@ -24,6 +24,7 @@ from makd.tasks.wiki_prompts import wiki_prompt_rows
 
 INSTRUCTION_SETS = ("selfinst", "vicuna", "dolly", "chatterbot")
 TRAIN_ONLY_SETS = ("wikiprompts",)   # train split only, no answers (reference_kind "none")
+PROXY_SETS = ("chatterbot", "wikiprompts")   # embedded stand-ins for the paper's training data (is_proxy)
 DOLLY_HUB = "databricks/databricks-dolly-15k"
 DOLLY_MAX_WORDS, DOLLY_DEV, DOLLY_TEST = 256, 1000, 500
 INSTRUCTION_FIELDS = ("id", "instruction", "input", "output", "reference_kind", "category")
@@ -202,4 +203,4 @@ def load_instructions(name: str, data_dir=None, limit: int | None = None, *, sou
     out = {s: None if r is None else _records(r[:limit] if limit else r) for s, r in splits.items()}
     kind = "none" if name in ("vicuna", "wikiprompts") else "human"
     return InstructionData(name, out["train"], out["dev"], out["test"], src, kind, files,
-                           name in ("chatterbot", "wikiprompts"), notes)
+                           name in PROXY_SETS, notes)
