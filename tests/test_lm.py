@@ -156,6 +156,33 @@ def test_seqkd_reuses_cached_generations(teacher, monkeypatch):
     assert again == first and not calls
 
 
+def test_seqkd_cache_is_blockwise_and_a_longer_set_reuses_the_shorter_ones_blocks(teacher, monkeypatch, tmp_path):
+    """Blocks of SEQKD_BLOCK prompts in row order: 5 rows at block 2 -> 3 files; 7 rows generate only the block
+    that is new (the third block changed from [4] to [4, 5], the fourth is new); the answers equal generating
+    each block alone; a one-block set keeps the key it always had; an unreadable block file is regenerated."""
+    model, tok = teacher
+    settings = GenerationSettings.greedy(max_new_tokens=3)
+    monkeypatch.setattr(lm, "SEQKD_BLOCK", 2)
+    real, calls = lm.generate, []
+    monkeypatch.setattr(lm, "generate", lambda m, t, prompts, *a, **k: calls.append(len(prompts)) or real(
+        m, t, prompts, *a, **k))
+    five = lm.teacher_responses(model, tok, ROWS[:5], settings, cache=tmp_path)
+    assert calls == [2, 2, 1] and len(list(tmp_path.glob("*.json"))) == 3
+    alone = [real(model, tok, [prompt_text(tok, r["instruction"], "", "auto") for r in ROWS[i:i + 2]],
+                  dataclasses.replace(settings, min_new_tokens=1))["texts"] for i in (0, 2, 4)]
+    assert [r["output"] for r in five] == alone[0] + alone[1] + alone[2][:1]
+    calls.clear()
+    seven = lm.teacher_responses(model, tok, ROWS[:7], settings, cache=tmp_path)
+    assert calls == [2, 1] and seven[:4] == five[:4]
+    calls.clear()
+    one = lm.teacher_responses(model, tok, ROWS[:2], settings, cache=tmp_path)
+    assert not calls and one == five[:2]
+    for f in tmp_path.glob("*.json"):
+        f.write_text("{ cut")                                                # a damaged cache: regenerated
+    calls.clear()
+    assert lm.teacher_responses(model, tok, ROWS[:7], settings, cache=tmp_path) == seven and calls == [2, 2, 2, 1]
+
+
 def test_generation_config_round_trips_into_results(teacher):
     model, tok = teacher
     settings = GenerationSettings(do_sample=True, seeds=(1, 2), max_new_tokens=4, max_prompt_tokens=32, max_length=64)

@@ -118,24 +118,49 @@ def seqkd_decoding(settings: GenerationSettings) -> GenerationSettings:
 
 
 # ----------------------------------------------------------------------------------------- SeqKD data
+SEQKD_BLOCK = 1024   # prompts per cached block of teacher generations (a set of ≤ 1,024 prompts is one block)
+
+
 def teacher_responses(teacher, tokenizer, rows, settings: GenerationSettings, *, template: str = "auto",
                       cache: Path | None = None) -> list[dict]:
     """``rows`` with ``output`` replaced by the teacher's generation; cached by teacher, prompts and settings.
-    At least one new token per prompt (an empty response would leave the example without a training token)."""
+    At least one new token per prompt (an empty response would leave the example without a training token).
+
+    Generated and cached in consecutive blocks of :data:`SEQKD_BLOCK` prompts (in the rows' order; each block
+    batched by length on its own), so a longer train set reuses the blocks of a shorter one and only generates
+    its new blocks — with exactly the answers a fresh machine generating the whole set gets. A set of at most one
+    block has the key it always had (the caches written before the blocks stay valid)."""
     settings = replace(settings, min_new_tokens=max(1, settings.min_new_tokens))
     prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), template) for r in rows]
-    key = hashlib.sha256(json.dumps({"teacher": getattr(teacher.config, "_name_or_path", ""),
-                                     "params": sum(p.numel() for p in teacher.parameters()),
-                                     "prompts": prompts, "settings": settings.as_dict()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    path = (cache or cache_dir() / "seqkd") / f"{key}.json"
-    if path.is_file():
-        log.info("SeqKD: reusing %d cached teacher generations %s", len(rows), path)
-        texts = json.loads(path.read_text())["texts"]
-    else:
-        texts = generate(teacher, tokenizer, prompts, settings, seed=settings.seeds[0])["texts"]
-        write_json(path, {"texts": texts, "settings": settings.as_dict()})
+    folder = cache or cache_dir() / "seqkd"
+    texts: list[str] = []
+    blocks = range(0, len(prompts), SEQKD_BLOCK)
+    for n, start in enumerate(blocks, 1):
+        block = prompts[start:start + SEQKD_BLOCK]
+        key = hashlib.sha256(json.dumps({"teacher": getattr(teacher.config, "_name_or_path", ""),
+                                         "params": sum(p.numel() for p in teacher.parameters()),
+                                         "prompts": block, "settings": settings.as_dict()},
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        path = folder / f"{key}.json"
+        cached = _cached_texts(path)
+        if cached is not None and len(cached) == len(block):
+            log.info("SeqKD: reusing %d cached teacher generations %s", len(block), path)
+        else:                                                   # absent, or a file that does not match: regenerate
+            log.info("SeqKD: generating the teacher's answers to %d prompts (block %d of %d) -> %s",
+                     len(block), n, len(blocks), path)
+            cached = generate(teacher, tokenizer, block, settings, seed=settings.seeds[0])["texts"]
+            write_json(path, {"texts": cached, "settings": settings.as_dict()})
+        texts += cached
     return [{**r, "output": t} for r, t in zip(rows, texts)]
+
+
+def _cached_texts(path: Path) -> list[str] | None:
+    """The texts of one cached block, or None when the file is absent or unreadable (then it is regenerated)."""
+    try:
+        texts = json.loads(path.read_text())["texts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return texts if isinstance(texts, list) and all(isinstance(t, str) for t in texts) else None
 
 
 # ------------------------------------------------------------------------------------------ training
