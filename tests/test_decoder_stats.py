@@ -64,6 +64,24 @@ def test_answer_length_is_the_median_in_words_averaged_over_seeds(tmp_path):
     assert row["MaKD (hierarchical)"][col] == "–"
 
 
+def test_repetition_is_seq_rep_4_averaged_over_answers_and_seeds(tmp_path):
+    """seq-rep-4: 1 − unique/total 4-grams per answer, averaged; a loop near 1, fluent text 0, short answers 0."""
+    loop = "the cat sat on " * 6                                            # 24 words, 21 4-grams, 4 unique
+    assert dt.repetition([loop]) == pytest.approx(1 - 4 / 21)
+    assert dt.repetition(["one two three four five", "a b"]) == 0.0 and dt.repetition(None) is None
+    assert dt.repetition(["a b a b a b"], n=2) == pytest.approx(1 - 2 / 5)
+    _write(tmp_path, "teacher", "teacher", 20.0, outputs=["one two three four five", loop])
+    _write(tmp_path, "makd/seed-1", "makd", 9.0, 1, outputs=[loop, loop])
+    _write(tmp_path, "makd/seed-2", "makd", 9.0, 2, outputs=["one two three four", "x"])
+    df = ds.collect(tmp_path)
+    table = ds.summary(df)
+    assert table.loc["teacher", "rep4_mean"] == pytest.approx((1 - 4 / 21) / 2)
+    assert table.loc["makd", "rep4_mean"] == pytest.approx((1 - 4 / 21) / 2)   # seeds 1 - 4/21 and 0
+    text, _ = ds.report(tmp_path, df)
+    row = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("|")}
+    assert row["MaKD (hierarchical)"][row["model"].index("rep-4")] == "40 %"
+
+
 def test_kd_and_makd_on_the_teachers_answers_say_so(tmp_path):
     """--kd-responses teacher: the KD and MaKD rows and verdicts name what they trained on; SFT and SeqKD (whose
     data the option does not change) and the controls keep their labels."""

@@ -58,6 +58,20 @@ def answer_words(outputs: list[str] | None) -> float | None:
     return float(np.median([len(o.split()) for o in outputs])) if outputs else None
 
 
+def repetition(outputs: list[str] | None, n: int = 4) -> float | None:
+    """seq-rep-n of Welleck et al. (2020, unlikelihood training): the mean over answers of the share of repeated
+    n-grams, 1 − |unique n-grams| / |n-grams| (whitespace words; an answer shorter than n words counts 0), None
+    without outputs. Greedy decoding that falls into a loop scores near 1, a fluent answer near 0."""
+    if not outputs:
+        return None
+    shares = []
+    for text in outputs:
+        words = text.split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        shares.append(1.0 - len(set(grams)) / len(grams) if grams else 0.0)
+    return float(np.mean(shares))
+
+
 def collect(root: str | Path) -> pd.DataFrame:
     """One row per scored model under ``root`` (``<name>/metrics.json`` or ``<name>/seed-S/metrics.json``): its
     ``method`` is the folder name ``<name>`` (the method's own name in every folder `python -m makd decoder`
@@ -76,6 +90,7 @@ def collect(root: str | Path) -> pd.DataFrame:
                      "seed": d.get("train", {}).get("seed", d["record"].get("seed")),
                      "rougeL": d["eval"]["rougeL"], "per_prompt": d["eval"].get("rougeL_per_prompt"),
                      "answer_words": answer_words(d["eval"].get("outputs")),
+                     "rep4": repetition(d["eval"].get("outputs")),
                      "response_ce": d.get("response_ce"), "wiki_ppl": wiki.get("ppl"), "wiki_ce": wiki.get("ce"),
                      "params": d["params"], "steps": d.get("train", {}).get("steps"),
                      "train_s": d.get("train", {}).get("runtime_s"),
@@ -90,14 +105,14 @@ def collect(root: str | Path) -> pd.DataFrame:
     if df.empty:
         raise MissingInputError(f"no decoder results under {root}: give the --out folder of `python -m makd "
                                 "decoder` (it holds <method>/metrics.json or <method>/seed-S/metrics.json)")
-    return df.astype({"answer_words": float})                 # None (a record without outputs) -> NaN
+    return df.astype({"answer_words": float, "rep4": float})  # None (a record without outputs) -> NaN
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per method: runs, mean and std over seeds of every score, and the share of the teacher's Rouge-L."""
     scores = [c for c in df.columns if c.startswith("rougeL") and c != "rougeL"] + ["rougeL", "response_ce",
                                                                                      "wiki_ppl", "wiki_ce",
-                                                                                     "answer_words"]
+                                                                                     "answer_words", "rep4"]
     g = df.groupby("method", sort=False)
     out = g[scores].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
