@@ -86,6 +86,15 @@ def test_methods_that_need_answers_are_refused_before_any_model():
     assert ok.calibration_set == "chatterbot" and ok.kd_responses == "teacher"
     with pytest.raises(ValueError, match="calibration_set"):
         DecoderConfig(calibration_set="selfinst")
+    # a mixed-in set without answers is refused the same way; a set mixed with itself is a mistake
+    with pytest.raises(ValueError, match="mix_train_set wikiprompts has no answers, so SFT"):
+        DecoderConfig(mix_train_set="wikiprompts", methods=("sft",))
+    with pytest.raises(ValueError, match="mix_train_set wikiprompts has no answers for KD"):
+        DecoderConfig(mix_train_set="wikiprompts", methods=("makd",))
+    with pytest.raises(ValueError, match="mix_train_set is the train set itself"):
+        DecoderConfig(mix_train_set="chatterbot")
+    assert parse(["--train-set", "wikiprompts", "--mix-train-set", "chatterbot", "--kd-responses", "teacher",
+                  "--methods", "makd"]).mix_train_set == "chatterbot"
 
 
 def test_rows_get_the_teachers_answers_and_calibration_its_own_set(fixture_wiki, monkeypatch, tmp_path):
@@ -125,6 +134,11 @@ def test_rows_get_the_teachers_answers_and_calibration_its_own_set(fixture_wiki,
         decoder.compare_methods(cfg, model, tok, other, wiki={}, lm_text={}, done={"teacher": {"eval": {
             "rougeL": 1.0}}})
     assert seen == [other.calibration]
+    # --mix-train-set: the other set's first rows appended (its own answers), calibration and the CE rows unchanged
+    mixed = decoder_data.load_data(DecoderConfig(**{**cfg.to_dict(), "mix_train_set": "chatterbot"}), model, tok)
+    assert mixed.rows[:5] == data.rows and [r["output"] for r in mixed.rows[5:]] == [f"hello {i}" for i in range(5)]
+    assert mixed.calibration == data.rows and mixed.train_set == "wikiprompts+chatterbot" and calls == [5]
+    assert any("shuffled together" in n for n in mixed.notes)
 
 
 @pytest.mark.assets

@@ -200,7 +200,7 @@ def _run(cfg: DecoderConfig, out: Path, started: float, command: str | None) -> 
     lm_text, lm_set = wiki_train(cfg, tok)
     options = {**cfg.to_dict(), "command": command}
     common = {"eval_set": data.eval_set, "eval_source": data.eval_source, "reference": data.reference_kind,
-              "train_set": data.train_set, "train_is_proxy": data.train_set in PROXY_SETS,
+              "train_set": data.train_set, "train_is_proxy": any(s in PROXY_SETS for s in data.train_set.split("+")),
               "template": template_name(tok, cfg.template), "generation": settings.as_dict(), "notes": data.notes,
               "seqkd_generation": seqkd_decoding(settings).as_dict()}
     files = {**data.files, **(wiki_set["files"] if wiki_set else {}),   # the run record hashes the wiki file too

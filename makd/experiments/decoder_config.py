@@ -123,6 +123,10 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
                                          "chatterbot with --train-set wikiprompts starts every method from the "
                                          "student prepared for the chatterbot comparisons (the cached one)",
                                          choices=TRAIN_SETS, group=InitConfig.GROUP)
+    mix_train_set: str | None = option(None, "a second train set whose first max_train rows join the train set's "
+                                       "for training (one list, shuffled together by the Trainer; calibration, the "
+                                       "layer-local stage and the response cross-entropy keep the train set's own "
+                                       "rows); e.g. chatterbot with --train-set wikiprompts", choices=TRAIN_SETS)
     local_epochs: int = option(0, "epochs of the layer-local stage (each block trained alone on the teacher's "
                                "block inputs, makd.core.local) before every method; 0: none", low=0,
                                group=InitConfig.GROUP)
@@ -147,12 +151,17 @@ class DecoderConfig(TrainConfig, InitConfig, SizeConfig, GenerationConfig, Decod
             raise ValueError(f"methods lists one twice: {list(self.methods)}")
         if len(set(self.train_seeds)) != len(self.train_seeds):
             raise ValueError(f"train_seeds lists one twice: {list(self.train_seeds)}")
-        if self.train_set in NO_ANSWERS:
+        if self.mix_train_set is not None and self.mix_train_set == self.train_set:
+            raise ValueError(f"mix_train_set is the train set itself ({self.train_set}): give another set, or "
+                             "raise --max-train")
+        for what, name in (("train_set", self.train_set), ("mix_train_set", self.mix_train_set)):
+            if name not in NO_ANSWERS:
+                continue
             if "sft" in self.methods:
-                raise ValueError(f"train_set {self.train_set} has no answers, so SFT has nothing to imitate: drop "
+                raise ValueError(f"{what} {name} has no answers, so SFT has nothing to imitate: drop "
                                  "sft from --methods (SeqKD trains on the teacher's answers)")
             if self.kd_responses != "teacher" and {"kd", "makd"} & set(self.methods):
-                raise ValueError(f"train_set {self.train_set} has no answers for KD / MaKD to train on: add "
+                raise ValueError(f"{what} {name} has no answers for KD / MaKD to train on: add "
                                  "--kd-responses teacher (the teacher's generated answers)")
         if "init" in self.methods and not self.local_epochs:
             raise ValueError("the control 'init' is the student before the layer-local stage: it needs "

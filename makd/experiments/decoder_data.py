@@ -103,10 +103,17 @@ def train_rows(cfg: DecoderConfig, name: str, limit: int, teacher, tokenizer) ->
 
 
 def load_data(cfg: DecoderConfig, teacher, tokenizer) -> DecoderData:
-    """Training rows (:func:`train_rows`), the calibration rows (those of ``cfg.calibration_set`` when it is another
-    set), the evaluation set's templated prompts and references, and the ``extra_eval`` sets."""
+    """Training rows (:func:`train_rows`; those of ``cfg.mix_train_set`` appended after the train set's), the
+    calibration rows (the train set's own, or those of ``cfg.calibration_set`` when it is another set), the
+    evaluation set's templated prompts and references, and the ``extra_eval`` sets."""
     rows, notes, files = train_rows(cfg, cfg.train_set, cfg.max_train, teacher, tokenizer)
-    calibration = rows
+    calibration, train_set = rows, cfg.train_set
+    if cfg.mix_train_set is not None:                          # appended: rows[:n] stay the train set's own
+        mixed, more, mix_files = train_rows(cfg, cfg.mix_train_set, cfg.max_train, teacher, tokenizer)
+        notes += [*more, f"training rows: the first {len(rows)} of {cfg.train_set} and the first {len(mixed)} of "
+                  f"{cfg.mix_train_set}, shuffled together by the Trainer"]
+        rows, train_set = rows + mixed, f"{cfg.train_set}+{cfg.mix_train_set}"
+        files.update(mix_files)
     if cfg.calibration_set not in (None, cfg.train_set):
         calibration, more, cal_files = train_rows(cfg, cfg.calibration_set, cfg.calibration_examples, teacher,
                                                   tokenizer)
@@ -117,7 +124,7 @@ def load_data(cfg: DecoderConfig, teacher, tokenizer) -> DecoderData:
     extra = {name: load_eval_set(cfg, name, teacher, tokenizer) for name in cfg.extra_eval if name != main.name}
     files = {**main.files, **files, **{k: v for e in extra.values() for k, v in e.files.items()}}
     return DecoderData(rows, main.prompts, main.references, main.reference_kind, main.name, main.source,
-                       cfg.train_set, files, list(main.notes) + notes, extra, calibration)
+                       train_set, files, list(main.notes) + notes, extra, calibration)
 
 
 def ce_batch(cfg: DecoderConfig, tokenizer, rows: list[dict], device) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ RESUMABLE = ("methods", "train_seeds", "extra_eval", "out", "resume", "quiet", "
 # options that change the trained models only: the teacher and the controls (never trained) are kept when only
 # these differ (not batch_size: it also batches the calibration and the Wikipedia scoring)
 TRAINING_ONLY = ("epochs", "max_steps", "lr", "grad_accum", "mse", "bf16", "wiki_train_windows",
-                 "kd_responses", "makd_weights")
+                 "kd_responses", "makd_weights", "mix_train_set")
 
 
 def earlier_results(cfg: DecoderConfig, out: Path, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
