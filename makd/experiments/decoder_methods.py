@@ -133,14 +133,13 @@ def teacher_responses(teacher, tokenizer, rows, settings: GenerationSettings, *,
     settings = replace(settings, min_new_tokens=max(1, settings.min_new_tokens))
     prompts = [prompt_text(tokenizer, r["instruction"], r.get("input", ""), template) for r in rows]
     folder = cache or cache_dir() / "seqkd"
+    keyed = {"teacher": getattr(teacher.config, "_name_or_path", ""),
+             "params": sum(p.numel() for p in teacher.parameters()), "settings": settings.as_dict()}
     texts: list[str] = []
     blocks = range(0, len(prompts), SEQKD_BLOCK)
     for n, start in enumerate(blocks, 1):
         block = prompts[start:start + SEQKD_BLOCK]
-        key = hashlib.sha256(json.dumps({"teacher": getattr(teacher.config, "_name_or_path", ""),
-                                         "params": sum(p.numel() for p in teacher.parameters()),
-                                         "prompts": block, "settings": settings.as_dict()},
-                                        sort_keys=True).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps({**keyed, "prompts": block}, sort_keys=True).encode()).hexdigest()[:16]
         path = folder / f"{key}.json"
         cached = _cached_texts(path)
         if cached is not None and len(cached) == len(block):
