@@ -115,6 +115,7 @@ notebook — what the notebooks stand on
     notebook.runner    ``python -m makd reproduce``: every notebook headless with a profile (papermill)
     notebook.profiles  smoke / demo / full / paper parameters and their strict checking
     notebook.expected  expected numbers per profile (from reference runs, with tolerances) and the verdict of a run
+    notebook.expected_readme  the README's demo block from the demo profile's expected numbers
     notebook.helpers   start(), show(), metrics files, notebook files, the package map (notebook 00)
     notebook.plotting  one style, one savefig (PNG + PDF, deterministic)
     notebook.views     the tables and figures the aspect notebooks show (student first, like the losses)

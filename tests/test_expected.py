@@ -15,6 +15,7 @@ import pytest
 
 from makd.assets.paths import REPO_ROOT
 from makd.notebook import expected as xp
+from makd.notebook import expected_readme as xr
 from makd.notebook import runner as rp
 from makd.notebook.helpers import NOTEBOOKS_DIR, read_metrics, write_metrics
 
@@ -59,6 +60,15 @@ def test_tolerance_from_reference_runs():
     assert value == pytest.approx(0.72) and tol == pytest.approx(3 * 0.02) and why.startswith("seed variation")
     value, tol, why = xp.tolerance([3, 3, 3], [0, 0, 0])
     assert value == 3 and tol == 3 * xp.NOISE_RTOL and "run-to-run variation (seed 0)" in why
+    # the rounding error of an identity: 0 up to ROUNDING_K x the reference passes, whatever the name's prefix
+    for name in ("max_parallel_vs_recurrent.gla", "max_abs_diff_makd_vs_eckart_young", "x.max_parallel_vs_recurrent"):
+        value, tol, why = xp.tolerance([0.003, 0.003, 0.003], [0, 0, 0], name)
+        assert tol == pytest.approx((xp.ROUNDING_K - 1) * 0.003) and why.startswith("rounding error of an identity")
+        assert abs(0.0 - value) <= tol and abs(xp.ROUNDING_K * 0.003 - value) <= tol * (1 + 1e-12)
+        assert abs(1.01 * xp.ROUNDING_K * 0.003 - value) > tol
+    assert xp.tolerance([0.3], [0], "mha_rel_error_after")[1] == 0.3 * xp.NOISE_RTOL      # others: the old rule
+    assert xp.tolerance([0.3], [0], "max_parallel_vs_recurrently")[1] == 0.3 * xp.NOISE_RTOL
+    assert xp.tolerance([1e-9], [0], "max_abs_diff_x")[1] == xp.NOISE_ATOL              # the floor when larger
 
 
 def test_write_expected_then_every_run_ends_with_the_verdict(nbs, tmp_path, capsys):
@@ -109,30 +119,30 @@ def test_write_expected_refuses_mismatched_reference_runs(tmp_path):
 
 
 def test_readme_demo_block_comes_from_the_demo_expected_file(tmp_path):
-    start, end = xp.README_MARKERS
+    start, end = xr.README_MARKERS
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{start}\n\nold numbers\n\n{end}\n\nafter\n")
     demo = tmp_path / "demo.json"
-    xp.update_readme(readme, demo)
-    assert "No expected values for the demo profile yet" in xp.readme_block(readme.read_text())
+    xr.update_readme(readme, demo)
+    assert "No expected values for the demo profile yet" in xr.readme_block(readme.read_text())
     run = fake_run(tmp_path / "run", "demo", {"06_hierarchical_training": {"teacher": 0.8, "student": 0.7,
                                                                           "student_untrained": 0.6, "steps": 100}})
     xp.write_expected([run], "demo", demo)
-    xp.update_readme(readme, demo)
+    xr.update_readme(readme, demo)
     text = readme.read_text()
-    block = xp.readme_block(text)
+    block = xr.readme_block(text)
     assert text.startswith("# title\n\n") and text.endswith(f"{end}\n\nafter\n") and "old numbers" not in text
-    assert block == xp.readme_text(demo) and f"{os.cpu_count()} cores" in block and "measured on 20" in block
+    assert block == xr.readme_text(demo) and f"{os.cpu_count()} cores" in block and "measured on 20" in block
     assert "| 06_hierarchical_training | teacher | 0.8 | ± 8e-05 |" in block and "| steps |" not in block
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="put the lines"):
-        xp.update_readme(readme, demo)
+        xr.update_readme(readme, demo)
 
 
 def test_committed_readme_demo_block_is_generated():
     # the README's demo numbers are `python -m makd reproduce --readme README.md` from notebooks/expected/demo.json
     text = (REPO_ROOT / "README.md").read_text()
-    assert xp.readme_block(text) == xp.readme_text(NOTEBOOKS_DIR / "expected" / "demo.json"), (
+    assert xr.readme_block(text) == xr.readme_text(NOTEBOOKS_DIR / "expected" / "demo.json"), (
         "README's demo block is stale: run python -m makd reproduce --readme README.md")
 
 
@@ -163,9 +173,9 @@ def test_a_run_of_some_notebooks_replaces_only_their_expected_values(tmp_path):
     assert all("reference" in e for e in doc["notebooks"].values())
     xp.write_expected([fake_run(tmp_path / "other", "smoke", {"03_c": {"w": 1.0}})], "smoke", path)
     assert list(json.loads(path.read_text())["notebooks"]) == ["01_a", "02_b", "03_c"]   # a new notebook added
-    assert "1 reference run(s)" in xp.readme_text(path)
+    assert "1 reference run(s)" in xr.readme_text(path)
     twice = [fake_run(tmp_path / f"twice-{i}", "smoke", {"02_b": {"y": 3.0, "z": 4.0}}) for i in range(2)]
     xp.write_expected(twice, "smoke", path)                                      # 02_b re-referenced alone
-    assert "1–2 reference runs per notebook" in xp.readme_text(path)
+    assert "1–2 reference runs per notebook" in xr.readme_text(path)
     xp.write_expected([fake_run(tmp_path / "demo", "demo", {"03_c": {"w": 1.0}})], "demo", path)
     assert list(json.loads(path.read_text())["notebooks"]) == ["03_c"]                   # another profile: anew

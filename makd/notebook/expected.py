@@ -27,7 +27,10 @@ Tolerances (absolute; ``|got - expected| <= tolerance`` passes), from the refere
   within 3e-5 relative); the checked-in smoke file: two default runs + one AVX2 run, each with a fresh cache;
 - 3 or more runs: the value is their mean and the tolerance ``3 × std`` (sample std) when larger than the floor,
   labelled seed variation when the runs' ``seed`` parameters differ, run-to-run variation when they do not;
-- 1 or 2 runs: numerical noise only: the floor, or twice the two runs' difference when that is larger.
+- 1 or 2 runs: numerical noise only: the floor, or twice the two runs' difference when that is larger;
+- a rounding error of an identity (`ROUNDING`: the largest gap between two forms of one computation) passes from 0
+  up to ``ROUNDING_K`` × the reference: summation order, which moves with the CPU's vector width, sets its size (the
+  float32 maxima of notebook 11's demo, 1e-3 to 3e-2); a broken identity is off by the size of the outputs.
 
 The verdict (``reproduction.json`` and ``reproduction.md`` in the run folder) is one table "notebook | quantity |
 expected | got | tolerance | within tolerance?" and one closing line: "reproduced", "not reproduced: N quantities
@@ -36,7 +39,6 @@ so this module writes its Markdown tables itself, in the unpadded format of ``ma
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -48,20 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from makd.assets.files import write_json
-from makd.experiments.readme_blocks import read_block, write_block
 from makd.experiments.runrecord import git_commit
 
 NOISE_ATOL, NOISE_RTOL, SPREAD_K = 1e-6, 1e-4, 3.0
+ROUNDING_K = 10.0
+ROUNDING = re.compile(r"(^|\.)max_parallel_vs_recurrent(\.|$)|(^|\.)max_abs_diff")   # rounding errors of identities
 RUNTIME = re.compile(r"runtime|time|seconds|speed|throughput|per_s(ec)?$|_s$")
 INVENTORY = {"00_overview": ("modules", "layers", "notebooks_present"),   # counts of the package's own files ...
              "90_results": ("n_runs", "table_rows", "ours_rows")}      # ... and of its recorded runs (results/)
-README_PROFILE = "demo"
-README_MARKERS = ("<!-- makd reproduce --readme: demo numbers -->", "<!-- /makd reproduce --readme -->")
-# the demo quantities the README states (fnmatch patterns "<notebook>:<quantity>"); all others are in the file
-README_PICKS = ("06_hierarchical_training:teacher", "06_hierarchical_training:student_untrained",
-                "06_hierarchical_training:student", "08_glue:per_task.*.teacher",
-                "08_glue:per_task.*.student_untrained", "08_glue:per_task.*.student",
-                "01_svd_decomposition:max_abs_diff_makd_vs_eckart_young", "10_decoder_rouge:rougeL.*")
 
 
 def headline(metrics: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
@@ -100,8 +96,17 @@ def run_record() -> dict[str, Any]:
     return {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(), "commit": git_commit()}
 
 
-def tolerance(values: list[float], seeds: list[Any]) -> tuple[float, float, str]:
-    """(expected value, tolerance, why) from the reference runs' values of one quantity (module docstring)."""
+def tolerance(values: list[float], seeds: list[Any], name: str = "") -> tuple[float, float, str]:
+    """(expected value, tolerance, why) from the reference runs' values of quantity ``name`` (module docstring)."""
+    center, tol, why = _tolerance(values, seeds)
+    if ROUNDING.search(name) and (ROUNDING_K - 1) * abs(center) > tol:
+        return center, (ROUNDING_K - 1) * abs(center), (
+            f"rounding error of an identity: 0 to {ROUNDING_K:g} * the reference passes (the summation order moves "
+            f"with the CPU); {why}")
+    return center, tol, why
+
+
+def _tolerance(values: list[float], seeds: list[Any]) -> tuple[float, float, str]:
     same = all(v == values[0] for v in values)
     center = values[0] if same else statistics.fmean(values)
     floor = max(NOISE_ATOL, NOISE_RTOL * abs(center))
@@ -154,7 +159,7 @@ def build_expected(run_dirs: list[Path], profile: str) -> dict[str, Any]:
             values = [h.get(name) for h in per_run]
             if any(v is None for v in values):
                 continue  # not in every run: nothing to compare it with
-            value, tol, why = tolerance(values, seeds)
+            value, tol, why = tolerance(values, seeds, name)
             quantities[name] = {"value": value, "tolerance": tol, "why": why, "runs": values}
         notebooks[stem] = {"runtime_s": [e.get("runtime_s") for e in entries], "quantities": quantities}
     return {"profile": profile,
@@ -255,46 +260,3 @@ def write_verdict(run_dir: Path, verdict: dict[str, Any]) -> str:
     write_json(run_dir / "reproduction.json", verdict)
     (run_dir / "reproduction.md").write_text(text + "\n")
     return text
-
-
-def readme_text(expected_file: Path) -> str:
-    """The README's demo block: the picked quantities of ``expected_file``, or a note that it does not exist yet."""
-    if not expected_file.is_file():
-        return (f"No expected values for the {README_PROFILE} profile yet (`notebooks/expected/{README_PROFILE}.json`"
-                f"), so no demo numbers are stated here. A reference run makes them: `python -m makd reproduce "
-                f"--profile {README_PROFILE} --out runs/{README_PROFILE}`, then `python -m makd reproduce "
-                f"--write-expected runs/{README_PROFILE} --profile {README_PROFILE}` and `python -m makd reproduce "
-                f"--readme README.md`.")
-    doc = json.loads(expected_file.read_text())
-    rows = [[stem, name, q["value"], f"± {q['tolerance']:.2g}", q["why"]]
-            for stem, nb in doc["notebooks"].items() for name, q in nb["quantities"].items()
-            if any(fnmatch.fnmatchcase(f"{stem}:{name}", p) for p in README_PICKS)]
-    refs = [nb.get("reference", doc["reference"]) for nb in doc["notebooks"].values()] or [doc["reference"]]
-    machines = {f"{m['cpu']}, {m['cores']} cores" for r in refs for m in r["machine"] if m} or {"an unrecorded machine"}
-    starts = sorted(s[:10] for r in refs for s in r["started"] if s) or ["an unrecorded date"]
-    counts = sorted({r["runs"] for r in refs})                    # notebooks re-referenced alone (--only) differ
-    runs = (f"{counts[0]} reference run(s)" if len(counts) == 1
-            else f"{counts[0]}–{counts[-1]} reference runs per notebook")
-    n = sum(len(nb["quantities"]) for nb in doc["notebooks"].values())
-    return (f"Expected values of the {doc['profile']} profile (`notebooks/expected/{doc['profile']}.json`, "
-            f"{runs}), measured on {starts[-1]} on {'; '.join(sorted(machines))}; "
-            f"every run checks all {n} quantities of that file and ends with the verdict.\n\n"
-            + markdown(["notebook", "quantity", "expected", "tolerance", "why"], rows))
-
-
-MISSING = "the README has no demo block: put the lines {!r} and {!r} where it belongs".format(*README_MARKERS)
-
-
-def readme_block(text: str) -> str:
-    """The text between the README's two demo marker lines."""
-    return read_block(text, README_MARKERS, MISSING)
-
-
-def replace_readme_block(text: str, block: str) -> str:
-    return write_block(text, block, README_MARKERS, MISSING)
-
-
-def update_readme(readme: Path, expected_file: Path) -> str:
-    """Rewrite ``readme``'s demo block from ``expected_file`` (see :func:`readme_text`); return what was done."""
-    readme.write_text(replace_readme_block(readme.read_text(), readme_text(expected_file)))
-    return f"wrote the demo block of {readme} from {expected_file}"

@@ -30,6 +30,7 @@ from typing import Any
 from makd.assets.paths import REPO_ROOT, expand_env, resolve_path
 from makd.core.errors import ArgumentParser
 from makd.notebook import expected as xp
+from makd.notebook import expected_readme as xr
 from makd.notebook import helpers as nbk
 from makd.notebook.plotting import publish
 from makd.notebook.profiles import (PROFILES, parse_parameters, parse_value, profile_overrides, resolve_value,
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-expected", nargs="+", metavar="RUN_DIR", help="write the expected values of "
                    "--profile from these reference run folders (to --expected or its default), run nothing")
     p.add_argument("--readme", metavar="FILE", help="rewrite FILE's demo block (between the lines "
-                   f"{xp.README_MARKERS[0]!r} and {xp.README_MARKERS[1]!r}) from the demo expected values")
+                   f"{xr.README_MARKERS[0]!r} and {xr.README_MARKERS[1]!r}) from the demo expected values")
     return p
 
 
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {xp.write_expected([resolve_path(d) for d in args.write_expected], args.profile, path)}")
             return 0
         if args.readme:
-            print(xp.update_readme(resolve_path(args.readme), folder / "expected" / f"{xp.README_PROFILE}.json"))
+            print(xr.update_readme(resolve_path(args.readme), folder / "expected" / f"{xr.README_PROFILE}.json"))
             return 0
         manifest = run(args.profile, only=args.only, start=args.start, out=args.out, resume=args.resume,
                        kernel=args.kernel, params={k: parse_value(v) for k, v in args.parameter},
