@@ -9,7 +9,11 @@ and produces exactly ``--new`` tokens (``min_new_tokens`` = ``max_new_tokens``: 
 on every call), at batch 1 and 8. tokens/s = batch · new tokens / the wall time of the whole ``generate`` call (the
 prompt's prefill included). Students: :func:`makd.core.factorize.factorize` at each ``--ratios`` layer ratio, plain
 SVD, fused execution (the default; matrices whose factors are not cheaper run dense). The factorisation runs on one
-thread (LAPACK's multi-threaded SVD is slow on a shared CPU); generation on ``--threads``.
+thread (LAPACK's multi-threaded SVD is slow on a shared CPU); generation on ``--threads``. ``--dense-from F ...``
+adds, per ratio and per F other than the default 1.0, the same student fused with ``dense_from=F`` (a matrix runs
+its dense product A·B when r·(d_in + d_out) ≥ F·d_in·d_out), named ``student@<ratio>/dense>=<F>``: where the
+crossover of decoding lies, since a batch-1 token is one thin GEMV per factor and two of them cost more than one
+dense GEMV above some rank (the row's ``matrices_dense`` counts the matrices that run dense).
 
 Wall time: median over ``--runs`` calls after one warm-up call, the models interleaved round by round per batch size
 (load from other processes hits all alike). Peak memory: each (model, batch) once more in a fresh subprocess, its
@@ -22,6 +26,7 @@ and batch size. Target (reported, not asserted): the ratio-0.5 student >= 1.6x t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -42,6 +47,8 @@ from _memory import add_run_options, child_memory, peak_rss_delta, start_run  # 
 import makd  # noqa: E402
 from makd.assets.models import load_model  # noqa: E402
 from makd.core import factorize as fz  # noqa: E402
+from makd.core.fused import DENSE_FROM, fuse, runs_dense  # noqa: E402
+from makd.core.lowrank import LowRankLinear  # noqa: E402
 from makd.tasks.wiki import heldout_windows  # noqa: E402
 
 TARGET = 1.6
@@ -70,11 +77,11 @@ def measure_memory(args) -> dict:
     """Fresh process: one generate of ``args.memory`` = "teacher|<student folder>:<batch>", peak RSS increase."""
     from makd.core.checkpoint import load_student, load_tokenizer
     from makd.core.fused import fuse
-    where, batch = args.memory.rsplit(":", 1)
+    where, batch, dense_from = args.memory.rsplit(":", 2)
     if where == "teacher":
         model, tok = load_model(args.teacher, head="lm")
     else:
-        model, tok = fuse(load_student(where)), load_tokenizer(where)
+        model, tok = fuse(load_student(where), dense_from=float(dense_from)), load_tokenizer(where)
     ids, _ = prompts(tok, int(batch), args.prompt)
     with torch.no_grad():                              # page in weights a memory-mapped checkpoint has not read yet,
         for t in [*model.parameters(), *model.buffers()]:   # else the teacher's first call counts them as its peak
@@ -90,12 +97,15 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", type=int, default=256, help="prompt tokens")
     p.add_argument("--new", type=int, default=128, help="generated tokens (exactly)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--dense-from", type=float, nargs="+", default=[DENSE_FROM], metavar="F",
+                   help=f"fused students' dense_from values (default {DENSE_FROM}: a matrix runs dense when its factors "
+                        "are not cheaper); each other value adds a student per ratio")
     add_run_options(p, quick="tiny random Llama, prompt 32, 16 new tokens, 2 runs", memory="per-(model, batch)",
                     out=ROOT / "benchmarks" / "results" / "generate.json")
     args = p.parse_args(argv)
     start_run(args, {"teacher": "tiny-llama", "prompt": 32, "new": 16, "runs": 2})
-    if min(args.batches) < 1 or args.prompt < 1 or args.new < 1 or args.runs < 1:
-        p.error("--batches, --prompt, --new and --runs must be positive")
+    if min(args.batches) < 1 or args.prompt < 1 or args.new < 1 or args.runs < 1 or min(args.dense_from) <= 0:
+        p.error("--batches, --prompt, --new, --runs and --dense-from must be positive")
     if args.memory:
         print(json.dumps(measure_memory(args)))
         return 0
@@ -103,7 +113,7 @@ def main(argv=None) -> int:
     teacher, tok = load_model(args.teacher, head="lm")
     all_ids, prompt_info = prompts(tok, max(args.batches), args.prompt)
     models = {"teacher": teacher}
-    info = {"teacher": {"layer_ratio": 1.0, "params": fz.count_parameters(teacher)}}
+    info = {"teacher": {"layer_ratio": 1.0, "params": fz.count_parameters(teacher), "dense_from": None}}
     threads = torch.get_num_threads()
     for ratio in args.ratios:
         torch.set_num_threads(1)
@@ -111,11 +121,16 @@ def main(argv=None) -> int:
         student = fz.factorize(teacher, layer_ratio=ratio).eval()
         took = time.perf_counter() - t0
         torch.set_num_threads(threads)
-        name = f"student@{ratio}"
-        models[name] = student
-        info[name] = {"layer_ratio": ratio, "achieved_layer_ratio": fz.report_totals(student, teacher)["layer_ratio"],
-                      "params": fz.count_parameters(student), "factorize_s": took}
-        print(f"{name}: {info[name]['params']:,} params, factorised in {took:.1f} s", flush=True)
+        for f in dict.fromkeys(args.dense_from):
+            name = f"student@{ratio}" + ("" if f == DENSE_FROM else f"/dense>={f:g}")
+            models[name] = fuse(student if f == DENSE_FROM else copy.deepcopy(student), dense_from=f)
+            low = [m for m in models[name].modules() if isinstance(m, LowRankLinear)]
+            info[name] = {"layer_ratio": ratio, "dense_from": f, "params": fz.count_parameters(student),
+                          "achieved_layer_ratio": fz.report_totals(student, teacher)["layer_ratio"],
+                          "matrices_dense": sum(runs_dense(m, f) for m in low), "matrices": len(low),
+                          "factorize_s": took}
+            print(f"{name}: {info[name]['params']:,} params, {info[name]['matrices_dense']} of {len(low)} matrices "
+                  f"dense, factorised in {took:.1f} s", flush=True)
     rows = []
     for batch in args.batches:
         ids = all_ids[:batch]                                                  # (B, prompt)
@@ -142,9 +157,10 @@ def main(argv=None) -> int:
             where = {"teacher": "teacher"}
             for name, model in models.items():
                 if name != "teacher":
-                    where[name] = str(save_student(model, tmp / name, tokenizer=tok))
+                    where[name] = str(save_student(model, tmp / name.replace("/", "_"), tokenizer=tok))
             for r in rows:
-                r.update(child_memory(__file__, f"{where[r['model']]}:{r['batch']}", args, [
+                dense = r["dense_from"] or DENSE_FROM
+                r.update(child_memory(__file__, f"{where[r['model']]}:{r['batch']}:{dense}", args, [
                     "--teacher", args.teacher, "--prompt", str(args.prompt), "--new", str(args.new)]))
                 print(f"batch {r['batch']}: {r['model']:>12} peak +{r['peak_rss_delta_mib']:.0f} MiB", flush=True)
         finally:

@@ -170,18 +170,24 @@ def test_textbrewer_benchmark_says_how_to_install_it(tmp_path):
 
 
 def test_generate_benchmark_reports_speedup_per_student_and_batch(tmp_path):
-    res = _run("bench_generate.py", tmp_path / "g.json", "--batches", "1", "2")
+    res = _run("bench_generate.py", tmp_path / "g.json", "--batches", "1", "2", "--dense-from", "1", "0.5")
     _load_fields(res)
     assert res["teacher"] == "tiny-llama" and res["batches"] == [1, 2]
     rows = {(r["model"], r["batch"]): r for r in res["rows"]}
-    assert set(rows) == {(m, b) for m in ("teacher", "student@0.8", "student@0.5") for b in (1, 2)}
+    students = ("student@0.8", "student@0.8/dense>=0.5", "student@0.5", "student@0.5/dense>=0.5")
+    assert set(rows) == {(m, b) for m in ("teacher", *students) for b in (1, 2)}
     assert rows["teacher", 1]["params"] > rows["student@0.8", 1]["params"] > rows["student@0.5", 1]["params"]
+    # dense_from 0.5: every matrix of the ratio-0.8 student runs dense (its factors cost ~0.8 of the matrix), none
+    # at the default 1.0; the same parameters either way
+    dense = rows["student@0.8/dense>=0.5", 1]
+    assert dense["matrices_dense"] == dense["matrices"] > 0 and rows["student@0.8", 1]["matrices_dense"] == 0
+    assert dense["params"] == rows["student@0.8", 1]["params"] and dense["dense_from"] == 0.5
     for (model, batch), r in rows.items():
         assert len(r["times_s"]) == res["runs"] and r["median_s"] == pytest.approx(statistics.median(r["times_s"]))
         assert r["tokens_per_s"] == pytest.approx(batch * res["new_tokens"] / r["median_s"])
         assert r["speedup"] == pytest.approx(r["tokens_per_s"] / rows["teacher", batch]["tokens_per_s"])
         assert _positive(r["peak_rss_delta_mib"]), r
-    assert set(res["speedup"]) == {"student@0.8", "student@0.5"}
+    assert set(res["speedup"]) == set(students)
     for model, per_batch in res["speedup"].items():
         assert per_batch == {str(b): pytest.approx(rows[model, b]["speedup"]) for b in (1, 2)}
     assert set(res["targets"]) == {"student@0.5_speedup>=1.6_batch_1", "student@0.5_speedup>=1.6_batch_2"}
