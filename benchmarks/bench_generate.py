@@ -16,10 +16,11 @@ crossover of decoding lies, since a batch-1 token is one thin GEMV per factor an
 dense GEMV above some rank (the row's ``matrices_dense`` counts the matrices that run dense).
 
 Wall time: median over ``--runs`` calls after one warm-up call, the models interleaved round by round per batch size
-(load from other processes hits all alike). Peak memory: each (model, batch) once more in a fresh subprocess, its
-peak resident-set increase over the RSS just before the call (VmHWM reset through /proc/self/clear_refs; every
-weight read once before, so a memory-mapped checkpoint's pages are not counted as the call's); the students reach it
-through a temporary :func:`makd.core.checkpoint.save_student` folder (no SVD there).
+(load from other processes hits all alike). Peak memory: each (model, batch) once more in --memory-repeats fresh
+subprocesses (median, default 3), its peak resident-set increase over the RSS just before the call (VmHWM reset
+through /proc/self/clear_refs; every weight read once before, so a memory-mapped checkpoint's pages are not counted
+as the call's); the students reach it through a temporary :func:`makd.core.checkpoint.save_student` folder (no SVD
+there).
 Writes benchmarks/results/generate.json (``--out``), with ``speedup`` = student tokens/s over the teacher's per student
 and batch size. Target (reported, not asserted): the ratio-0.5 student >= 1.6x the teacher at batch 1 and 8.
 """
@@ -98,8 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--new", type=int, default=128, help="generated tokens (exactly)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--dense-from", type=float, nargs="+", default=[DENSE_FROM], metavar="F",
-                   help=f"fused students' dense_from values (default {DENSE_FROM}: a matrix runs dense when its factors "
-                        "are not cheaper); each other value adds a student per ratio")
+                   help=f"fused students' dense_from values (default {DENSE_FROM}: a matrix runs dense when its "
+                        "factors are not cheaper); each other value adds a student per ratio")
     add_run_options(p, quick="tiny random Llama, prompt 32, 16 new tokens, 2 runs", memory="per-(model, batch)",
                     out=ROOT / "benchmarks" / "results" / "generate.json")
     args = p.parse_args(argv)

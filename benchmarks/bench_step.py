@@ -6,10 +6,11 @@
 A step is what DistillTrainer does: ``objective.compute`` (the teacher once under torch.inference_mode, the
 student's forward with its graph; attention maps one layer at a time) + objective, the captures dropped, then
 backward + AdamW step; "finetune" skips the teacher. Wall time: median over ``--runs`` steps after
-``--warmup`` steps, the presets interleaved round by round (load from other processes hits all alike). Peak
-memory: each preset runs once more in a fresh subprocess that reports its peak resident-set increase over the
-RSS just before its first step (Linux VmHWM after resetting it through /proc/self/clear_refs; where that is
-not allowed, the ru_maxrss delta of the subprocess — see ``memory_method`` in the JSON).
+``--warmup`` steps, the presets interleaved round by round (load from other processes hits all alike). Peak memory:
+each preset runs once more in each of --memory-repeats fresh subprocesses (median; default 3), each reporting its
+peak resident-set increase over the RSS just before its first step (Linux VmHWM after resetting it through
+/proc/self/clear_refs; where that is not allowed, the ru_maxrss delta of the subprocess — see ``memory_method`` in
+the JSON).
 Writes benchmarks/results/step.json (``--out``), with the load average before and after the timings.
 Targets (reported, not asserted): every MaKD preset's step <= 1.3x the logit-KD (model-only) step
 (``targets``); issue 24's lighter step: hierarchical <= 1.10x logit KD's step and <= 1.3x its peak RSS

@@ -36,8 +36,9 @@ whose log is -inf, so the student's attention dropout is 0 in both frameworks (h
 
 Step-0 losses and gradients are computed with both students in eval mode (no dropout), from identical weights.
 Wall time: median over ``--runs`` steps after ``--warmup``, the four steps interleaved round by round (the order
-rotated each round). Peak memory: each step once more in a fresh subprocess (as ``bench_step.py``: the peak
-resident-set increase over the RSS before its first step, VmHWM reset through /proc/self/clear_refs).
+rotated each round). Peak memory: each step once more in --memory-repeats fresh subprocesses, the median (as
+``bench_step.py``: the peak resident-set increase over the RSS before its first step, VmHWM reset through
+/proc/self/clear_refs).
 Writes benchmarks/results/textbrewer.json (``--out``), with ``makd_over_textbrewer`` = makd's median step time over
 TextBrewer's per objective, the load average before and after, threads and versions.
 """

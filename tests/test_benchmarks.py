@@ -203,3 +203,27 @@ def test_chunk_size_benchmark_times_every_chunk_size_and_names_the_fastest(tmp_p
             assert med[str(res["best"][T][name])] == min(med.values())
             ratio = res["default_over_best"][T][name]
             assert ratio == pytest.approx(med["64"] / min(med.values())) and ratio >= 1
+
+
+def test_memory_rows_are_the_median_of_fresh_processes(tmp_path):
+    """child_memory runs the script --memory-repeats times and reports the median peak with every run's peak."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import argparse
+
+    from _memory import child_memory, start_run
+    script = tmp_path / "fake.py"                   # each run reports the next peak of a list, as the children would
+    script.write_text("import json, pathlib\np = pathlib.Path(__file__).with_suffix('.n')\n"
+                      "n = int(p.read_text()) if p.exists() else 0\np.write_text(str(n + 1))\n"
+                      "print('noise')\nprint(json.dumps({'peak_rss_delta_mib': [900.0, 1000.0, 950.0][n], "
+                      "'memory_method': 'fake'}))\n")
+    args = argparse.Namespace(quick=False, threads=None, memory_repeats=None)
+    start_run(args, {})
+    assert args.memory_repeats == 3
+    row = child_memory(script, "x", args, [])
+    assert row == {"peak_rss_delta_mib": 950.0, "peak_rss_delta_mib_runs": [900.0, 1000.0, 950.0],
+                   "memory_method": "fake"}
+    quick = argparse.Namespace(quick=True, threads=None, memory_repeats=None)
+    start_run(quick, {})
+    assert quick.memory_repeats == 1
+    with pytest.raises(SystemExit, match="--memory-repeats must be at least 1"):
+        start_run(argparse.Namespace(quick=False, threads=None, memory_repeats=0), {})
