@@ -114,6 +114,11 @@ def test_train_time_leaves_out_resumed_runs_when_whole_ones_exist(tmp_path):
     _write(tmp_path, "kd/seed-1", "kd", 9.0, 1, runtime=400, resumed=True)         # nothing else: its own
     table = ds.summary(ds.collect(tmp_path))
     assert table.loc["sft", "train_s"] == pytest.approx(1100) and table.loc["kd", "train_s"] == pytest.approx(400)
+    assert table.loc["kd", "resumed_only"] and not table.loc["sft", "resumed_only"]
+    text = ds.readme_markdown(str(tmp_path), ds.collect(tmp_path))          # a last part only: a lower bound
+    kd_row = next(ln for ln in text.splitlines() if ln.startswith("| KD"))
+    sft_row = next(ln for ln in text.splitlines() if ln.startswith("| SFT"))
+    assert kd_row.endswith("| ≥ 6.7 min |") and sft_row.endswith("| 18.3 min |")
 
 
 def test_paired_over_seeds_with_the_grid_verdict_rule(comparison):
@@ -207,7 +212,8 @@ def test_readme_block_is_rewritten_between_its_markers(comparison, tmp_path, cap
                                     "results/decoder-whiten512-teacherkd-2ep/ratio-0.8",
                                     "results/decoder-whiten512-teacherkd-layermean/ratio-0.8",
                                     "results/decoder-whiten512-teacherkd-3ep/ratio-0.8",
-                                    "results/decoder-whiten512-wikiprompts/ratio-0.8"])
+                                    "results/decoder-whiten512-wikiprompts/ratio-0.8",
+                                    "results/decoder-whiten512-wikimix/ratio-0.8"])
 def test_committed_readme_decoder_block_matches_its_results(folder):
     # the README's decoder-comparison blocks are `python -m makd decoder-stats FOLDER --readme README.md` (run from
     # the repository root, so the markers name the folder as committed)

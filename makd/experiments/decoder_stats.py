@@ -105,7 +105,8 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
                 "–" if pd.isna(r["wiki_ppl_mean"]) else mean_pm_std(r["wiki_ppl_mean"], r["wiki_ppl_std"], scale=1),
                 "–" if pd.isna(r["answer_words_mean"]) else f"{r['answer_words_mean']:.0f}",
                 "–" if pd.isna(r["rep4_mean"]) else f"{100 * r['rep4_mean']:.0f} %",
-                f"{r['params'] / 1e6:.1f} M", "–" if pd.isna(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"]
+                f"{r['params'] / 1e6:.1f} M", "–" if pd.isna(r["train_s"]) else
+                f"{'≥ ' if r['resumed_only'] else ''}{r['train_s'] / 60:.1f} min"]
         rows.append(row)
     first = df.iloc[0]
     cols = ["model", "runs", f"Rouge-L {first['eval_set']} ({first['n_prompts']})", "of teacher"]
@@ -121,7 +122,8 @@ def report(root: str | Path, df: pd.DataFrame | None = None) -> tuple[str, dict[
              "Mean ± std over training seeds (controls: one run); answer words: the median length of the generated "
              f"{first['eval_set']} answers, mean over seeds; rep-4: their share of repeated 4-grams (Welleck et al. "
              "2020's seq-rep-4; a greedy loop scores near 100 %), mean over answers and seeds; train time: mean over "
-             "the runs trained in one go (a run resumed from a checkpoint records only its last part). Paired over "
+             "the runs trained in one go (a run resumed from a checkpoint records only its last part: ≥ where every run "
+             "of a model was resumed). Paired over "
              "seeds; the verdict needs the bootstrap CI and the paired t-test to agree (the GLUE grid's rule); the "
              "prompt-level test pools (prompt, seed) pairs and is shown for information.", ""]
     for c in comps:

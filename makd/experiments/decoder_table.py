@@ -123,6 +123,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     # a resumed training's runtime counts its last part only: the mean over the runs trained in one go, when any
     whole = df[~df["resumed"]].groupby("method", sort=False)["train_s"].mean()
     out["train_s"] = whole.reindex(out.index).fillna(g["train_s"].mean())
+    out["resumed_only"] = g["resumed"].all()                  # train_s is then a last part: a lower bound
     teacher = out.loc["teacher", "rougeL_mean"] if "teacher" in out.index else np.nan
     out["share_of_teacher"] = out["rougeL_mean"] / teacher
     return out.reindex(ordered(out.index))
