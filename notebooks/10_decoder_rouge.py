@@ -63,6 +63,7 @@ recorded_two_epochs_dir: str = "results/decoder-whiten512-teacherkd-2ep/ratio-0.
 recorded_weights_dir: str = "results/decoder-whiten512-teacherkd-layermean/ratio-0.8"  # MaKD, layer-mean weights
 recorded_three_epochs_dir: str = "results/decoder-whiten512-teacherkd-3ep/ratio-0.8"  # three epochs (pilot, 1 seed)
 recorded_wikiprompts_dir: str = "results/decoder-whiten512-wikiprompts/ratio-0.8"  # Wikipedia prompts (3 seeds)
+recorded_wikimix_dir: str = "results/decoder-whiten512-wikimix/ratio-0.8"  # Wikipedia prompts + chatterbot (pilot)
 
 # %%
 import math
@@ -286,7 +287,9 @@ if rows:
 # copied in as `kd-2ep`, `makd-2ep`); and, with three seeds, **instruction prompts over Wikipedia** (`--train-set
 # wikiprompts`, a proxy of our own: templated instructions over the Wikipedia train articles, the teacher's answers,
 # the same prepared student through `--calibration-set chatterbot`; the one-epoch chatterbot runs copied in as
-# `kd-chatterbot`, `makd-chatterbot`).
+# `kd-chatterbot`, `makd-chatterbot`; SeqKD there is cross-entropy on the same teacher's answers); last a pilot of
+# one seed on **both prompt sets together** (`--mix-train-set chatterbot`, the wikiprompts runs copied in as
+# `kd-wikiprompts`, `makd-wikiprompts`).
 
 # %%
 follow_rows, follow_verdicts, follow_seeds = [], [], []
@@ -296,7 +299,8 @@ settings_plotted = (("two epochs", recorded_two_epochs_dir, ("kd-1ep", "kd", "se
                     ("MaKD weights", recorded_weights_dir, ("makd-default", "makd")),
                     ("three epochs (pilot)", recorded_three_epochs_dir, ("kd-2ep", "kd", "makd-2ep", "makd")),
                     ("Wikipedia prompts", recorded_wikiprompts_dir,
-                     ("kd-chatterbot", "kd", "makd-chatterbot", "makd")))
+                     ("kd-chatterbot", "kd", "seqkd", "makd-chatterbot", "makd")),
+                    ("Wikipedia + chatterbot (pilot)", recorded_wikimix_dir, ("makd",)))
 for setting, path, plotted in settings_plotted:
     folder = resolve_path(path)
     if not folder.is_dir():
@@ -336,9 +340,11 @@ if follow_rows:
 # leave MaKD where it was. The matrix and layer terms' weights are not what holds MaKD level with KD on this data.
 # The three-epoch pilot (one seed): a third epoch lifts KD more than MaKD (both ~60 %). One epoch on the Wikipedia
 # instruction prompts lifts both by about 2.7 points over the chatterbot prompts, with three seeds (MaKD 70 % of the
-# teacher, the best student so far; above its chatterbot runs by the grid's rule, level with KD) — the training
-# prompts, not the objective's weights or more epochs, moved the score most. Its column rep-4 shows what is left:
-# these students repeat themselves (about a third of their 4-grams, the teacher's answers 8 %).
+# teacher, the best student so far; above its chatterbot runs by the grid's rule, level with KD and with SeqKD, 67 %
+# each) — the training prompts, not the objective's weights or more epochs, moved the score most. Its column rep-4
+# shows what is left: these students repeat themselves (about a third of their 4-grams, the teacher's answers 8 %).
+# The one-seed pilot on both prompt sets together points the same way: MaKD 73 % of the teacher, its rep-4 down to
+# 20 % — a direction until its KD run and two more seeds are in.
 
 # %%
 write_metrics(run_dir, "10_decoder_rouge", {
