@@ -11,9 +11,9 @@ prompt's prefill included). Students: :func:`makd.core.factorize.factorize` at e
 SVD, fused execution (the default; matrices whose factors are not cheaper run dense). The factorisation runs on one
 thread (LAPACK's multi-threaded SVD is slow on a shared CPU); generation on ``--threads``. ``--dense-from F ...``
 adds, per ratio and per F other than the default 1.0, the same student fused with ``dense_from=F`` (a matrix runs
-its dense product A·B when r·(d_in + d_out) ≥ F·d_in·d_out), named ``student@<ratio>/dense>=<F>``: where the
-crossover of decoding lies, since a batch-1 token is one thin GEMV per factor and two of them cost more than one
-dense GEMV above some rank (the row's ``matrices_dense`` counts the matrices that run dense).
+its dense product A·B when r·(d_in + d_out) ≥ F·d_in·d_out), named ``student@<ratio>/dense>=<F>``: whether two
+thin GEMVs per matrix cost a decoded token more than one dense GEMV (the row's ``matrices_dense`` counts the
+matrices that run dense; measured on 2026-12-07 at F = 0.8: no, see the README).
 
 Wall time: median over ``--runs`` calls after one warm-up call, the models interleaved round by round per batch size
 (load from other processes hits all alike). Peak memory: each (model, batch) once more in --memory-repeats fresh
