@@ -122,14 +122,13 @@ def main(argv=None) -> int:
         student = fz.factorize(teacher, layer_ratio=ratio).eval()
         took = time.perf_counter() - t0
         torch.set_num_threads(threads)
+        low = [m for m in student.modules() if isinstance(m, LowRankLinear)]      # the same in every fusion
+        sizes = {"layer_ratio": ratio, "params": fz.count_parameters(student), "factorize_s": took,
+                 "achieved_layer_ratio": fz.report_totals(student, teacher)["layer_ratio"], "matrices": len(low)}
         for f in dict.fromkeys(args.dense_from):
             name = f"student@{ratio}" + ("" if f == DENSE_FROM else f"/dense>={f:g}")
             models[name] = fuse(student if f == DENSE_FROM else copy.deepcopy(student), dense_from=f)
-            low = [m for m in models[name].modules() if isinstance(m, LowRankLinear)]
-            info[name] = {"layer_ratio": ratio, "dense_from": f, "params": fz.count_parameters(student),
-                          "achieved_layer_ratio": fz.report_totals(student, teacher)["layer_ratio"],
-                          "matrices_dense": sum(runs_dense(m, f) for m in low), "matrices": len(low),
-                          "factorize_s": took}
+            info[name] = {**sizes, "dense_from": f, "matrices_dense": sum(runs_dense(m, f) for m in low)}
             print(f"{name}: {info[name]['params']:,} params, {info[name]['matrices_dense']} of {len(low)} matrices "
                   f"dense, factorised in {took:.1f} s", flush=True)
     rows = []
